@@ -1,0 +1,530 @@
+"""Safe extraction of OCI image layers and plain tarballs.
+
+Public API:
+
+* ``extract_layer(source, target, *, whiteouts=True) -> int`` applies one layer on top of
+  what ``target`` already holds and returns the number of tar entries processed.
+  ``source`` is the *compressed* layer, either a readable binary file or an iterable of
+  byte chunks (the registry download). Compression (gzip, zstd, none) is detected from
+  the first bytes, as containerd does, so a mislabelled layer still extracts; the
+  caller only checks that the media type is a layer type at all.
+* ``extract_tarball(path, target) -> int`` extracts a ``.tar``, ``.tar.gz`` or
+  ``.tar.zst`` file (no whiteout handling: ``.wh.*`` names are ordinary files there).
+* ``ArchiveError`` for unreadable archives, and its subclass ``UnsafeArchiveError`` for
+  entries that are refused; both name the offending entry.
+
+Everything is streamed: one tar entry at a time, file data copied in chunks of at most
+1 MiB straight from the decompressor to the output file, so memory stays flat whatever
+the layer size. When ``source`` is an iterable it is always read to its end (even after
+the tar end marker) so that a digest-checking download gets to verify the whole blob.
+
+Safety rules, on top of the standard library's ``tarfile.data_filter`` (PEP 706), which
+supplies the policy for modes and file types (setuid/setgid/sticky and group/other
+write bits dropped, device files and FIFOs refused, links must stay inside):
+
+* absolute names and names with a ``..`` component are refused outright;
+* every path is resolved one component at a time from the target without trusting
+  the kernel to follow symlinks: an in-target symlink is followed by hand, one leading
+  outside (absolute, or ``..`` past the root) is refused, so nothing is ever created,
+  written or deleted outside the target, whatever earlier entries or layers left there;
+* the last component is never followed: an existing file, symlink or directory at that
+  place is replaced (unlinked first, so hard-linked copies elsewhere are untouched);
+* OCI whiteouts: ``.wh.<name>`` deletes ``<name>`` and ``.wh..wh..opq`` empties its
+  directory, for content of lower layers only (entries of the same layer survive,
+  whatever their order in the tar), resolved by the same confined resolver.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+CHUNK_SIZE = 1 << 20
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Linux gives up after 40 symlink hops (ELOOP); a chain longer than that is hostile.
+_MAX_SYMLINK_HOPS = 40
+
+
+class ArchiveError(Exception):
+    """The archive cannot be read (corrupt, truncated, not a tar)."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An entry would escape the target or is of a forbidden kind."""
+
+
+def extract_layer(
+    source: BinaryIO | Iterable[bytes], target: Path, *, whiteouts: bool = True
+) -> int:
+    """Apply one (compressed) layer on top of ``target``; return the number of entries."""
+    chunks = _raw_chunks(source)
+    tar_stream = _TarStream(_decompressed(chunks))
+    count = _LayerWriter(Path(target), whiteouts=whiteouts).apply(tar_stream)
+    # The tar end marker comes before the compression trailer and possible padding:
+    # read the rest so a verifying download sees every byte.
+    for _ in chunks:
+        pass
+    return count
+
+
+def extract_tarball(path: Path, target: Path) -> int:
+    """Extract a plain, gzip or zstd tarball into ``target``."""
+    with open(path, "rb") as file:
+        return extract_layer(file, target, whiteouts=False)
+
+
+def _raw_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    if hasattr(source, "read"):
+        return iter(lambda: source.read(CHUNK_SIZE), b"")
+    return iter(source)
+
+
+# --- decompression -------------------------------------------------------------------
+
+
+def _decompressed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield the uncompressed tar bytes, in pieces of at most CHUNK_SIZE."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= len(_ZSTD_MAGIC):
+            break
+    if not head:
+        return
+    if head.startswith(_GZIP_MAGIC):
+        yield from _gunzip(head, chunks)
+    elif head.startswith(_ZSTD_MAGIC):
+        yield from _unzstd(head, chunks)
+    else:
+        yield head
+        yield from chunks
+
+
+def _gunzip(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    # max_length bounds every output piece: a highly compressible layer (zeros compress
+    # about 1000:1) must not inflate one network chunk into a gigabyte of memory.
+    decompressor: zlib._Decompress | None = None
+    data = head
+    try:
+        while True:
+            while data:
+                if decompressor is None:
+                    if len(data) < len(_GZIP_MAGIC):
+                        break  # a split header: wait for the next chunk
+                    if not data.startswith(_GZIP_MAGIC):
+                        return  # padding after the last member, as gzip -d tolerates
+                    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                output = decompressor.decompress(data, CHUNK_SIZE)
+                if output:
+                    yield output
+                if decompressor.eof:
+                    data, decompressor = decompressor.unused_data, None
+                else:
+                    data = decompressor.unconsumed_tail
+            more = next(chunks, None)
+            if more is None:
+                break
+            data += more
+    except zlib.error as exc:
+        raise ArchiveError(f"corrupt gzip data: {exc}") from exc
+    if decompressor is not None:
+        raise ArchiveError("gzip data ends before its end marker")
+
+
+class _ChunkReader:
+    """The minimal ``read(n)`` file interface the zstandard reader wants."""
+
+    def __init__(self, head: bytes, chunks: Iterator[bytes]) -> None:
+        self._pending = head
+        self._chunks = chunks
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._pending:
+            self._pending = next(self._chunks, b"")
+        if size < 0 or size >= len(self._pending):
+            data, self._pending = self._pending, b""
+        else:
+            data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+
+def _unzstd(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        _ChunkReader(head, chunks), read_size=CHUNK_SIZE, read_across_frames=True
+    )
+    try:
+        while output := reader.read(CHUNK_SIZE):
+            yield output
+    except zstandard.ZstdError as exc:
+        raise ArchiveError(f"corrupt zstd data: {exc}") from exc
+
+
+# --- tar stream ----------------------------------------------------------------------
+
+
+class _TarStream:
+    """A forward-only file over the decompressed chunks.
+
+    tarfile reads headers through ``read``/``seek``/``tell``; member data is copied with
+    ``copy_to`` straight from the chunk buffers to the output file. tarfile's own stream
+    mode (``r|``) would re-copy its whole read buffer on every small read.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = memoryview(b"")
+        self._position = 0
+
+    def _fill(self) -> bool:
+        if self._buffer:
+            return True
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        self._buffer = memoryview(chunk)
+        return True
+
+    def at_eof(self) -> bool:
+        return not self._fill()
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            raise ValueError("the tar stream is only read in bounded pieces")
+        parts = []
+        while size > 0 and self._fill():
+            piece = self._buffer[:size]
+            self._buffer = self._buffer[len(piece) :]
+            self._position += len(piece)
+            size -= len(piece)
+            parts.append(piece)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._position
+        elif whence != os.SEEK_SET:
+            raise OSError("the tar stream cannot seek from its end")
+        if offset < self._position:
+            raise OSError("the tar stream cannot seek backwards")
+        skip = offset - self._position
+        while skip > 0:
+            if not self._fill():
+                raise ArchiveError("unexpected end of archive data")
+            step = min(skip, len(self._buffer))
+            self._buffer = self._buffer[step:]
+            self._position += step
+            skip -= step
+        return self._position
+
+    def copy_to(self, fd: int, size: int) -> None:
+        while size > 0:
+            if not self._fill():
+                raise ArchiveError("unexpected end of archive data")
+            piece = self._buffer[:size]
+            self._buffer = self._buffer[len(piece) :]
+            self._position += len(piece)
+            size -= len(piece)
+            while piece:
+                piece = piece[os.write(fd, piece) :]
+
+
+# --- writing entries -----------------------------------------------------------------
+
+
+def _split_name(name: str) -> list[str]:
+    if name.startswith("/"):
+        raise UnsafeArchiveError(f"refusing {name!r}: absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"refusing {name!r}: path contains '..'")
+    return parts
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class _LayerWriter:
+    """Writes the entries of one tar stream under ``target``.
+
+    Paths are handled as strings relative to the target ("physical": every component
+    a real directory, no symlink), which is also the key of the two bookkeeping sets.
+    """
+
+    def __init__(self, target: Path, *, whiteouts: bool) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        self._root = os.path.realpath(target)
+        self._whiteouts = whiteouts
+        # Directories known to be real (not symlinks) during this layer: saves an
+        # lstat per path component on every entry.
+        self._dirs: set[str] = {""}
+        # What this layer wrote, so its own whiteouts only hit lower layers.
+        self._written: set[str] = {""}
+
+    def _abs(self, rel: str) -> str:
+        return f"{self._root}/{rel}" if rel else self._root
+
+    def apply(self, stream: _TarStream) -> int:
+        if stream.at_eof():
+            return 0
+        count = 0
+        try:
+            with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
+                while (member := tar.next()) is not None:
+                    # TarFile keeps every member it has seen; we stream, so forget them.
+                    tar.members.clear()
+                    self._apply_member(tar, stream, member)
+                    count += 1
+        except tarfile.TarError as exc:
+            raise ArchiveError(f"unreadable tar data: {exc}") from exc
+        return count
+
+    def _apply_member(
+        self, tar: tarfile.TarFile, stream: _TarStream, member: tarfile.TarInfo
+    ) -> None:
+        name = member.name
+        parts = _split_name(name)
+        if not parts:
+            if member.isdir():
+                return  # "./": the target itself
+            raise UnsafeArchiveError(
+                f"refusing {name!r}: not a directory but names the target"
+            )
+        leaf = parts[-1]
+        if self._whiteouts and leaf.startswith(WHITEOUT_PREFIX):
+            self._apply_whiteout(parts, name)
+            return
+        try:
+            member = tarfile.data_filter(member, self._root)
+        except tarfile.FilterError as exc:
+            raise UnsafeArchiveError(f"refusing {name!r}: {exc}") from exc
+        parent = self._resolve_dir(parts[:-1], name, create=True)
+        assert parent is not None  # create=True always yields a directory
+        rel = _join(parent, leaf)
+        path = self._abs(rel)
+        if member.isdir():
+            self._make_dir(rel, path)
+        elif member.issym():
+            self._check_link_target(parent, member.linkname, name)
+            self._create(rel, path, lambda: os.symlink(member.linkname, path))
+        elif member.islnk():
+            source = self._hardlink_source(member.linkname, name)
+            if source != path:
+                self._create(
+                    rel, path, lambda: os.link(source, path, follow_symlinks=False)
+                )
+        elif member.isreg():
+            self._write_file(tar, stream, member, rel, path)
+        else:  # data_filter refuses these already; keep the guarantee local too
+            raise UnsafeArchiveError(f"refusing {name!r}: unsupported entry type")
+        self._mark_written(rel)
+
+    # -- path resolution --
+
+    def _resolve_dir(self, parts: list[str], entry: str, *, create: bool) -> str | None:
+        """Physical relative path of the directory ``parts``, following in-target
+        symlinks by hand. Missing directories are created, or None is returned."""
+        joined = "/".join(parts)
+        if joined in self._dirs:
+            return joined
+        resolved: list[str] = []
+        pending = parts[::-1]
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not resolved:
+                    raise UnsafeArchiveError(
+                        f"refusing {entry!r}: a symlink on its path leads outside the target"
+                    )
+                resolved.pop()
+                continue
+            rel = "/".join([*resolved, part])
+            if rel not in self._dirs:
+                path = self._abs(rel)
+                try:
+                    mode = os.lstat(path).st_mode
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    os.mkdir(path, 0o755)
+                    mode = stat.S_IFDIR
+                if stat.S_ISLNK(mode):
+                    hops += 1
+                    if hops > _MAX_SYMLINK_HOPS:
+                        raise UnsafeArchiveError(
+                            f"refusing {entry!r}: too many levels of symlinks"
+                        )
+                    link = os.readlink(path)
+                    if link.startswith("/"):
+                        raise UnsafeArchiveError(
+                            f"refusing {entry!r}: goes through symlink {rel!r} -> {link!r}, outside the target"
+                        )
+                    pending.extend(link.split("/")[::-1])
+                    continue
+                if not stat.S_ISDIR(mode):
+                    if not create:
+                        return None
+                    # A later layer may turn a file into a directory.
+                    os.unlink(path)
+                    os.mkdir(path, 0o755)
+                self._dirs.add(rel)
+            resolved.append(part)
+        return "/".join(resolved)
+
+    def _check_link_target(self, parent: str, linkname: str, entry: str) -> None:
+        # Lexical check from the physical parent, independent of what data_filter's
+        # realpath saw; writes through the link are confined by _resolve_dir anyway.
+        if linkname.startswith("/"):
+            raise UnsafeArchiveError(
+                f"refusing {entry!r}: absolute symlink target {linkname!r}"
+            )
+        depth = len(parent.split("/")) if parent else 0
+        for part in linkname.split("/"):
+            if part == "..":
+                depth -= 1
+                if depth < 0:
+                    raise UnsafeArchiveError(
+                        f"refusing {entry!r}: symlink target {linkname!r} is outside the target"
+                    )
+            elif part not in ("", "."):
+                depth += 1
+
+    def _hardlink_source(self, linkname: str, entry: str) -> str:
+        parts = _split_name(linkname)
+        if not parts:
+            raise UnsafeArchiveError(
+                f"refusing {entry!r}: hard link to the target itself"
+            )
+        parent = self._resolve_dir(parts[:-1], entry, create=False)
+        source = None if parent is None else self._abs(_join(parent, parts[-1]))
+        try:
+            is_file = source is not None and not stat.S_ISDIR(os.lstat(source).st_mode)
+        except FileNotFoundError:
+            is_file = False
+        if source is None or not is_file:
+            raise ArchiveError(
+                f"{entry!r}: hard link target {linkname!r} is not a file extracted before it"
+            )
+        return source
+
+    # -- creating entries --
+
+    def _remove(self, rel: str, path: str) -> None:
+        """Remove whatever is at ``path`` without following a symlink there."""
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(path)  # does not follow symlinks inside
+            prefix = rel + "/"
+            self._dirs = {
+                d for d in self._dirs if d != rel and not d.startswith(prefix)
+            }
+        else:
+            os.unlink(path)
+
+    def _create(self, rel: str, path: str, make: Callable[[], None]) -> None:
+        try:
+            make()
+        except FileExistsError:
+            self._remove(rel, path)
+            make()
+
+    def _make_dir(self, rel: str, path: str) -> None:
+        if rel in self._dirs:
+            return
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)
+                os.mkdir(path, 0o755)
+        self._dirs.add(rel)
+
+    def _write_file(
+        self,
+        tar: tarfile.TarFile,
+        stream: _TarStream,
+        member: tarfile.TarInfo,
+        rel: str,
+        path: str,
+    ) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            # Unlink rather than truncate: the old file may be hard-linked elsewhere.
+            self._remove(rel, path)
+            fd = os.open(path, flags, 0o600)
+        try:
+            if member.sparse is not None:
+                source = tar.extractfile(member)
+                assert source is not None
+                with os.fdopen(os.dup(fd), "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK_SIZE)
+            else:
+                stream.seek(member.offset_data)
+                stream.copy_to(fd, member.size)
+            os.fchmod(fd, member.mode if member.mode is not None else 0o644)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+
+    def _mark_written(self, rel: str) -> None:
+        while rel not in self._written:
+            self._written.add(rel)
+            rel = rel.rpartition("/")[0]
+
+    # -- whiteouts --
+
+    def _apply_whiteout(self, parts: list[str], entry: str) -> None:
+        leaf = parts[-1]
+        if leaf != OPAQUE_WHITEOUT and leaf.startswith(WHITEOUT_PREFIX * 2):
+            return  # other AUFS bookkeeping files (.wh..wh.plnk and the like)
+        parent = self._resolve_dir(parts[:-1], entry, create=False)
+        if parent is None:
+            return  # nothing below to hide
+        if leaf == OPAQUE_WHITEOUT:
+            self._clear_lower(parent)
+            return
+        victim = leaf[len(WHITEOUT_PREFIX) :]
+        if victim in ("", ".", ".."):
+            raise UnsafeArchiveError(f"refusing {entry!r}: whiteout of {victim!r}")
+        self._remove_lower(_join(parent, victim))
+
+    def _remove_lower(self, rel: str) -> None:
+        path = self._abs(rel)
+        if rel not in self._written:
+            self._remove(rel, path)
+            return
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return
+        if is_dir:
+            self._clear_lower(rel)
+
+    def _clear_lower(self, rel: str) -> None:
+        with os.scandir(self._abs(rel)) as entries:
+            names = [entry.name for entry in entries]
+        for name in names:
+            self._remove_lower(_join(rel, name))

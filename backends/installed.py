@@ -1,0 +1,210 @@
+"""What is installed on disk: the backends folder in the format LocalAI reads.
+
+Each installed backend is a folder. A concrete build holds an executable ``run.sh`` and a
+``metadata.json``; a meta backend is a folder holding only ``metadata.json`` whose
+``meta_backend_for`` names the concrete folder it points at. System backends live in a
+separate read-only folder and have no metadata. The disk is the source of truth: the
+database table of installed backends is reconciled from what this module reads.
+
+No Django imports: the installer and the benchmarks use this module alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+RUN_FILE = "run.sh"
+# Folders the installer uses while it works; never listed as backends.
+TRANSIENT_SUFFIXES = (".install-tmp", ".install-backup", ".upgrade-tmp", ".backup", ".partial")
+
+# Which build of an alias group a host prefers, by capability prefix (first prefix that
+# matches wins), then by token found in the folder name.
+PREFERENCE_TOKENS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("nvidia", ("cuda", "vulkan", "cpu")),
+    ("amd", ("rocm", "hip", "vulkan", "cpu")),
+    ("intel", ("sycl", "intel", "cpu")),
+    ("metal", ("metal", "cpu")),
+    ("darwin-x86", ("darwin-x86", "cpu")),
+    ("vulkan", ("vulkan", "cpu")),
+)
+
+
+def preference_tokens(capability: str) -> tuple[str, ...]:
+    for prefix, tokens in PREFERENCE_TOKENS:
+        if capability.startswith(prefix):
+            return tokens
+    return ("cpu",)
+
+
+@dataclass
+class Metadata:
+    """The contents of ``metadata.json``, with LocalAI's key names."""
+
+    name: str = ""
+    alias: str = ""
+    meta_backend_for: str = ""
+    gallery_url: str = ""
+    installed_at: str = ""
+    version: str = ""
+    uri: str = ""
+    digest: str = ""
+
+    @classmethod
+    def from_json(cls, data: object) -> Metadata:
+        if not isinstance(data, dict):
+            raise ValueError("metadata.json is not a JSON object")
+        known = {k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__ and v}
+        return cls(**known)
+
+    def to_json(self) -> dict[str, str]:
+        # LocalAI writes every key with omitempty: leave the empty ones out.
+        return {k: v for k, v in asdict(self).items() if v}
+
+
+@dataclass
+class DiskBackend:
+    """One row of the installed-backends listing (LocalAI's SystemBackend)."""
+
+    name: str
+    run_file: str
+    is_meta: bool = False
+    is_system: bool = False
+    metadata: Metadata | None = None
+    folder: Path | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def is_runnable(self) -> bool:
+        return bool(self.run_file) and Path(self.run_file).is_file()
+
+    def to_localai(self) -> dict[str, object]:
+        """The JSON shape LocalAI's ``GET /backends`` returns (Go's default key names)."""
+        row: dict[str, object] = {
+            "Name": self.name,
+            "RunFile": self.run_file,
+            "IsMeta": self.is_meta,
+            "IsSystem": self.is_system,
+        }
+        row["Metadata"] = self.metadata.to_json() if self.metadata else None
+        return row
+
+
+def read_metadata(folder: Path) -> Metadata | None:
+    """The folder's metadata, None when it has no metadata file.
+
+    Raises ValueError when the file exists but cannot be used, so callers can report it.
+    """
+    try:
+        raw = (folder / METADATA_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return Metadata.from_json(json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{folder.name}/{METADATA_FILE} is unreadable: {exc}") from None
+
+
+def write_metadata(folder: Path, metadata: Metadata) -> None:
+    """Write ``metadata.json`` atomically (2-space indented, as LocalAI does)."""
+    target = folder / METADATA_FILE
+    tmp = folder / f".{METADATA_FILE}.tmp"
+    tmp.write_text(json.dumps(metadata.to_json(), indent=2) + "\n")
+    tmp.chmod(0o644)
+    os.replace(tmp, target)
+
+
+def _subfolders(path: Path | None) -> Iterator[Path]:
+    if path is None:
+        return
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name.endswith(TRANSIENT_SUFFIXES):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield Path(entry.path)
+
+
+def scan(
+    backends_path: Path, system_path: Path | None = None, capability: str = "default"
+) -> dict[str, DiskBackend]:
+    """Everything installed, keyed the way LocalAI registers backends.
+
+    Keys are folder names of concrete builds, names of meta backends, and aliases (an
+    alias resolves to the build this host prefers among those sharing it). Unlike
+    LocalAI, one unreadable ``metadata.json`` does not hide every other backend: the
+    folder is listed under its own name with the problem attached.
+    """
+    found: dict[str, DiskBackend] = {}
+    for folder in _subfolders(system_path):
+        run = folder / RUN_FILE
+        if run.exists():
+            found[folder.name] = DiskBackend(
+                folder.name, str(run), is_system=True, folder=folder
+            )
+
+    aliases: dict[str, list[DiskBackend]] = {}
+    for folder in _subfolders(backends_path):
+        problems = []
+        try:
+            metadata = read_metadata(folder)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            problems.append(str(exc))
+            metadata = None
+        run = folder / RUN_FILE
+        if run.exists():
+            row = DiskBackend(
+                folder.name,
+                str(run),
+                metadata=metadata or Metadata(name=folder.name),
+                folder=folder,
+                problems=problems,
+            )
+            found[folder.name] = row
+            if metadata and metadata.alias:
+                aliases.setdefault(metadata.alias, []).append(row)
+        elif metadata and metadata.meta_backend_for:
+            key = metadata.name or folder.name
+            found[key] = DiskBackend(
+                key,
+                str(backends_path / metadata.meta_backend_for / RUN_FILE),
+                is_meta=True,
+                metadata=metadata,
+                folder=folder,
+                problems=problems,
+            )
+        elif problems:
+            found[folder.name] = DiskBackend(folder.name, "", folder=folder, problems=problems)
+
+    tokens = preference_tokens(capability)
+    for alias, group in aliases.items():
+        chosen = next(
+            (row for token in tokens for row in group if token in row.name.lower()), group[0]
+        )
+        found[alias] = DiskBackend(
+            alias, chosen.run_file, metadata=chosen.metadata, folder=chosen.folder
+        )
+    return found
+
+
+def folder_size(path: Path) -> int:
+    """Bytes used by the files under ``path`` (links are not followed)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total

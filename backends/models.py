@@ -1,0 +1,508 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from backends import gallery as gallery_format
+from backends import hardware
+from backends.installed import DiskBackend
+
+
+class GalleryManager(models.Manager["Gallery"]):
+    def seed(self, configured: list[dict[str, Any]]) -> list["Gallery"]:
+        """Create the galleries named in configuration that the table does not have yet.
+
+        Existing rows are left alone: once seeded, a gallery is edited in the admin.
+        """
+        created = []
+        for position, item in enumerate(configured):
+            name, url = item.get("name"), item.get("url")
+            if not isinstance(name, str) or not isinstance(url, str):
+                raise ValueError(f"gallery #{position + 1} needs a name and a url: {item!r}")
+            mirrors = item.get("mirrors") or []
+            gallery, was_created = self.get_or_create(
+                name=name, defaults={"url": url, "mirrors": mirrors, "position": position}
+            )
+            if was_created:
+                created.append(gallery)
+        return created
+
+
+class Gallery(models.Model):
+    """A backend gallery source: a YAML index of backends, fetched and synced."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    url = models.CharField(max_length=2000)
+    mirrors = models.JSONField(default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    position = models.PositiveIntegerField(default=0)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    problems = models.JSONField(default=list, blank=True)
+    source = models.CharField(max_length=2000, blank=True)
+    content_hash = models.CharField(max_length=64, blank=True)
+    etag = models.CharField(max_length=500, blank=True)
+    entry_count = models.PositiveIntegerField(default=0)
+
+    objects = GalleryManager()
+
+    class Meta:
+        ordering = ("position", "name")
+        verbose_name_plural = "galleries"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_localai(self) -> dict[str, Any]:
+        """The shape of LocalAI's ``config.Gallery``."""
+        return {"name": self.name, "url": self.url, "mirrors": list(self.mirrors)}
+
+    @property
+    def is_healthy(self) -> bool:
+        return not self.last_error
+
+    def sync(self, *, force: bool = False) -> str:
+        """Fetch the source and replace this gallery's entries; returns a one-line summary.
+
+        A failure of any kind keeps the last good entries and records the error, so a
+        broken or unreachable source never empties the catalogue.
+        """
+        self.last_attempt_at = timezone.now()
+        unchanged = {"etag": self.etag, "sha256": self.content_hash}
+        if force or not self.entry_count:
+            unchanged = {"etag": "", "sha256": ""}
+        try:
+            fetched = gallery_format.fetch_gallery(self.url, self.mirrors, **unchanged)
+            if fetched.not_modified:
+                self.last_synced_at, self.last_error = self.last_attempt_at, ""
+                self.save()
+                return f"{self.name}: unchanged ({self.entry_count} entries)"
+            parsed = gallery_format.parse_entries(fetched.data, self.name)
+            if not parsed.entries:
+                raise gallery_format.GalleryError(
+                    f"gallery {self.name}: no usable entry; " + "; ".join(parsed.problems[:5])
+                )
+        except (gallery_format.GalleryError, ValueError) as exc:
+            message = str(exc)
+            if not message.startswith(f"gallery {self.name}"):
+                message = f"gallery {self.name}: {message}"
+            self.last_error = message
+            self.save(update_fields=("last_attempt_at", "last_error"))
+            return f"{self.name}: sync failed: {message}"
+
+        rows = [
+            GalleryBackend(gallery=self, position=i, **GalleryBackend.fields_from(entry))
+            for i, entry in enumerate(parsed.entries)
+        ]
+        with transaction.atomic():
+            self.entries.all().delete()
+            GalleryBackend.objects.bulk_create(rows, batch_size=500)
+            self.last_synced_at = self.last_attempt_at
+            self.last_error = ""
+            self.problems = parsed.problems + parsed.duplicates
+            self.source = gallery_format.redact_url(fetched.source)
+            self.etag = fetched.etag
+            self.content_hash = fetched.sha256
+            self.entry_count = len(rows)
+            self.save()
+        source = gallery_format.redact_url(fetched.source)
+        summary = f"{self.name}: {len(rows)} entries from {source}"
+        if self.problems:
+            summary += f" ({len(self.problems)} problems)"
+        return summary
+
+
+class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
+    def enabled(self) -> GalleryBackendQuerySet:
+        # Galleries in their configured order: the first gallery wins a name lookup.
+        return self.filter(gallery__enabled=True).order_by(
+            "gallery__position", "gallery__name", "position"
+        )
+
+    def find(self, requested: str) -> GalleryBackend | None:
+        """Look a backend up by ``name`` or ``gallery@name``, case-insensitively."""
+        qs = self.enabled().select_related("gallery")
+        if "@" in requested:
+            gallery_name, _, name = requested.partition("@")
+            qs = qs.filter(gallery__name__iexact=gallery_name)
+        else:
+            name = requested
+        return qs.filter(name__iexact=name).first()
+
+
+class GalleryBackend(models.Model):
+    """One entry of a synced gallery. Replaced as a whole on each successful sync."""
+
+    gallery = models.ForeignKey(Gallery, models.CASCADE, related_name="entries")
+    position = models.PositiveIntegerField(default=0)
+    name = models.CharField(max_length=255)
+    uri = models.CharField(max_length=2000, blank=True)
+    alias = models.CharField(max_length=255, blank=True)
+    description = models.TextField(blank=True)
+    license = models.CharField(max_length=255, blank=True)
+    icon = models.CharField(max_length=2000, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    urls = models.JSONField(default=list, blank=True)
+    mirrors = models.JSONField(default=list, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    version = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    is_meta = models.BooleanField(default=False)
+
+    objects = GalleryBackendQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("gallery__position", "gallery__name", "position")
+        constraints = [
+            models.UniqueConstraint(fields=("gallery", "name"), name="unique_gallery_entry"),
+        ]
+        indexes = [
+            # Name lookups (install by name, the catalogue's search) go through this.
+            models.Index(fields=("name",), name="gallerybackend_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id_in_gallery
+
+    @property
+    def id_in_gallery(self) -> str:
+        return f"{self.gallery.name}@{self.name}"
+
+    @staticmethod
+    def fields_from(entry: gallery_format.GalleryEntry) -> dict[str, Any]:
+        return {
+            "name": entry.name,
+            "uri": entry.uri,
+            "alias": entry.alias,
+            "description": entry.description,
+            "license": entry.license,
+            "icon": entry.icon,
+            "tags": list(entry.tags),
+            "urls": list(entry.urls),
+            "mirrors": list(entry.mirrors),
+            "capabilities": dict(entry.capabilities),
+            "version": entry.version,
+            "sha256": entry.sha256,
+            "is_meta": entry.is_meta,
+        }
+
+    def to_entry(self) -> gallery_format.GalleryEntry:
+        return gallery_format.GalleryEntry(
+            name=self.name,
+            uri=self.uri,
+            alias=self.alias,
+            description=self.description,
+            license=self.license,
+            icon=self.icon,
+            tags=tuple(self.tags),
+            urls=tuple(self.urls),
+            mirrors=tuple(self.mirrors),
+            capabilities=dict(self.capabilities),
+            version=self.version,
+            sha256=self.sha256,
+        )
+
+    def to_localai(self, installed: bool = False) -> dict[str, Any]:
+        """LocalAI's ``gallery.GalleryBackend`` JSON, plus our ``id`` and ``is_meta``."""
+        return {
+            "id": self.id_in_gallery,
+            "name": self.name,
+            "alias": self.alias,
+            "uri": self.uri,
+            "mirrors": self.mirrors,
+            "capabilities": self.capabilities or None,
+            "description": self.description,
+            "license": self.license,
+            "icon": self.icon,
+            "urls": self.urls,
+            "tags": self.tags,
+            "version": self.version,
+            "sha256": self.sha256,
+            "gallery": self.gallery.to_localai(),
+            "installed": installed,
+            "is_meta": self.is_meta,
+        }
+
+
+class NodeManager(models.Manager["Node"]):
+    def local(self) -> Node:
+        node, _ = self.get_or_create(
+            name=settings.NODE_NAME,
+            defaults={"is_local": True, "backends_path": str(settings.LOCALAI_BACKENDS_PATH)},
+        )
+        return node
+
+
+class Node(models.Model):
+    """A host that installs backends: the local one, plus agents in distributed mode."""
+
+    class Status(models.TextChoices):
+        ONLINE = "online", "Online"
+        OFFLINE = "offline", "Offline"
+        DRAINING = "draining", "Draining"
+
+    name = models.CharField(max_length=255, unique=True)
+    is_local = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ONLINE)
+    backends_path = models.CharField(max_length=2000, blank=True)
+    hardware = models.JSONField(default=dict, blank=True)
+    capability = models.CharField(max_length=100, blank=True)
+    capability_explanation = models.TextField(blank=True)
+    vendor = models.CharField(max_length=32, blank=True)
+    vram_bytes = models.BigIntegerField(default=0)
+    cuda_version = models.CharField(max_length=32, blank=True)
+    driver_version = models.CharField(max_length=64, blank=True)
+    os = models.CharField(max_length=32, blank=True)
+    arch = models.CharField(max_length=32, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = NodeManager()
+
+    class Meta:
+        ordering = ("-is_local", "name")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def probe_local_hardware(self) -> None:
+        """Probe this machine (through the configured probe root) and store the report."""
+        report = hardware.probe(
+            settings.LOCALAI_ADMIN_PROBE_ROOT,
+            forced=settings.LOCALAI_FORCE_META_BACKEND_CAPABILITY,
+        )
+        self.apply_hardware(report)
+
+    def current_capability(self) -> str:
+        """The capability string, probing first if this node was never probed."""
+        forced = settings.LOCALAI_FORCE_META_BACKEND_CAPABILITY
+        stale = self.probed_at is None or (forced and forced != self.capability)
+        if self.is_local and stale:
+            self.probe_local_hardware()
+        return self.capability or "default"
+
+    def apply_hardware(self, report: hardware.HardwareReport) -> None:
+        """Store a hardware report on this node."""
+        self.hardware = report.to_dict()
+        self.capability = report.capability
+        self.capability_explanation = report.explanation
+        self.vendor = report.vendor
+        self.vram_bytes = report.vram_bytes
+        self.cuda_version = report.cuda_version
+        self.driver_version = report.driver_version
+        self.os = report.os
+        self.arch = report.arch
+        self.probed_at = timezone.now()
+        self.save()
+
+
+class InstalledBackend(models.Model):
+    """A backend on a node's disk. Reconciled from the disk, which is the source of truth."""
+
+    node = models.ForeignKey(Node, models.CASCADE, related_name="installed")
+    name = models.CharField(max_length=255)
+    alias = models.CharField(max_length=255, blank=True)
+    meta_backend_for = models.CharField(max_length=255, blank=True)
+    uri = models.CharField(max_length=2000, blank=True)
+    digest = models.CharField(max_length=100, blank=True)
+    version = models.CharField(max_length=255, blank=True)
+    gallery_url = models.CharField(max_length=2000, blank=True)
+    installed_at = models.DateTimeField(null=True, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    is_system = models.BooleanField(default=False)
+    is_meta = models.BooleanField(default=False)
+    upgrade_available = models.BooleanField(default=False)
+    available_version = models.CharField(max_length=255, blank=True)
+    available_digest = models.CharField(max_length=100, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints = [
+            models.UniqueConstraint(fields=("node", "name"), name="unique_installed_per_node"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.node}"
+
+    @classmethod
+    def reconcile(cls, node: Node, rows: dict[str, DiskBackend], sizes: dict[str, int]) -> None:
+        """Make the table say what the disk says for ``node`` (alias rows are not stored)."""
+        wanted = {
+            row.name: row
+            for key, row in rows.items()
+            if key == row.name and (row.is_system or row.is_meta or row.folder is not None)
+        }
+        with transaction.atomic():
+            cls.objects.filter(node=node).exclude(name__in=wanted).delete()
+            existing = {b.name: b for b in cls.objects.filter(node=node)}
+            for name, row in wanted.items():
+                meta = row.metadata
+                obj = existing.get(name) or cls(node=node, name=name)
+                obj.alias = meta.alias if meta else ""
+                obj.meta_backend_for = meta.meta_backend_for if meta else ""
+                obj.uri = meta.uri if meta else ""
+                obj.digest = meta.digest if meta else ""
+                obj.version = meta.version if meta else ""
+                obj.gallery_url = meta.gallery_url if meta else ""
+                obj.installed_at = _parse_time(meta.installed_at) if meta else None
+                obj.is_system = row.is_system
+                obj.is_meta = row.is_meta
+                obj.size_bytes = sizes.get(name, obj.size_bytes)
+                obj.save()
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+class Job(models.Model):
+    """One install, upgrade or delete, from the request to its outcome. Kept as history."""
+
+    class Kind(models.TextChoices):
+        INSTALL = "install", "Install"
+        UPGRADE = "upgrade", "Upgrade"
+        DELETE = "delete", "Delete"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    target = models.CharField(max_length=2000)
+    node = models.ForeignKey(Node, models.SET_NULL, null=True, blank=True, related_name="jobs")
+    parent = models.ForeignKey(
+        "self", models.CASCADE, null=True, blank=True, related_name="children"
+    )
+    external_uri = models.CharField(max_length=2000, blank=True)
+    external_name = models.CharField(max_length=255, blank=True)
+    external_alias = models.CharField(max_length=255, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    progress = models.FloatField(default=0)
+    phase = models.CharField(max_length=32, blank=True)
+    message = models.TextField(blank=True)
+    file_name = models.CharField(max_length=2000, blank=True)
+    current_bytes = models.BigIntegerField(default=0)
+    total_bytes = models.BigIntegerField(default=0)
+    bytes_per_second = models.FloatField(default=0)
+    error = models.TextField(blank=True)
+    cancellable = models.BooleanField(default=True)
+    cancel_requested = models.BooleanField(default=False)
+    force = models.BooleanField(default=False)
+    requested_by = models.CharField(max_length=255, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            # The history list and the Jobs page read newest first.
+            models.Index(fields=("-created_at",), name="job_newest_first"),
+            # "Is there already an active job for this target on this node?"
+            models.Index(fields=("target", "node", "state"), name="job_active_lookup"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target} ({self.state})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def is_finished(self) -> bool:
+        return not self.is_active
+
+
+class KnownBackend(models.Model):
+    """An entry of the known-backends registry (importers, drop-ins, preference-only)."""
+
+    class Source(models.TextChoices):
+        IMPORTER = "importer", "Importer"
+        DROP_IN = "drop-in", "Drop-in alternative"
+        PREFERENCE_ONLY = "preference-only", "Preference only"
+
+    name = models.CharField(max_length=255, unique=True)
+    modality = models.CharField(max_length=64, blank=True)
+    auto_detect = models.BooleanField(default=False)
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=20, choices=Source.choices)
+
+    class Meta:
+        ordering = ("modality", "name")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiTokenManager(models.Manager["ApiToken"]):
+    def create_token(self, user: Any, name: str) -> tuple[ApiToken, str]:
+        """Create a token; the clear value is returned once and never stored."""
+        value = "lai_" + secrets.token_urlsafe(32)
+        token = self.create(user=user, name=name, prefix=value[:10], token_hash=hash_token(value))
+        return token, value
+
+    def authenticate(self, value: str) -> ApiToken | None:
+        token = (
+            self.select_related("user")
+            .filter(token_hash=hash_token(value), revoked_at__isnull=True)
+            .first()
+        )
+        if token is None or not token.user.is_active:
+            return None
+        # Written at most once a minute: a polling script must not turn reads into writes.
+        now = timezone.now()
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token
+
+
+def hash_token(value: str) -> str:
+    # Tokens are 256 random bits, so a plain SHA-256 is enough (no slow KDF needed).
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A named, revocable credential for scripts. Acts with its user's permissions."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, editable=False)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenManager()
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import TestCase
+
+from backends.models import ApiToken, Gallery
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+REAL_GALLERY = FIXTURES / "galleries" / "localai-index.yaml"
+KNOWN_BACKENDS = FIXTURES / "known-backends.json"
+
+SMALL_GALLERY = """
+- &llama
+  name: llama-cpp
+  alias: llama-cpp
+  description: LLM inference in C/C++
+  tags: [text-to-text, LLM]
+  capabilities:
+    default: cpu-llama-cpp
+    nvidia: cuda12-llama-cpp
+    nvidia-cuda-12: cuda12-llama-cpp
+    metal: metal-llama-cpp
+- !!merge <<: *llama
+  name: cpu-llama-cpp
+  uri: quay.io/go-skynet/local-ai-backends:latest-cpu-llama-cpp
+- !!merge <<: *llama
+  name: cuda12-llama-cpp
+  uri: quay.io/go-skynet/local-ai-backends:latest-gpu-nvidia-cuda-12-llama-cpp
+- !!merge <<: *llama
+  name: metal-llama-cpp
+  uri: quay.io/go-skynet/local-ai-backends:latest-metal-darwin-arm64-llama-cpp
+- name: whisper
+  description: Speech to text
+  tags: [asr]
+  capabilities:
+    default: cpu-whisper
+- name: cpu-whisper
+  alias: whisper
+  uri: quay.io/go-skynet/local-ai-backends:latest-cpu-whisper
+"""
+
+
+class BaseTestCase(TestCase):
+    """Named personas and a small synced gallery."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.alice = User.objects.create_user("alice", password="password", is_staff=True)
+        self.bob = User.objects.create_user("bob", password="password")
+        self.token_value = ApiToken.objects.create_token(self.alice, "tests")[1]
+        self.gallery_file = Path(settings.LOCALAI_BACKENDS_PATH).parent / "gallery.yaml"
+        self.gallery_file.write_text(SMALL_GALLERY)
+        self.gallery = Gallery.objects.create(name="localai", url=self.gallery_file.as_uri())
+
+    def api_get(self, url: str, **kwargs: Any) -> Any:
+        return self.client.get(url, headers={"Authorization": f"Bearer {self.token_value}"}, **kwargs)
+
+    def api_post(self, url: str, data: Any = None, **kwargs: Any) -> Any:
+        body = json.dumps(data) if data is not None else ""
+        return self.client.post(
+            url,
+            body,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {self.token_value}"},
+            **kwargs,
+        )
+
+    def install_on_disk(self, name: str, *, alias: str = "", meta_for: str = "") -> Path:
+        """Lay out an installed backend folder the way the installer leaves it."""
+        folder = Path(settings.LOCALAI_BACKENDS_PATH) / name
+        folder.mkdir(parents=True)
+        metadata: dict[str, str] = {"name": name}
+        if meta_for:
+            metadata["meta_backend_for"] = meta_for
+        else:
+            run = folder / "run.sh"
+            run.write_text("#!/bin/sh\necho run\n")
+            run.chmod(0o755)
+        if alias:
+            metadata["alias"] = alias
+        (folder / "metadata.json").write_text(json.dumps(metadata))
+        return folder

@@ -1,0 +1,3 @@
+"""Session fixtures that start a real OCI registry (filled in by the OCI work)."""
+
+from __future__ import annotations

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.utils import timezone
+
+from backends.models import ApiToken
+from tests.base import BaseTestCase
+
+
+class ApiAuthTestCase(BaseTestCase):
+    def test_it_rejects_anonymous_with_401_json(self) -> None:
+        r = self.client.get("/backends/known")
+        self.assertEqual(r.status_code, 401)
+        self.assertEqual(r.json()["error"]["code"], 401)
+        self.assertEqual(r.json()["error"]["type"], "unauthorized")
+
+    def test_it_rejects_non_staff_session_with_403_json(self) -> None:
+        self.client.login(username="bob", password="password")
+        r = self.client.get("/backends/known")
+        self.assertEqual(r.status_code, 403)
+        self.assertIn("staff", r.json()["error"]["message"])
+
+    def test_it_accepts_a_staff_session(self) -> None:
+        self.client.login(username="alice", password="password")
+        self.assertEqual(self.client.get("/backends/known").status_code, 200)
+
+    def test_it_accepts_a_bearer_token_and_records_its_use(self) -> None:
+        self.assertEqual(self.api_get("/backends/known").status_code, 200)
+        self.assertIsNotNone(ApiToken.objects.get().last_used_at)
+
+    def test_it_rejects_a_wrong_token(self) -> None:
+        r = self.client.get("/backends/known", headers={"Authorization": "Bearer lai_nope"})
+        self.assertEqual(r.status_code, 401)
+
+    def test_it_rejects_a_revoked_token(self) -> None:
+        ApiToken.objects.update(revoked_at=timezone.now())
+        self.assertEqual(self.api_get("/backends/known").status_code, 401)
+
+    def test_it_rejects_a_token_of_a_non_staff_user(self) -> None:
+        _token, value = ApiToken.objects.create_token(self.bob, "bob's")
+        r = self.client.get("/backends/known", headers={"Authorization": f"Bearer {value}"})
+        self.assertEqual(r.status_code, 403)
+
+    def test_it_stores_only_a_hash_of_the_token(self) -> None:
+        token = ApiToken.objects.get()
+        self.assertNotIn(self.token_value, token.token_hash)
+        self.assertTrue(self.token_value.startswith(token.prefix))
+
+    def test_it_answers_405_json_for_a_wrong_method(self) -> None:
+        r = self.api_post("/backends/known", {})
+        self.assertEqual(r.status_code, 405)
+        self.assertEqual(r.json()["error"]["code"], 405)
+
+    def test_pages_redirect_anonymous_users_to_login(self) -> None:
+        r = self.client.get("/")
+        self.assertRedirects(r, "/accounts/login/?next=/", fetch_redirect_response=False)

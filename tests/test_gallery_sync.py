@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import shutil
+
+from django.core.management import call_command
+from django.test import override_settings
+
+from backends import tasks
+from backends.models import Gallery, GalleryBackend
+from tests.base import REAL_GALLERY, BaseTestCase
+
+
+class GallerySyncTestCase(BaseTestCase):
+    def use_real_gallery(self) -> None:
+        shutil.copy(REAL_GALLERY, self.gallery_file)
+
+    def test_it_loads_the_real_gallery(self) -> None:
+        self.use_real_gallery()
+        summary = self.gallery.sync()
+        self.assertIn("1028 entries", summary)
+        entries = GalleryBackend.objects.filter(gallery=self.gallery)
+        self.assertEqual(entries.count(), 1028)
+        self.assertEqual(entries.filter(is_meta=True).count(), 140)
+        self.assertEqual(entries.filter(is_meta=False).count(), 888)
+        self.gallery.refresh_from_db()
+        self.assertEqual(self.gallery.entry_count, 1028)
+        self.assertEqual(self.gallery.last_error, "")
+        self.assertEqual(len(self.gallery.problems), 5)
+        self.assertTrue(all("occurs again" in p for p in self.gallery.problems))
+
+    def test_it_resolves_anchors_and_merge_keys(self) -> None:
+        self.gallery.sync()
+        cuda = GalleryBackend.objects.get(name="cuda12-llama-cpp")
+        self.assertEqual(cuda.description, "LLM inference in C/C++")
+        self.assertEqual(cuda.alias, "llama-cpp")
+        self.assertFalse(cuda.is_meta)
+        self.assertTrue(GalleryBackend.objects.get(name="llama-cpp").is_meta)
+
+    def test_it_does_not_reparse_an_unchanged_source(self) -> None:
+        self.gallery.sync()
+        first_ids = set(GalleryBackend.objects.values_list("pk", flat=True))
+        summary = self.gallery.sync()
+        self.assertIn("unchanged", summary)
+        self.assertEqual(set(GalleryBackend.objects.values_list("pk", flat=True)), first_ids)
+
+    def test_it_reparses_when_forced(self) -> None:
+        self.gallery.sync()
+        first_ids = set(GalleryBackend.objects.values_list("pk", flat=True))
+        self.gallery.sync(force=True)
+        self.assertFalse(first_ids & set(GalleryBackend.objects.values_list("pk", flat=True)))
+
+    def test_a_broken_source_keeps_the_last_good_entries(self) -> None:
+        self.gallery.sync()
+        self.gallery_file.write_text("- name: [unclosed\n")
+        summary = self.gallery.sync()
+        self.assertIn("failed", summary)
+        self.gallery.refresh_from_db()
+        self.assertIn("localai", self.gallery.last_error)
+        self.assertEqual(GalleryBackend.objects.count(), 6)
+        self.assertEqual(self.gallery.entry_count, 6)
+
+    def test_a_document_that_is_not_a_list_keeps_the_last_good_entries(self) -> None:
+        self.gallery.sync()
+        self.gallery_file.write_text("name: not-a-list\n")
+        self.gallery.sync()
+        self.gallery.refresh_from_db()
+        self.assertNotEqual(self.gallery.last_error, "")
+        self.assertEqual(GalleryBackend.objects.count(), 6)
+
+    def test_a_missing_file_is_recorded_as_an_error(self) -> None:
+        self.gallery_file.unlink()
+        self.gallery.sync()
+        self.gallery.refresh_from_db()
+        self.assertIn("gallery.yaml", self.gallery.last_error)
+        self.assertIsNone(self.gallery.last_synced_at)
+
+    def test_bad_entries_are_reported_and_valid_ones_still_load(self) -> None:
+        self.gallery_file.write_text(
+            "- name: good\n  uri: quay.io/x/y:1\n"
+            "- name: ../evil\n  uri: quay.io/x/y:2\n"
+            "- uri: quay.io/x/y:3\n"
+            "- name: badtags\n  tags: not-a-list\n"
+        )
+        self.gallery.sync()
+        self.gallery.refresh_from_db()
+        self.assertEqual(list(GalleryBackend.objects.values_list("name", flat=True)), ["good"])
+        self.assertEqual(len(self.gallery.problems), 3)
+        self.assertTrue(all("localai" in p for p in self.gallery.problems))
+        self.assertTrue(any("../evil" in p for p in self.gallery.problems))
+        self.assertTrue(any("badtags" in p for p in self.gallery.problems))
+
+    def test_a_mirror_is_used_when_the_primary_fails(self) -> None:
+        self.gallery.url = (self.gallery_file.parent / "missing.yaml").as_uri()
+        self.gallery.mirrors = [self.gallery_file.as_uri()]
+        self.gallery.save()
+        self.gallery.sync()
+        self.gallery.refresh_from_db()
+        self.assertEqual(self.gallery.source, self.gallery_file.as_uri())
+        self.assertEqual(self.gallery.entry_count, 6)
+
+
+class GallerySeedTestCase(BaseTestCase):
+    def test_the_command_seeds_configured_galleries_and_syncs_them(self) -> None:
+        Gallery.objects.all().delete()
+        configured = [{"name": "mine", "url": self.gallery_file.as_uri(), "mirrors": []}]
+        with override_settings(LOCALAI_BACKEND_GALLERIES=configured):
+            call_command("sync_galleries", stdout=open("/dev/null", "w"))
+        gallery = Gallery.objects.get()
+        self.assertEqual(gallery.name, "mine")
+        self.assertEqual(gallery.entry_count, 6)
+
+    def test_seeding_leaves_edited_galleries_alone(self) -> None:
+        configured = [{"name": "localai", "url": "https://example.invalid/x", "mirrors": []}]
+        Gallery.objects.seed(configured)
+        self.assertEqual(Gallery.objects.get().url, self.gallery_file.as_uri())
+
+    def test_an_unreachable_default_gallery_is_reported_not_raised(self) -> None:
+        self.gallery.url = "http://127.0.0.1:9/backends"
+        self.gallery.save()
+        summaries = tasks.sync_all()
+        self.assertIn("sync failed", summaries[0])
+        self.gallery.refresh_from_db()
+        self.assertIn("127.0.0.1:9", self.gallery.last_error)
