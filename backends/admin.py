@@ -17,7 +17,15 @@ from backends.models import (
 
 @admin.register(Gallery)
 class GalleryAdmin(admin.ModelAdmin):
-    list_display = ("name", "url", "enabled", "position", "entry_count", "last_synced_at", "last_error")
+    list_display = (
+        "name",
+        "url",
+        "enabled",
+        "position",
+        "entry_count",
+        "last_synced_at",
+        "last_error",
+    )
     list_editable = ("enabled", "position")
     list_filter = ("enabled",)
     search_fields = ("name", "url")
@@ -62,7 +70,14 @@ class GalleryBackendAdmin(admin.ModelAdmin):
 
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ("name", "is_local", "status", "capability", "vendor", "last_heartbeat")
+    list_display = (
+        "name",
+        "is_local",
+        "status",
+        "capability",
+        "vendor",
+        "last_heartbeat",
+    )
     list_filter = ("status", "is_local", "capability")
     search_fields = ("name",)
     readonly_fields = ("hardware", "probed_at", "last_heartbeat", "created_at")
@@ -70,7 +85,15 @@ class NodeAdmin(admin.ModelAdmin):
 
 @admin.register(InstalledBackend)
 class InstalledBackendAdmin(admin.ModelAdmin):
-    list_display = ("name", "node", "version", "is_meta", "is_system", "upgrade_available", "installed_at")
+    list_display = (
+        "name",
+        "node",
+        "version",
+        "is_meta",
+        "is_system",
+        "upgrade_available",
+        "installed_at",
+    )
     list_filter = ("node", "is_meta", "is_system", "upgrade_available")
     search_fields = ("name", "alias", "uri")
     list_select_related = ("node",)
@@ -101,13 +124,22 @@ class KnownBackendAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "user", "created_at", "last_used_at", "revoked_at")
+    list_display = (
+        "name",
+        "prefix",
+        "user",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     fields = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
 
-    def save_model(self, request: HttpRequest, obj: ApiToken, form: object, change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: ApiToken, form: object, change: bool
+    ) -> None:
         if change:
             super().save_model(request, obj, form, change)  # type: ignore[arg-type]
             return

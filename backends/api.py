@@ -2,12 +2,80 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from typing import Any
+
 from django.http import HttpRequest, JsonResponse
 
-from backends import catalogue
-from backends.http import api_view
-from backends.models import Node
+from backends import catalogue, tasks, upgrades
+from backends.gallery import validate_name
+from backends.http import api_view, json_error
+from backends.install import local_folder, looks_like_oci
+from backends.models import GalleryBackend, Job, JobConflict, Node
 from backends.openapi import openapi_document
+
+MAX_BODY = 64 * 1024
+JOB_LIST_LIMIT = 200
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    if len(request.body) > MAX_BODY:
+        raise BadRequest("request body too large")
+    try:
+        data = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def _string(data: dict[str, Any], key: str, *, required: bool = False) -> str:
+    value = data.get(key, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    if required and not value.strip():
+        raise BadRequest(f"{key} is required")
+    return value.strip()
+
+
+def _backend_id(value: str) -> str:
+    """Check a ``name`` or ``gallery@name`` reference; the names must be safe."""
+    gallery, _, name = value.rpartition("@")
+    try:
+        validate_name(name)
+        if gallery:
+            validate_name(gallery, "gallery name")
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return value
+
+
+def _started(request: HttpRequest, job: Job) -> JsonResponse:
+    status_url = request.build_absolute_uri(f"/backends/jobs/{job.pk}")
+    return JsonResponse(
+        {"id": str(job.pk), "status_url": status_url, "state": job.state}
+    )
+
+
+def _start(request: HttpRequest, kind: str, target: str, **fields: Any) -> JsonResponse:
+    try:
+        job = Job.objects.start(
+            kind, target, requested_by=request.user.get_username(), **fields
+        )
+    except JobConflict as exc:
+        return json_error(409, str(exc), job_id=str(exc.active.pk))
+    return _started(request, job)
+
+
+# -- read ---------------------------------------------------------------------------
 
 
 @api_view()
@@ -36,3 +104,176 @@ def gallery_list(request: HttpRequest) -> JsonResponse:
 @api_view()
 def openapi(request: HttpRequest) -> JsonResponse:
     return JsonResponse(openapi_document(request.build_absolute_uri("/")))
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+@api_view()
+def job_list(request: HttpRequest) -> JsonResponse:
+    jobs = Job.objects.all()
+    state = request.GET.get("state", "")
+    if state:
+        if state not in Job.State.values:
+            return json_error(
+                400, f"unknown state {state!r}: one of {', '.join(Job.State.values)}"
+            )
+        jobs = jobs.filter(state=state)
+    return JsonResponse(
+        {str(job.pk): job.to_opstatus() for job in jobs[:JOB_LIST_LIMIT]}
+    )
+
+
+def _get_job(job_id: str) -> Job | None:
+    try:
+        return Job.objects.filter(pk=uuid.UUID(job_id)).first()
+    except ValueError:
+        return None
+
+
+@api_view()
+def job_detail(request: HttpRequest, job_id: str) -> JsonResponse:
+    job = _get_job(job_id)
+    if job is None:
+        return json_error(404, f"could not find any job with id {job_id}")
+    return JsonResponse(job.to_opstatus())
+
+
+@api_view(("POST",))
+def job_cancel(request: HttpRequest, job_id: str) -> JsonResponse:
+    job = _get_job(job_id)
+    if job is None:
+        return json_error(404, f"could not find any job with id {job_id}")
+    if not job.request_cancel():
+        return json_error(
+            409, f"job {job_id} is {job.state} and cannot be cancelled now"
+        )
+    return JsonResponse(
+        {"success": True, "message": "Operation cancelled", "state": job.state}
+    )
+
+
+# -- mutations ----------------------------------------------------------------------
+
+
+@api_view(("POST",))
+def apply(request: HttpRequest) -> JsonResponse:
+    try:
+        data = _json_body(request)
+        target = _backend_id(_string(data, "id", required=True))
+        force = data.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest("force must be true or false")
+    except BadRequest as exc:
+        return json_error(400, str(exc))
+    entry = GalleryBackend.objects.find(target)
+    if entry is None:
+        return json_error(404, f'no backend found with name "{target}"')
+    return _start(request, Job.Kind.INSTALL, target, force=force, dedup_key=entry.name)
+
+
+@api_view(("POST",))
+def delete(request: HttpRequest, name: str) -> JsonResponse:
+    try:
+        target = _backend_id(name)
+    except BadRequest as exc:
+        return json_error(400, str(exc))
+    bare = target.rpartition("@")[2]
+    on_disk = catalogue.local_disk()
+    row = on_disk.get(bare)
+    if row is None:
+        return json_error(404, f"backend {bare!r} is not installed")
+    if row.is_system:
+        return json_error(409, f"system backend {bare!r} cannot be deleted")
+    return _start(request, Job.Kind.DELETE, bare)
+
+
+@api_view(("POST",))
+def upgrade(request: HttpRequest, name: str) -> JsonResponse:
+    try:
+        target = _backend_id(name)
+    except BadRequest as exc:
+        return json_error(400, str(exc))
+    bare = target.rpartition("@")[2]
+    row = catalogue.local_disk().get(bare)
+    if row is None:
+        return json_error(404, f"backend {bare!r} is not installed")
+    if row.is_system:
+        return json_error(409, f"system backend {bare!r} cannot be upgraded")
+    return _start(request, Job.Kind.UPGRADE, bare)
+
+
+@api_view(("POST",))
+def install_external(request: HttpRequest) -> JsonResponse:
+    try:
+        data = _json_body(request)
+        uri = _string(data, "uri", required=True)
+        name = _string(data, "name")
+        alias = _string(data, "alias")
+        force = bool(data.get("force", False))
+        if name:
+            validate_name(name)
+        if alias:
+            validate_name(alias, "alias")
+        is_local = uri.startswith("file://") or local_folder(uri) is not None
+        is_url = uri.startswith(("http://", "https://"))
+        if not (is_local or is_url or looks_like_oci(uri)):
+            # Neither a URI nor a reference: LocalAI reads it as a gallery backend name.
+            if name or alias:
+                raise BadRequest(
+                    "specifying a name or alias is not supported for gallery backends"
+                )
+            request_id = _backend_id(uri)
+            entry = GalleryBackend.objects.find(request_id)
+            if entry is None:
+                return json_error(404, f'no backend found with name "{uri}"')
+            response = _start(
+                request, Job.Kind.INSTALL, request_id, force=force, dedup_key=entry.name
+            )
+            return _external_answer(response)
+        if uri.startswith("/") and local_folder(uri) is None:
+            raise BadRequest(f"{uri} is not a folder on this host")
+        if looks_like_oci(uri) and not name:
+            raise BadRequest("specifying a name is required for OCI images")
+        if is_url and not name:
+            raise BadRequest("specifying a name is required for downloads")
+    except (BadRequest, ValueError) as exc:
+        return json_error(400, str(exc))
+    folder_name = name or (local_folder(uri).name if local_folder(uri) else "")
+    response = _start(
+        request,
+        Job.Kind.INSTALL,
+        name or uri,
+        force=force,
+        dedup_key=folder_name or uri,
+        external_uri=uri,
+        external_name=name,
+        external_alias=alias,
+    )
+    return _external_answer(response)
+
+
+def _external_answer(response: JsonResponse) -> JsonResponse:
+    """LocalAI's install-external answer adds ``jobID`` and ``message``."""
+    if response.status_code != 200:
+        return response
+    body = json.loads(response.content)
+    body |= {"jobID": body["id"], "message": "External backend installation started"}
+    return JsonResponse(body)
+
+
+# -- upgrades -----------------------------------------------------------------------
+
+
+@api_view()
+def upgrade_list(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(upgrades.upgrade_info(Node.objects.local()))
+
+
+@api_view(("POST",))
+def upgrade_check(request: HttpRequest) -> JsonResponse:
+    # LocalAI answers with the cached result while the check runs in the background.
+    node = Node.objects.local()
+    info = upgrades.upgrade_info(node)
+    tasks.check_upgrades()
+    return JsonResponse(info)

@@ -15,7 +15,9 @@ def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend
     if capability is None:
         capability = Node.objects.local().current_capability()
     return installed.scan(
-        settings.LOCALAI_BACKENDS_PATH, settings.LOCALAI_BACKENDS_SYSTEM_PATH, capability
+        settings.LOCALAI_BACKENDS_PATH,
+        settings.LOCALAI_BACKENDS_SYSTEM_PATH,
+        capability,
     )
 
 
@@ -40,7 +42,10 @@ def available(capability: str) -> list[dict[str, Any]]:
         row = entry.to_localai(installed=entry.name in on_disk)
         if entry.is_meta:
             choice = resolve.resolve_meta(entry, capability)
-            row["resolution"] = {"concrete": choice.concrete, "explanation": choice.explanation}
+            row["resolution"] = {
+                "concrete": choice.concrete,
+                "explanation": choice.explanation,
+            }
         rows.append(row)
     return rows
 
@@ -59,7 +64,12 @@ def known_backends(installed_names: set[str]) -> list[dict[str, Any]]:
         row["installed"] = known.name in installed_names
         rows[known.name] = row
     for name in installed_names - rows.keys():
-        rows[name] = {"name": name, "modality": "", "auto_detect": False, "installed": True}
+        rows[name] = {
+            "name": name,
+            "modality": "",
+            "auto_detect": False,
+            "installed": True,
+        }
     return sorted(rows.values(), key=lambda r: (r["modality"], r["name"]))
 
 

@@ -255,6 +255,28 @@ def _split_name(name: str) -> list[str]:
     return parts
 
 
+def _filtered_mode(member: tarfile.TarInfo, root: str) -> int:
+    """The mode ``tarfile.data_filter`` gives the entry, or its refusal.
+
+    Regular files and directories (nearly every entry) take data_filter's mode rule
+    inlined: its two realpath() calls cost more than everything else done for a small
+    file, and _resolve_dir confines their paths more strictly anyway. Links and every
+    other type go through data_filter itself (link targets, special files).
+    """
+    if member.isreg():
+        mode = member.mode & 0o755  # no setuid/setgid/sticky, no group/other write
+        if not mode & 0o100:
+            mode &= ~0o111
+        return mode | 0o600
+    if member.isdir():
+        return 0o755  # data_filter ignores directory modes; a 0o555 one would block us
+    try:
+        filtered = tarfile.data_filter(member, root)
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(f"refusing {member.name!r}: {exc}") from exc
+    return filtered.mode if filtered.mode is not None else 0o644
+
+
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
@@ -309,10 +331,7 @@ class _LayerWriter:
         if self._whiteouts and leaf.startswith(WHITEOUT_PREFIX):
             self._apply_whiteout(parts, name)
             return
-        try:
-            member = tarfile.data_filter(member, self._root)
-        except tarfile.FilterError as exc:
-            raise UnsafeArchiveError(f"refusing {name!r}: {exc}") from exc
+        mode = _filtered_mode(member, self._root)
         parent = self._resolve_dir(parts[:-1], name, create=True)
         assert parent is not None  # create=True always yields a directory
         rel = _join(parent, leaf)
@@ -329,7 +348,7 @@ class _LayerWriter:
                     rel, path, lambda: os.link(source, path, follow_symlinks=False)
                 )
         elif member.isreg():
-            self._write_file(tar, stream, member, rel, path)
+            self._write_file(tar, stream, member, mode, rel, path)
         else:  # data_filter refuses these already; keep the guarantee local too
             raise UnsafeArchiveError(f"refusing {name!r}: unsupported entry type")
         self._mark_written(rel)
@@ -465,6 +484,7 @@ class _LayerWriter:
         tar: tarfile.TarFile,
         stream: _TarStream,
         member: tarfile.TarInfo,
+        mode: int,
         rel: str,
         path: str,
     ) -> None:
@@ -484,7 +504,7 @@ class _LayerWriter:
             else:
                 stream.seek(member.offset_data)
                 stream.copy_to(fd, member.size)
-            os.fchmod(fd, member.mode if member.mode is not None else 0o644)
+            os.fchmod(fd, mode)
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)
@@ -500,16 +520,16 @@ class _LayerWriter:
         leaf = parts[-1]
         if leaf != OPAQUE_WHITEOUT and leaf.startswith(WHITEOUT_PREFIX * 2):
             return  # other AUFS bookkeeping files (.wh..wh.plnk and the like)
+        victim = None if leaf == OPAQUE_WHITEOUT else leaf[len(WHITEOUT_PREFIX) :]
+        if victim in ("", ".", ".."):
+            raise UnsafeArchiveError(f"refusing {entry!r}: whiteout of {victim!r}")
         parent = self._resolve_dir(parts[:-1], entry, create=False)
         if parent is None:
             return  # nothing below to hide
-        if leaf == OPAQUE_WHITEOUT:
+        if victim is None:
             self._clear_lower(parent)
-            return
-        victim = leaf[len(WHITEOUT_PREFIX) :]
-        if victim in ("", ".", ".."):
-            raise UnsafeArchiveError(f"refusing {entry!r}: whiteout of {victim!r}")
-        self._remove_lower(_join(parent, victim))
+        else:
+            self._remove_lower(_join(parent, victim))
 
     def _remove_lower(self, rel: str) -> None:
         path = self._abs(rel)

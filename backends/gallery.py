@@ -42,13 +42,14 @@ def validate_name(value: object, what: str = "backend name") -> str:
         raise ValueError(f"{what} is empty")
     if len(value) > MAX_NAME_LENGTH:
         raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
-    if value in (".", ".."):
-        raise ValueError(f"{what} {value!r} is not allowed")
     # fullmatch, not match: "$" would also accept a trailing newline.
     if NAME_PATTERN.fullmatch(value) is None:
         raise ValueError(
             f"{what} {value!r} may only contain letters, digits, '.', '_' and '-'"
         )
+    if value.startswith("."):
+        # ".", ".." and hidden folders are never backend folders.
+        raise ValueError(f"{what} {value!r} is not allowed: it may not start with '.'")
     return value
 
 

@@ -315,6 +315,7 @@ def normalise_machine(machine: str) -> str:
 
 def _probe_gpus(root: Path, timeout: float) -> GpuFindings:
     cards = _drm_cards(root)
+    cards += _pci_only_cards(root, cards)
     jetson = _is_nvidia_soc(root)
     vendor = _best_vendor(card.vendor for card in cards)
     if not vendor and jetson:
@@ -363,6 +364,29 @@ def _drm_cards(root: Path) -> list[_Card]:
             continue
         cards.append(_Card(name, vendor, _card_vram(drm / name)))
     return cards
+
+
+def _pci_only_cards(root: Path, known: list[_Card]) -> list[_Card]:
+    """GPUs on the PCI bus whose vendor has no DRM card, e.g. NVIDIA without nvidia-drm.
+
+    Without this an NVIDIA server whose driver exposes no DRM node would be judged by
+    its BMC or integrated GPU alone.
+    """
+    pci = _under(root, "sys/bus/pci/devices")
+    try:
+        devices = sorted(pci.iterdir())
+    except OSError:
+        return []
+    seen = {card.vendor for card in known}
+    extra = []
+    for device in devices:
+        # PCI class 0x03xxxx: display controllers (VGA, 3D, other).
+        if not (_read(device / "class") or "").strip().startswith("0x03"):
+            continue
+        vendor = PCI_VENDORS.get((_read(device / "vendor") or "").strip().lower())
+        if vendor and vendor not in seen:
+            extra.append(_Card(device.name, vendor, None))
+    return extra
 
 
 def _card_vram(card: Path) -> int | None:
@@ -485,7 +509,7 @@ def _probe_card_memory(
         if found.vram_bytes is not None and not found.gpus:
             found.gpus = [Gpu("amd", "AMD GPU", found.vram_bytes)]
     elif mine:
-        # An Intel card without a local-memory counter is an integrated GPU that shares
+        # An Intel GPU without a local-memory counter is an integrated one that shares
         # system RAM: no dedicated VRAM.
         found.vram_bytes = 0
     return found

@@ -37,7 +37,11 @@ ERROR_TYPES = {
 def json_error(status: int, message: str, **extra: Any) -> JsonResponse:
     """LocalAI's error envelope: ``{"error": {"code", "message", "type"}}``."""
     body: dict[str, Any] = {
-        "error": {"code": status, "message": message, "type": ERROR_TYPES.get(status, "error")}
+        "error": {
+            "code": status,
+            "message": message,
+            "type": ERROR_TYPES.get(status, "error"),
+        }
     }
     body.update(extra)
     return JsonResponse(body, status=status)
@@ -77,9 +81,14 @@ def api_view(methods: tuple[str, ...] = ("GET",)) -> Callable[[View], View]:
                 if token is None:
                     return json_error(401, "invalid or revoked API token")
                 request.user = token.user
-            elif isinstance(request.user, AnonymousUser) or not request.user.is_authenticated:
+            elif (
+                isinstance(request.user, AnonymousUser)
+                or not request.user.is_authenticated
+            ):
                 return json_error(401, "authentication required: send an API token")
-            elif request.method not in ("GET", "HEAD", "OPTIONS") and _csrf_failure(request):
+            elif request.method not in ("GET", "HEAD", "OPTIONS") and _csrf_failure(
+                request
+            ):
                 return json_error(403, "CSRF check failed")
             if not request.user.is_staff:
                 return json_error(403, "staff access required")

@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "metadata.json"
 RUN_FILE = "run.sh"
 # Folders the installer uses while it works; never listed as backends.
-TRANSIENT_SUFFIXES = (".install-tmp", ".install-backup", ".upgrade-tmp", ".backup", ".partial")
+TRANSIENT_SUFFIXES = (
+    ".install-tmp",
+    ".install-backup",
+    ".upgrade-tmp",
+    ".backup",
+    ".partial",
+)
 
 # Which build of an alias group a host prefers, by capability prefix (first prefix that
 # matches wins), then by token found in the folder name.
@@ -61,7 +67,9 @@ class Metadata:
     def from_json(cls, data: object) -> Metadata:
         if not isinstance(data, dict):
             raise ValueError("metadata.json is not a JSON object")
-        known = {k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__ and v}
+        known = {
+            k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__ and v
+        }
         return cls(**known)
 
     def to_json(self) -> dict[str, str]:
@@ -109,7 +117,9 @@ def read_metadata(folder: Path) -> Metadata | None:
     try:
         return Metadata.from_json(json.loads(raw))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{folder.name}/{METADATA_FILE} is unreadable: {exc}") from None
+        raise ValueError(
+            f"{folder.name}/{METADATA_FILE} is unreadable: {exc}"
+        ) from None
 
 
 def write_metadata(folder: Path, metadata: Metadata) -> None:
@@ -185,12 +195,15 @@ def scan(
                 problems=problems,
             )
         elif problems:
-            found[folder.name] = DiskBackend(folder.name, "", folder=folder, problems=problems)
+            found[folder.name] = DiskBackend(
+                folder.name, "", folder=folder, problems=problems
+            )
 
     tokens = preference_tokens(capability)
     for alias, group in aliases.items():
         chosen = next(
-            (row for token in tokens for row in group if token in row.name.lower()), group[0]
+            (row for token in tokens for row in group if token in row.name.lower()),
+            group[0],
         )
         found[alias] = DiskBackend(
             alias, chosen.run_file, metadata=chosen.metadata, folder=chosen.folder
@@ -208,3 +221,13 @@ def folder_size(path: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
+
+
+def human_size(size: float) -> str:
+    """Sizes as LocalAI prints them: whole bytes under 1 KiB, else one decimal."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    index = 0
+    while size >= 1024 and index < len(units) - 1:
+        size /= 1024
+        index += 1
+    return f"{int(size)} B" if index == 0 else f"{size:.1f} {units[index]}"

@@ -7,16 +7,16 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from backends import gallery as gallery_format
 from backends import hardware
-from backends.installed import DiskBackend
+from backends.installed import DiskBackend, human_size
 
 
 class GalleryManager(models.Manager["Gallery"]):
-    def seed(self, configured: list[dict[str, Any]]) -> list["Gallery"]:
+    def seed(self, configured: list[dict[str, Any]]) -> list[Gallery]:
         """Create the galleries named in configuration that the table does not have yet.
 
         Existing rows are left alone: once seeded, a gallery is edited in the admin.
@@ -25,10 +25,13 @@ class GalleryManager(models.Manager["Gallery"]):
         for position, item in enumerate(configured):
             name, url = item.get("name"), item.get("url")
             if not isinstance(name, str) or not isinstance(url, str):
-                raise ValueError(f"gallery #{position + 1} needs a name and a url: {item!r}")
+                raise ValueError(
+                    f"gallery #{position + 1} needs a name and a url: {item!r}"
+                )
             mirrors = item.get("mirrors") or []
             gallery, was_created = self.get_or_create(
-                name=name, defaults={"url": url, "mirrors": mirrors, "position": position}
+                name=name,
+                defaults={"url": url, "mirrors": mirrors, "position": position},
             )
             if was_created:
                 created.append(gallery)
@@ -88,7 +91,8 @@ class Gallery(models.Model):
             parsed = gallery_format.parse_entries(fetched.data, self.name)
             if not parsed.entries:
                 raise gallery_format.GalleryError(
-                    f"gallery {self.name}: no usable entry; " + "; ".join(parsed.problems[:5])
+                    f"gallery {self.name}: no usable entry; "
+                    + "; ".join(parsed.problems[:5])
                 )
         except (gallery_format.GalleryError, ValueError) as exc:
             message = str(exc)
@@ -99,7 +103,9 @@ class Gallery(models.Model):
             return f"{self.name}: sync failed: {message}"
 
         rows = [
-            GalleryBackend(gallery=self, position=i, **GalleryBackend.fields_from(entry))
+            GalleryBackend(
+                gallery=self, position=i, **GalleryBackend.fields_from(entry)
+            )
             for i, entry in enumerate(parsed.entries)
         ]
         with transaction.atomic():
@@ -162,7 +168,9 @@ class GalleryBackend(models.Model):
     class Meta:
         ordering = ("gallery__position", "gallery__name", "position")
         constraints = [
-            models.UniqueConstraint(fields=("gallery", "name"), name="unique_gallery_entry"),
+            models.UniqueConstraint(
+                fields=("gallery", "name"), name="unique_gallery_entry"
+            ),
         ]
         indexes = [
             # Name lookups (install by name, the catalogue's search) go through this.
@@ -236,7 +244,10 @@ class NodeManager(models.Manager["Node"]):
     def local(self) -> Node:
         node, _ = self.get_or_create(
             name=settings.NODE_NAME,
-            defaults={"is_local": True, "backends_path": str(settings.LOCALAI_BACKENDS_PATH)},
+            defaults={
+                "is_local": True,
+                "backends_path": str(settings.LOCALAI_BACKENDS_PATH),
+            },
         )
         return node
 
@@ -251,7 +262,9 @@ class Node(models.Model):
 
     name = models.CharField(max_length=255, unique=True)
     is_local = models.BooleanField(default=False)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ONLINE)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.ONLINE
+    )
     backends_path = models.CharField(max_length=2000, blank=True)
     hardware = models.JSONField(default=dict, blank=True)
     capability = models.CharField(max_length=100, blank=True)
@@ -328,19 +341,24 @@ class InstalledBackend(models.Model):
     class Meta:
         ordering = ("name",)
         constraints = [
-            models.UniqueConstraint(fields=("node", "name"), name="unique_installed_per_node"),
+            models.UniqueConstraint(
+                fields=("node", "name"), name="unique_installed_per_node"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} on {self.node}"
 
     @classmethod
-    def reconcile(cls, node: Node, rows: dict[str, DiskBackend], sizes: dict[str, int]) -> None:
+    def reconcile(
+        cls, node: Node, rows: dict[str, DiskBackend], sizes: dict[str, int]
+    ) -> None:
         """Make the table say what the disk says for ``node`` (alias rows are not stored)."""
         wanted = {
             row.name: row
             for key, row in rows.items()
-            if key == row.name and (row.is_system or row.is_meta or row.folder is not None)
+            if key == row.name
+            and (row.is_system or row.is_meta or row.folder is not None)
         }
         with transaction.atomic():
             cls.objects.filter(node=node).exclude(name__in=wanted).delete()
@@ -368,6 +386,101 @@ def _parse_time(value: str) -> datetime | None:
         return None
 
 
+class JobConflict(Exception):
+    """Another kind of job is already working on the same backend on the same node."""
+
+    def __init__(self, active: Job) -> None:
+        super().__init__(
+            f"a {active.kind} of {active.dedup_key} is already {active.state} (job {active.pk})"
+        )
+        self.active = active
+
+
+class JobManager(models.Manager["Job"]):
+    def active(self) -> models.QuerySet[Job]:
+        return self.filter(state__in=Job.ACTIVE_STATES)
+
+    def start(
+        self,
+        kind: str,
+        target: str,
+        *,
+        node: Node | None = None,
+        force: bool = False,
+        requested_by: str = "",
+        dedup_key: str = "",
+        **fields: Any,
+    ) -> Job:
+        """Create a job and queue it, or return the job already doing the same thing.
+
+        One active job per backend per node: a partial unique index makes this hold
+        under concurrent requests too. A request for the same kind of work gets the
+        active job back; a different kind (a delete during an install) is a conflict.
+        """
+        node = node or Node.objects.local()
+        key = (dedup_key or target).lower()
+        try:
+            with transaction.atomic():
+                job = self.create(
+                    kind=kind,
+                    target=target,
+                    node=node,
+                    force=force,
+                    requested_by=requested_by,
+                    dedup_key=key,
+                    message="queued",
+                    phase="queued",
+                    **fields,
+                )
+        except IntegrityError:
+            active = self.active().filter(node=node, dedup_key=key).first()
+            if active is None:  # it finished in between: try once more
+                return self.start(
+                    kind,
+                    target,
+                    node=node,
+                    force=force,
+                    requested_by=requested_by,
+                    dedup_key=key,
+                    **fields,
+                )
+            if active.kind != kind:
+                raise JobConflict(active) from None
+            return active
+        transaction.on_commit(job.enqueue)
+        return job
+
+    def retry(self, job: Job) -> Job:
+        return self.start(
+            job.kind,
+            job.target,
+            node=job.node,
+            force=job.force,
+            requested_by=job.requested_by,
+            dedup_key=job.dedup_key,
+            external_uri=job.external_uri,
+            external_name=job.external_name,
+            external_alias=job.external_alias,
+        )
+
+    def fail_interrupted(self, node: Node, started_before: datetime) -> int:
+        """Fail the jobs a killed worker left running on ``node``.
+
+        They are failed, not re-queued: the staging folder of a killed install is gone or
+        half written, and silently starting a large download again is not what an admin
+        who restarted a worker expects. Retry is one click away.
+        """
+        return self.filter(
+            node=node, state=Job.State.RUNNING, started_at__lt=started_before
+        ).update(
+            state=Job.State.FAILED,
+            error="the worker stopped while this job was running; retry it",
+            message="error: the worker stopped while this job was running; retry it",
+            cancellable=False,
+            finished_at=timezone.now(),
+        )
+
+
 class Job(models.Model):
     """One install, upgrade or delete, from the request to its outcome. Kept as history."""
 
@@ -388,7 +501,11 @@ class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     target = models.CharField(max_length=2000)
-    node = models.ForeignKey(Node, models.SET_NULL, null=True, blank=True, related_name="jobs")
+    # Lower-cased name of the backend the job works on: one active job per key and node.
+    dedup_key = models.CharField(max_length=2000, blank=True)
+    node = models.ForeignKey(
+        Node, models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
     parent = models.ForeignKey(
         "self", models.CASCADE, null=True, blank=True, related_name="children"
     )
@@ -414,13 +531,21 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = JobManager()
+
     class Meta:
         ordering = ("-created_at",)
         indexes = [
             # The history list and the Jobs page read newest first.
             models.Index(fields=("-created_at",), name="job_newest_first"),
-            # "Is there already an active job for this target on this node?"
-            models.Index(fields=("target", "node", "state"), name="job_active_lookup"),
+        ]
+        constraints = [
+            # JobManager.start relies on this to refuse duplicate work atomically.
+            models.UniqueConstraint(
+                fields=("dedup_key", "node"),
+                condition=models.Q(state__in=("queued", "running")),
+                name="one_active_job_per_backend_and_node",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -433,6 +558,74 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return not self.is_active
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.bytes_per_second <= 0 or not self.total_bytes:
+            return None
+        return max(self.total_bytes - self.current_bytes, 0) / self.bytes_per_second
+
+    def enqueue(self) -> None:
+        from backends import tasks  # tasks imports models
+
+        result = tasks.run_job(str(self.pk))
+        task_id = getattr(result, "id", "")
+        if task_id:
+            Job.objects.filter(pk=self.pk, task_id="").update(task_id=task_id)
+
+    def request_cancel(self) -> bool:
+        """Cancel a queued job now, or ask a running one to stop. False if too late."""
+        now = timezone.now()
+        cancelled = Job.objects.filter(pk=self.pk, state=Job.State.QUEUED).update(
+            state=Job.State.CANCELLED,
+            message="cancelled",
+            cancellable=False,
+            cancel_requested=True,
+            finished_at=now,
+        )
+        if cancelled:
+            from huey.contrib.djhuey import HUEY
+
+            if self.task_id:
+                HUEY.revoke_by_id(self.task_id)
+            self.refresh_from_db()
+            return True
+        asked = Job.objects.filter(
+            pk=self.pk, state=Job.State.RUNNING, cancellable=True
+        ).update(cancel_requested=True, message="cancelling")
+        self.refresh_from_db()
+        return bool(asked)
+
+    def to_opstatus(self) -> dict[str, Any]:
+        """LocalAI's OpStatus shape (``GET /backends/jobs/<uuid>``), plus our fields."""
+        status: dict[str, Any] = {
+            "deletion": self.kind == Job.Kind.DELETE,
+            "file_name": self.file_name,
+            "processed": self.is_finished,
+            "message": self.message,
+            "progress": round(self.progress, 2),
+            "phase": self.phase,
+            "current_bytes": self.current_bytes,
+            "total_bytes": self.total_bytes,
+            "file_size": human_size(self.total_bytes) if self.total_bytes else "",
+            "downloaded_size": human_size(self.current_bytes)
+            if self.current_bytes
+            else "",
+            "gallery_element_name": self.target,
+            "cancelled": self.state == Job.State.CANCELLED,
+            "cancellable": self.cancellable and self.is_active,
+            "nodes": [],
+            "id": str(self.pk),
+            "kind": self.kind,
+            "state": self.state,
+            "bytes_per_second": round(self.bytes_per_second, 1),
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+        if self.error:
+            status["error"] = self.error
+        return status
 
 
 class KnownBackend(models.Model):
@@ -460,7 +653,9 @@ class ApiTokenManager(models.Manager["ApiToken"]):
     def create_token(self, user: Any, name: str) -> tuple[ApiToken, str]:
         """Create a token; the clear value is returned once and never stored."""
         value = "lai_" + secrets.token_urlsafe(32)
-        token = self.create(user=user, name=name, prefix=value[:10], token_hash=hash_token(value))
+        token = self.create(
+            user=user, name=name, prefix=value[:10], token_hash=hash_token(value)
+        )
         return token, value
 
     def authenticate(self, value: str) -> ApiToken | None:
@@ -473,7 +668,10 @@ class ApiTokenManager(models.Manager["ApiToken"]):
             return None
         # Written at most once a minute: a polling script must not turn reads into writes.
         now = timezone.now()
-        if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        if (
+            token.last_used_at is None
+            or (now - token.last_used_at).total_seconds() > 60
+        ):
             ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         return token
 
@@ -486,7 +684,9 @@ def hash_token(value: str) -> str:
 class ApiToken(models.Model):
     """A named, revocable credential for scripts. Acts with its user's permissions."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=12, editable=False)
     token_hash = models.CharField(max_length=64, unique=True, editable=False)

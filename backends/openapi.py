@@ -25,7 +25,11 @@ SCHEMAS: dict[str, Any] = {
             "error": {
                 "type": "object",
                 "required": ["code", "message", "type"],
-                "properties": {"code": {"type": "integer"}, "message": STRING, "type": STRING},
+                "properties": {
+                    "code": {"type": "integer"},
+                    "message": STRING,
+                    "type": STRING,
+                },
             }
         },
     },
@@ -37,9 +41,8 @@ SCHEMAS: dict[str, Any] = {
     "Metadata": {
         "type": "object",
         "nullable": True,
-        "properties": {
-            key: STRING
-            for key in (
+        "properties": dict.fromkeys(
+            (
                 "name",
                 "alias",
                 "meta_backend_for",
@@ -48,8 +51,9 @@ SCHEMAS: dict[str, Any] = {
                 "version",
                 "uri",
                 "digest",
-            )
-        },
+            ),
+            STRING,
+        ),
     },
     "SystemBackend": {
         "type": "object",
@@ -107,43 +111,286 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-# (method, path, summary, response schema, extra operation fields)
-ROUTES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
-    ("get", "/backends", "Installed backends (LocalAI SystemBackend)", array_of("SystemBackend"), {}),
-    (
+SCHEMAS |= {
+    "JobStarted": {
+        "type": "object",
+        "required": ["id", "status_url", "state"],
+        "properties": {"id": STRING, "status_url": STRING, "state": STRING},
+    },
+    "ExternalJobStarted": {
+        "type": "object",
+        "required": ["id", "status_url", "jobID", "message"],
+        "properties": {
+            "id": STRING,
+            "status_url": STRING,
+            "jobID": STRING,
+            "message": STRING,
+        },
+    },
+    "OpStatus": {
+        "type": "object",
+        "required": [
+            "deletion",
+            "processed",
+            "message",
+            "progress",
+            "cancelled",
+            "cancellable",
+        ],
+        "properties": {
+            "deletion": BOOL,
+            "file_name": STRING,
+            "error": STRING,
+            "processed": BOOL,
+            "message": STRING,
+            "progress": {"type": "number"},
+            "phase": STRING,
+            "current_bytes": {"type": "integer"},
+            "total_bytes": {"type": "integer"},
+            "file_size": STRING,
+            "downloaded_size": STRING,
+            "gallery_element_name": STRING,
+            "cancelled": BOOL,
+            "cancellable": BOOL,
+            "nodes": {"type": "array", "items": {"type": "object"}},
+            "id": STRING,
+            "kind": {"type": "string", "enum": ["install", "upgrade", "delete"]},
+            "state": {
+                "type": "string",
+                "enum": ["queued", "running", "completed", "failed", "cancelled"],
+            },
+            "bytes_per_second": {"type": "number"},
+            "created_at": STRING,
+            "started_at": {"type": "string", "nullable": True},
+            "finished_at": {"type": "string", "nullable": True},
+        },
+    },
+    "UpgradeInfo": {
+        "type": "object",
+        "required": ["backend_name", "installed_version", "available_version"],
+        "properties": {
+            "backend_name": STRING,
+            "installed_version": STRING,
+            "available_version": STRING,
+            "installed_digest": STRING,
+            "available_digest": STRING,
+            "node_drift": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Cancelled": {
+        "type": "object",
+        "required": ["success", "message"],
+        "properties": {"success": BOOL, "message": STRING, "state": STRING},
+    },
+}
+
+# validate_name's rule; the first character is not a dot.
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]*$", "maxLength": 255}
+BACKEND_ID = {
+    "type": "string",
+    "pattern": "^([A-Za-z0-9_-][A-Za-z0-9._-]*@)?[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+    "maxLength": 255,
+    "description": "name or gallery@name",
+}
+NAME_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "backend name, alias or gallery@name",
+    "schema": BACKEND_ID,
+}
+JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": STRING}
+UPGRADES = {"type": "object", "additionalProperties": ref("UpgradeInfo")}
+APPLY_BODY = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {"id": BACKEND_ID, "force": BOOL},
+}
+EXTERNAL_BODY = {
+    "type": "object",
+    "required": ["uri"],
+    "properties": {
+        "uri": {
+            "type": "string",
+            "minLength": 1,
+            "description": "OCI reference (needs a name), http(s) URL of a tarball (needs a "
+            "name), file:// URL or absolute path of a folder or tarball, or a gallery backend "
+            "name (then name and alias must be empty)",
+        },
+        "name": NAME,
+        "alias": NAME,
+        "force": BOOL,
+    },
+}
+
+
+def route(
+    method: str,
+    path: str,
+    summary: str,
+    schema: dict[str, Any],
+    *,
+    errors: tuple[int, ...] = (),
+    params: tuple[dict[str, Any], ...] = (),
+    body: dict[str, Any] | None = None,
+    query: tuple[dict[str, Any], ...] = (),
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "path": path,
+        "summary": summary,
+        "schema": schema,
+        "errors": errors,
+        "parameters": [*params, *query],
+        "body": body,
+    }
+
+
+ROUTES: list[dict[str, Any]] = [
+    route(
+        "get",
+        "/backends",
+        "Installed backends (LocalAI SystemBackend)",
+        array_of("SystemBackend"),
+    ),
+    route(
         "get",
         "/backends/available",
         "Gallery backends this node can run",
         array_of("GalleryBackend"),
-        {},
     ),
-    ("get", "/backends/known", "Known backends, by modality then name", array_of("KnownBackend"), {}),
-    ("get", "/backends/galleries", "Configured backend galleries", array_of("Gallery"), {}),
-    ("get", "/api/openapi.json", "This document", {"type": "object"}, {}),
+    route(
+        "get",
+        "/backends/known",
+        "Known backends, by modality then name",
+        array_of("KnownBackend"),
+    ),
+    route(
+        "get",
+        "/backends/galleries",
+        "Configured backend galleries",
+        array_of("Gallery"),
+    ),
+    route(
+        "post",
+        "/backends/apply",
+        "Install a backend from the galleries (a job)",
+        ref("JobStarted"),
+        errors=(400, 404, 409),
+        body=APPLY_BODY,
+    ),
+    route(
+        "post",
+        "/backends/delete/{name}",
+        "Delete an installed backend (a job)",
+        ref("JobStarted"),
+        errors=(400, 404, 409),
+        params=(NAME_PARAM,),
+    ),
+    route(
+        "post",
+        "/backends/upgrade/{name}",
+        "Upgrade an installed backend (a job)",
+        ref("JobStarted"),
+        errors=(400, 404, 409),
+        params=(NAME_PARAM,),
+    ),
+    route("get", "/backends/upgrades", "Cached upgrade information", UPGRADES),
+    route(
+        "post",
+        "/backends/upgrades/check",
+        "Start an upgrade check; answers the cached result",
+        UPGRADES,
+    ),
+    route(
+        "get",
+        "/backends/jobs",
+        "Jobs, newest first (job id -> OpStatus)",
+        {"type": "object", "additionalProperties": ref("OpStatus")},
+        errors=(400,),
+        query=(
+            {
+                "name": "state",
+                "in": "query",
+                "required": False,
+                "schema": {
+                    "type": "string",
+                    "enum": ["queued", "running", "completed", "failed", "cancelled"],
+                },
+            },
+        ),
+    ),
+    route(
+        "get",
+        "/backends/jobs/{job_id}",
+        "One job's status",
+        ref("OpStatus"),
+        errors=(404,),
+        params=(JOB_PARAM,),
+    ),
+    route(
+        "post",
+        "/backends/jobs/{job_id}/cancel",
+        "Cancel a queued or running job",
+        ref("Cancelled"),
+        errors=(404, 409),
+        params=(JOB_PARAM,),
+    ),
+    route(
+        "post",
+        "/api/backends/install-external",
+        "Install from an OCI image, a URL or a folder (a job)",
+        ref("ExternalJobStarted"),
+        errors=(400, 404, 409),
+        body=EXTERNAL_BODY,
+    ),
+    route("get", "/api/openapi.json", "This document", {"type": "object"}),
 ]
 
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "No or invalid credentials",
+    403: "Not staff",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflicts with the current state",
+}
 
-def _error_responses() -> dict[str, Any]:
-    content = {"application/json": {"schema": ref("Error")}}
-    return {
-        "401": {"description": "No or invalid credentials", "content": content},
-        "403": {"description": "Not staff", "content": content},
+
+def _operation(item: dict[str, Any]) -> dict[str, Any]:
+    error = {"application/json": {"schema": ref("Error")}}
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "OK",
+            "content": {"application/json": {"schema": item["schema"]}},
+        }
     }
+    for code in (*item["errors"], 401, 403):
+        responses[str(code)] = {
+            "description": ERROR_DESCRIPTIONS[code],
+            "content": error,
+        }
+    operation: dict[str, Any] = {
+        "summary": item["summary"],
+        "operationId": item["method"]
+        + "_"
+        + "".join(c if c.isalnum() else "_" for c in item["path"].strip("/")),
+        "responses": responses,
+    }
+    if item["parameters"]:
+        operation["parameters"] = item["parameters"]
+    if item["body"]:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": item["body"]}},
+        }
+    return operation
 
 
 def openapi_document(server_url: str = "/") -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for method, path, summary, schema, extra in ROUTES:
-        operation = {
-            "summary": summary,
-            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('.', '_')}",
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
-                **_error_responses(),
-            },
-            **extra,
-        }
-        paths.setdefault(path, {})[method] = operation
+    for item in ROUTES:
+        paths.setdefault(item["path"], {})[item["method"]] = _operation(item)
     return {
         "openapi": "3.0.3",
         "info": {

@@ -16,6 +16,7 @@ No Django imports.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -208,9 +209,10 @@ APPLE_CAPABILITIES = frozenset({"metal", "metal-darwin-arm64", "darwin-x86"})
 
 # Words that say a build is for Linux, which overrule "mlx": the gallery ships MLX for
 # Linux too (cpu-mlx, cuda12-mlx, nvidia-l4t-mlx) next to the macOS one (metal-mlx).
-_LINUX_WORDS = frozenset(
-    {"cpu", "linux", "nvidia", "l4t", "sycl", "intel", "vulkan", "amd"}
-)
+_LINUX_WORDS = frozenset({"cpu", "linux", "l4t", "sycl", "intel", "vulkan"})
+_WORD_SEPARATORS = re.compile(r"[^a-z0-9]+")
+_CUDA_WORD = re.compile(r"cuda\d*")
+_ROCM_WORD = re.compile(r"rocm\d*|hip|hipblas\w*")
 _CUDA_MAJOR = re.compile(r"(?<![a-z0-9])cuda[-_]?(\d{1,2})(?!\d)")
 _NODE_CUDA_MAJOR = re.compile(r"nvidia(?:-l4t)?-cuda-(\d+)")
 
@@ -220,6 +222,8 @@ def is_compatible(name: str, uri: str, capability: str) -> bool:
     return not why_incompatible(name, uri, capability)
 
 
+# Pure and called for every gallery entry on every catalogue render: worth caching.
+@functools.lru_cache(maxsize=8192)
 def why_incompatible(name: str, uri: str, capability: str) -> str:
     """Why a concrete build cannot run here, as a phrase ("needs an AMD GPU"); "" if it can.
 
@@ -229,7 +233,7 @@ def why_incompatible(name: str, uri: str, capability: str) -> str:
     if capability == "disable":
         return ""
     text = f"{name} {_image_path(uri)}".lower()
-    words = set(re.split(r"[^a-z0-9]+", text)) - {""}
+    words = set(_WORD_SEPARATORS.split(text)) - {""}
     family = build_family(words)
     if family == "apple":
         if capability not in APPLE_CAPABILITIES:
@@ -259,26 +263,19 @@ def build_family(words: set[str]) -> str:
     """apple / l4t / nvidia / amd / intel, or "any" for CPU, Vulkan and unknown builds."""
     if words & {"darwin", "metal"}:
         return "apple"
-    linux = bool(words & _LINUX_WORDS) or any(_is_cuda(w) or _is_rocm(w) for w in words)
-    if "mlx" in words and not linux:
+    cuda = "nvidia" in words or any(_CUDA_WORD.fullmatch(w) for w in words)
+    rocm = "amd" in words or any(_ROCM_WORD.fullmatch(w) for w in words)
+    if "mlx" in words and not (cuda or rocm or words & _LINUX_WORDS):
         return "apple"
     if "l4t" in words:
         return "l4t"
-    if "nvidia" in words or any(_is_cuda(w) for w in words):
+    if cuda:
         return "nvidia"
-    if "amd" in words or any(_is_rocm(w) for w in words):
+    if rocm:
         return "amd"
     if words & {"sycl", "intel"}:
         return "intel"
     return "any"
-
-
-def _is_cuda(word: str) -> bool:
-    return re.fullmatch(r"cuda\d*", word) is not None
-
-
-def _is_rocm(word: str) -> bool:
-    return re.fullmatch(r"rocm\d*|hip|hipblas\w*", word) is not None
 
 
 def _cuda_gap(text: str, capability: str) -> str:

@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 from django.conf import settings
-from huey.contrib.djhuey import db_periodic_task, db_task, lock_task
+from django.utils import timezone
+from huey.contrib.djhuey import db_periodic_task, db_task, lock_task, on_startup
 
-from backends.models import Gallery
+from backends import pipeline, upgrades
+from backends.models import Gallery, Job, Node
+
+# Jobs this process marks running start after this instant; older running jobs were left
+# behind by a worker that died.
+PROCESS_STARTED = timezone.now()
 
 
-def every_n_minutes(minutes: int):  # type: ignore[no-untyped-def]
+def every_n_minutes(minutes: int) -> Callable[[datetime.datetime], bool]:
     """A Huey schedule that fires every ``minutes`` minutes, counted from midnight."""
 
     def is_due(when: datetime.datetime) -> bool:
         return (when.hour * 60 + when.minute) % max(minutes, 1) == 0
 
     return is_due
+
+
+@on_startup()
+def fail_interrupted_jobs() -> None:
+    Job.objects.fail_interrupted(Node.objects.local(), PROCESS_STARTED)
+
+
+@db_task()
+def run_job(job_id: str) -> str:
+    return pipeline.run_job(job_id)
 
 
 @db_task()
@@ -33,6 +50,17 @@ def sync_galleries(force: bool = False) -> list[str]:
 @lock_task("sync-galleries-lock")
 def sync_galleries_periodically() -> list[str]:
     return sync_all()
+
+
+@db_task()
+def check_upgrades() -> int:
+    return upgrades.check(Node.objects.local())
+
+
+@db_periodic_task(every_n_minutes(settings.UPGRADE_CHECK_HOURS * 60))
+@lock_task("check-upgrades-lock")
+def check_upgrades_periodically() -> int:
+    return upgrades.check(Node.objects.local())
 
 
 def sync_all(force: bool = False) -> list[str]:

@@ -9,13 +9,67 @@ app_name = "backends"
 urlpatterns = [
     # Dashboard pages
     path("", views.catalogue, name="catalogue"),
+    path(
+        "catalogue/<slug:gallery>/<str:name>/",
+        views.catalogue_entry,
+        name="catalogue-entry",
+    ),
+    path(
+        "catalogue/<slug:gallery>/<str:name>/install/",
+        views.catalogue_install,
+        name="catalogue-install",
+    ),
+    path("installed/", views.installed_list, name="installed"),
+    path(
+        "installed/upgrade-all/",
+        views.installed_upgrade_all,
+        name="installed-upgrade-all",
+    ),
+    path(
+        "installed/check-upgrades/",
+        views.installed_check_upgrades,
+        name="installed-check-upgrades",
+    ),
+    path(
+        "installed/<str:name>/upgrade/",
+        views.installed_upgrade,
+        name="installed-upgrade",
+    ),
+    path(
+        "installed/<str:name>/reinstall/",
+        views.installed_reinstall,
+        name="installed-reinstall",
+    ),
+    path(
+        "installed/<str:name>/delete/", views.installed_delete, name="installed-delete"
+    ),
+    path("known/", views.known_list, name="known"),
+    path("jobs/", views.job_list, name="jobs"),
+    path("jobs/<uuid:pk>/", views.job_detail, name="job-detail"),
+    path("jobs/<uuid:pk>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<uuid:pk>/retry/", views.job_retry, name="job-retry"),
     path("galleries/", views.gallery_list, name="galleries"),
     path("galleries/<int:pk>/sync/", views.gallery_sync, name="gallery-sync"),
+    path("hardware/", views.hardware, name="hardware"),
+    path("hardware/probe/", views.hardware_probe, name="hardware-probe"),
     # LocalAI-compatible JSON API: /backends/...
     path("backends", api.installed_list, name="api-installed"),
     path("backends/available", api.available_list, name="api-available"),
     path("backends/known", api.known_list, name="api-known"),
     path("backends/galleries", api.gallery_list, name="api-galleries"),
+    path("backends/apply", api.apply, name="api-apply"),
+    path("backends/delete/<str:name>", api.delete, name="api-delete"),
+    path("backends/upgrade/<str:name>", api.upgrade, name="api-upgrade"),
+    path("backends/upgrades", api.upgrade_list, name="api-upgrades"),
+    path("backends/upgrades/check", api.upgrade_check, name="api-upgrades-check"),
+    path("backends/jobs", api.job_list, name="api-jobs"),
+    path("backends/jobs/<str:job_id>", api.job_detail, name="api-job"),
+    path("backends/jobs/<str:job_id>/cancel", api.job_cancel, name="api-job-cancel"),
     # Our own JSON API: /api/...
     path("api/openapi.json", api.openapi, name="api-openapi"),
+    path(
+        "api/backends/install-external",
+        api.install_external,
+        name="api-install-external",
+    ),
 ]

@@ -1,46 +1,732 @@
+"""The dashboard: one view per page, answering the full page or, for htmx, its fragment.
+
+Reading is for every signed-in user; every mutation is a POST for staff. The disk is the
+truth about what is installed, so each request reads it once (``local_disk``) and the
+rows are built from that snapshot.
+"""
+
 from __future__ import annotations
 
-from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
-from django.db.models import Q
-from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any
+from uuid import UUID
 
-from backends import tasks
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_POST
+from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
+
+from backends import gallery as gallery_format
+from backends import installed, resolve, tasks
+from backends.catalogue import known_backends, local_disk
+from backends.forms import (
+    CatalogueQueryForm,
+    InstallForm,
+    JobHistoryForm,
+    KnownFilterForm,
+)
 from backends.http import HtmxHttpRequest
-from backends.models import Gallery, GalleryBackend, Node
+from backends.models import Gallery, GalleryBackend, InstalledBackend, Job, Node
 
 PAGE_SIZE = 50
+HISTORY_PAGE_SIZE = 25
+
+View = Callable[..., HttpResponse]
+
+
+# --- access and rendering ----------------------------------------------------------------
+
+
+def staff_required(view: View) -> View:
+    """Staff only: anonymous users are sent to log in, signed-in non-staff get 403.
+
+    Django's ``staff_member_required`` sends non-staff to the admin login page, which
+    sends a signed-in user back again: a loop instead of an answer.
+    """
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_staff:
+            raise PermissionDenied("Only staff members can change backends.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _wants_fragment(request: HtmxHttpRequest) -> bool:
+    # After a history cache miss htmx asks again with HX-Request set: that needs the page.
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def _render(
+    request: HtmxHttpRequest,
+    page: str,
+    context: dict[str, Any],
+    *,
+    fragment: str = "",
+    fragment_status: int = 200,
+) -> HttpResponse:
+    """Render ``page``, or ``fragment`` (a partial or a partials/ file) for htmx."""
+    if fragment and _wants_fragment(request):
+        response = render(request, fragment, context, status=fragment_status)
+        _append_messages(request, response)
+    else:
+        response = render(request, page, context)
+    # One URL answers a page or a fragment: caches must tell them apart.
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+def _append_messages(request: HtmxHttpRequest, response: HttpResponse) -> None:
+    """Send flash messages out of band with a fragment, so they show whatever was swapped.
+
+    Only when there is news: an empty block would wipe messages already on screen, and
+    pollers answer every second.
+    """
+    if len(messages.get_messages(request)):
+        html = render_to_string(
+            "backends/partials/_messages.html", {"oob": True}, request
+        )
+        response.write(html)
+
+
+def _requested_by(request: HtmxHttpRequest) -> str:
+    return request.user.get_username()
+
+
+# --- catalogue -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The fields of a gallery entry the catalogue shows and resolves with.
+
+    Read with ``values_list``: building 1,028 model instances, and decoding JSON the
+    page never uses (every build inherits its meta's capabilities map through YAML
+    merge keys), was most of the page's time. Fits ``resolve.Candidate``.
+    """
+
+    gallery: str
+    name: str
+    alias: str
+    description: str
+    uri: str
+    tags: list[str]
+    is_meta: bool
+    capabilities: dict[str, str]
+
+    @property
+    def id_in_gallery(self) -> str:
+        return f"{self.gallery}@{self.name}"
+
+
+def _entries(entries: QuerySet[GalleryBackend]) -> list[Entry]:
+    """Light entries; only metas carry their capabilities map (nothing reads a build's)."""
+    maps = dict(entries.filter(is_meta=True).values_list("pk", "capabilities"))
+    fields = (
+        "pk",
+        "gallery__name",
+        "name",
+        "alias",
+        "description",
+        "uri",
+        "tags",
+        "is_meta",
+    )
+    return [
+        Entry(*values, maps.get(pk, {})) for pk, *values in entries.values_list(*fields)
+    ]
+
+
+@dataclass
+class EntryRow:
+    """A catalogue entry as this node sees it."""
+
+    entry: Entry
+    installed: bool
+    resolution: resolve.Resolution | None = None
+    problem: str = ""  # why it cannot run here; "" when it can
+    job: Job | None = None
+
+    @property
+    def runs_here(self) -> bool:
+        return not self.problem
+
+    @property
+    def can_install(self) -> bool:
+        # A meta with no build here has nothing to install; a concrete build can be
+        # installed anyway (the folder is shared with other hosts in some setups).
+        return not (self.entry.is_meta and self.resolution is None)
+
+
+def _active_jobs(jobs: Iterable[Job] | None = None) -> dict[str, Job]:
+    """Active jobs by target, under both ``gallery@name`` and the bare name."""
+    if jobs is None:
+        jobs = Job.objects.filter(state__in=Job.ACTIVE_STATES).order_by("created_at")
+    found: dict[str, Job] = {}
+    for job in jobs:
+        found.setdefault(job.target, job)
+        found.setdefault(job.target.rpartition("@")[2], job)
+    return found
+
+
+def _concretes_by_name(entries: Iterable[Entry]) -> dict[str, Entry]:
+    # Case-insensitive, first gallery wins: the lookup LocalAI uses for a meta's builds.
+    found: dict[str, Entry] = {}
+    for entry in entries:
+        if not entry.is_meta:
+            found.setdefault(entry.name.lower(), entry)
+    return found
+
+
+def _describe(
+    entry: Entry,
+    capability: str,
+    concretes: Mapping[str, Entry],
+    on_disk: Mapping[str, installed.DiskBackend],
+    jobs: Mapping[str, Job],
+) -> EntryRow:
+    row = EntryRow(entry, installed=entry.name in on_disk)
+    row.job = jobs.get(entry.id_in_gallery) or jobs.get(entry.name)
+    if entry.is_meta:
+        builds = [
+            build
+            for target in entry.capabilities.values()
+            if (build := concretes.get(target.lower())) is not None
+        ]
+        try:
+            row.resolution, _build = resolve.pick_build(entry, builds, capability)
+        except resolve.NoBuildError as exc:
+            row.problem = str(exc)
+    else:
+        row.problem = resolve.why_incompatible(entry.name, entry.uri, capability)
+    return row
+
+
+def _search_text(entry: Entry) -> str:
+    return " ".join([entry.name, entry.alias, entry.description, *entry.tags]).lower()
+
+
+def _filter(entries: list[Entry], form: CatalogueQueryForm) -> list[Entry]:
+    words = form.value("q", "").lower().split()
+    gallery = form.value("gallery")
+    tag = form.value("tag")
+    if words:
+        entries = [e for e in entries if all(w in _search_text(e) for w in words)]
+    if gallery:
+        entries = [e for e in entries if e.gallery == gallery]
+    if tag:
+        entries = [e for e in entries if tag in (t.lower() for t in e.tags)]
+    return entries
+
+
+def _sort(rows: list[EntryRow], sort: str) -> list[EntryRow]:
+    if sort == "name":
+        rows.sort(key=lambda r: r.entry.name.lower())
+    elif sort == "-name":
+        rows.sort(key=lambda r: r.entry.name.lower(), reverse=True)
+    elif sort == "installed":
+        rows.sort(key=lambda r: (not r.installed, r.entry.name.lower()))
+    return rows  # "gallery": the order the galleries list them in
+
+
+def _tags(entries: Iterable[Entry]) -> list[str]:
+    return sorted({tag.lower() for entry in entries for tag in entry.tags})
+
+
+def _tag_link_query(request: HtmxHttpRequest) -> str:
+    """The current query minus tag and page: tag links keep the other filters."""
+    query = request.GET.copy()
+    query.pop("tag", None)
+    query.pop("page", None)
+    return query.urlencode()
 
 
 @login_required
 def catalogue(request: HtmxHttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "").strip()
-    entries = GalleryBackend.objects.enabled().select_related("gallery")
-    if query:
-        entries = entries.filter(
-            Q(name__icontains=query) | Q(description__icontains=query) | Q(tags__icontains=query)
+    node = Node.objects.local()
+    capability = node.current_capability()
+    entries = _entries(GalleryBackend.objects.enabled())
+    galleries = Gallery.objects.filter(enabled=True).values_list("name", flat=True)
+    form = CatalogueQueryForm(request.GET, galleries=galleries)
+    form.is_valid()
+
+    on_disk = local_disk(capability)
+    concretes = _concretes_by_name(entries)
+    jobs = _active_jobs()
+    rows = [
+        _describe(e, capability, concretes, on_disk, jobs)
+        for e in _filter(entries, form)
+    ]
+    if form.value("runs_here"):
+        rows = [row for row in rows if row.runs_here]
+    rows = _sort(rows, form.value("sort", "name"))
+    page = Paginator(rows, PAGE_SIZE).get_page(form.value("page", 1))
+    context = {
+        "form": form,
+        "page": page,
+        "node": node,
+        "total": len(entries),
+        "tags": _tags(entries),
+        "tag_query": _tag_link_query(request),
+        "catalogue_url": reverse("backends:catalogue"),
+    }
+    return _render(
+        request,
+        "backends/catalogue.html",
+        context,
+        fragment="backends/catalogue.html#catalogue-rows",
+    )
+
+
+def _get_entry(gallery: str, name: str) -> GalleryBackend:
+    return get_object_or_404(
+        GalleryBackend.objects.enabled().select_related("gallery"),
+        gallery__name=gallery,
+        name=name,
+    )
+
+
+def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> EntryRow:
+    """One entry described on its own (the row fragment and the entry page)."""
+    capability = node.current_capability()
+    (light,) = _entries(GalleryBackend.objects.filter(pk=entry.pk))
+    builds = GalleryBackend.objects.enabled().filter(
+        is_meta=False, name__in=list(entry.capabilities.values())
+    )
+    jobs = _active_jobs([job]) if job else _active_jobs()
+    return _describe(
+        light,
+        capability,
+        _concretes_by_name(_entries(builds)),
+        local_disk(capability),
+        jobs,
+    )
+
+
+@login_required
+def catalogue_entry(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
+    entry = _get_entry(gallery, name)
+    node = Node.objects.local()
+    context = {"row": _entry_row(entry, node), "entry": entry, "node": node}
+    return render(request, "backends/catalogue_entry.html", context)
+
+
+@require_POST
+@staff_required
+def catalogue_install(
+    request: HtmxHttpRequest, gallery: str, name: str
+) -> HttpResponse:
+    entry = _get_entry(gallery, name)
+    form = InstallForm(request.POST)
+    force = form.is_valid() and form.cleaned_data["force"]
+    job = Job.objects.start(  # type: ignore[attr-defined]
+        Job.Kind.INSTALL,
+        entry.id_in_gallery,
+        force=force,
+        requested_by=_requested_by(request),
+    )
+    verb = "Reinstall" if force else "Install"
+    messages.success(request, f"{verb} of {entry.name} started.")
+    if not _wants_fragment(request):
+        return redirect("backends:job-detail", job.pk)
+    node = job.node or Node.objects.local()
+    context = {
+        "row": _entry_row(entry, node, job),
+        "catalogue_url": reverse("backends:catalogue"),
+    }
+    return _render(
+        request,
+        "backends/catalogue_entry.html",
+        context,
+        fragment="backends/partials/_catalogue_row.html",
+    )
+
+
+# --- installed -----------------------------------------------------------------------------
+
+
+@dataclass
+class InstalledRow:
+    """An installed backend: the disk's facts, plus what the table knows (upgrades)."""
+
+    disk: installed.DiskBackend
+    record: InstalledBackend | None
+    size: int
+    used_by: list[str] = field(default_factory=list)  # metas pointing at this build
+    job: Job | None = None
+
+    @property
+    def name(self) -> str:
+        return self.disk.name
+
+    @property
+    def metadata(self) -> installed.Metadata:
+        return self.disk.metadata or installed.Metadata(name=self.disk.name)
+
+    @property
+    def installed_at(self) -> datetime | None:
+        if self.record and self.record.installed_at:
+            return self.record.installed_at
+        try:
+            return datetime.fromisoformat(self.metadata.installed_at)
+        except ValueError:
+            return None
+
+    @property
+    def upgrade_available(self) -> bool:
+        return bool(self.record and self.record.upgrade_available)
+
+    @property
+    def orphaned(self) -> bool:
+        # A meta whose build folder is gone: LocalAI cannot start it.
+        return self.disk.is_meta and not self.disk.is_runnable
+
+
+def _is_alias(key: str, row: installed.DiskBackend) -> bool:
+    # scan() also lists each alias under its own name, pointing at a build's folder.
+    return not row.is_meta and row.folder is not None and row.folder.name != key
+
+
+def _installed_rows(
+    on_disk: Mapping[str, installed.DiskBackend],
+    records: Mapping[str, InstalledBackend],
+    jobs: Mapping[str, Job],
+) -> list[InstalledRow]:
+    rows = []
+    for key, disk in sorted(on_disk.items()):
+        if _is_alias(key, disk):
+            continue
+        record = records.get(key)
+        size = record.size_bytes if record and record.size_bytes else 0
+        if not size and disk.folder is not None:
+            size = installed.folder_size(disk.folder)
+        rows.append(InstalledRow(disk, record, size, job=jobs.get(key)))
+    by_name = {row.name: row for row in rows}
+    for row in rows:
+        target = row.metadata.meta_backend_for if row.disk.is_meta else ""
+        if target in by_name:
+            by_name[target].used_by.append(row.name)
+    return rows
+
+
+@login_required
+def installed_list(request: HtmxHttpRequest) -> HttpResponse:
+    node = Node.objects.local()
+    on_disk = local_disk(node.current_capability())
+    records = {r.name: r for r in InstalledBackend.objects.filter(node=node)}
+    rows = _installed_rows(on_disk, records, _active_jobs())
+    context = {
+        "rows": rows,
+        "node": node,
+        "upgradable": sum(1 for r in rows if r.upgrade_available),
+        "checked_at": max(
+            (r.checked_at for r in records.values() if r.checked_at), default=None
+        ),
+    }
+    return _render(
+        request,
+        "backends/installed.html",
+        context,
+        fragment="backends/installed.html#installed-rows",
+    )
+
+
+def _get_installed(
+    name: str,
+) -> tuple[installed.DiskBackend, dict[str, installed.DiskBackend]]:
+    """An installed backend by its own name (not an alias), with the disk snapshot."""
+    try:
+        gallery_format.validate_name(name)
+    except ValueError:
+        raise Http404("No such backend") from None
+    on_disk = local_disk()
+    disk = on_disk.get(name)
+    if disk is None or _is_alias(name, disk):
+        raise Http404(f"{name} is not installed")
+    return disk, on_disk
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One line of a delete confirmation: a folder that goes, or one that stays and why."""
+
+    what: str
+    path: Path | None
+    kept_because: str = ""
+
+
+def removal_plan(
+    disk: installed.DiskBackend, on_disk: Mapping[str, installed.DiskBackend]
+) -> tuple[list[Removal], list[str]]:
+    """What deleting ``disk`` removes, and warnings about what it leaves broken.
+
+    A meta takes the build it points at with it, unless another meta still uses it.
+    """
+    # meta name -> the build it points at, for every meta on disk
+    pointers = {
+        key: row.metadata.meta_backend_for
+        for key, row in on_disk.items()
+        if row.is_meta and row.metadata and row.metadata.meta_backend_for
+    }
+    label = f"meta backend {disk.name}" if disk.is_meta else disk.name
+    removals = [Removal(label, disk.folder)]
+    warnings: list[str] = []
+    if disk.name in pointers:
+        target = pointers[disk.name]
+        others = sorted(
+            k for k, t in pointers.items() if t == target and k != disk.name
         )
-    page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
-    template_name = "backends/catalogue.html"
-    if request.htmx:
-        template_name += "#catalogue-rows"
-    context = {"page": page, "query": query, "node": Node.objects.local()}
-    return render(request, template_name, context)
+        build = on_disk.get(target)
+        if others:
+            removals.append(
+                Removal(f"build {target}", None, f"still used by {', '.join(others)}")
+            )
+        elif build is not None and build.folder is not None:
+            removals.append(Removal(f"build {target}", build.folder))
+    else:
+        users = sorted(k for k, t in pointers.items() if t == disk.name)
+        if users:
+            warnings.append(
+                f"Meta backend {', '.join(users)} points at this build and will stop "
+                "working until it is installed again."
+            )
+    return removals, warnings
+
+
+def _refuse_system(request: HtmxHttpRequest, disk: installed.DiskBackend) -> bool:
+    if disk.is_system:
+        messages.error(
+            request, f"{disk.name} is a system backend: it cannot be changed here."
+        )
+    return disk.is_system
+
+
+@require_POST
+@staff_required
+def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    disk, _ = _get_installed(name)
+    if not _refuse_system(request, disk):
+        Job.objects.start(Job.Kind.UPGRADE, name, requested_by=_requested_by(request))  # type: ignore[attr-defined]
+        messages.success(request, f"Upgrade of {name} started.")
+    return redirect("backends:installed")
+
+
+@require_POST
+@staff_required
+def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    disk, _ = _get_installed(name)
+    if not _refuse_system(request, disk):
+        Job.objects.start(  # type: ignore[attr-defined]
+            Job.Kind.INSTALL, name, force=True, requested_by=_requested_by(request)
+        )
+        messages.success(request, f"Reinstall of {name} started.")
+    return redirect("backends:installed")
+
+
+@staff_required
+def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    """GET: the confirmation naming every folder that goes; POST: start the delete."""
+    disk, on_disk = _get_installed(name)
+    if _refuse_system(request, disk):
+        return redirect("backends:installed")
+    if request.method == "POST":
+        job = Job.objects.start(
+            Job.Kind.DELETE, name, requested_by=_requested_by(request)
+        )  # type: ignore[attr-defined]
+        messages.success(request, f"Delete of {name} started.")
+        return redirect("backends:job-detail", job.pk)
+    removals, warnings = removal_plan(disk, on_disk)
+    context = {"disk": disk, "removals": removals, "warnings": warnings}
+    return render(request, "backends/installed_delete.html", context)
+
+
+@require_POST
+@staff_required
+def installed_upgrade_all(request: HtmxHttpRequest) -> HttpResponse:
+    node = Node.objects.local()
+    names = list(
+        InstalledBackend.objects.filter(
+            node=node, upgrade_available=True, is_system=False
+        )
+        .order_by("name")
+        .values_list("name", flat=True)
+    )
+    for name in names:
+        Job.objects.start(Job.Kind.UPGRADE, name, requested_by=_requested_by(request))  # type: ignore[attr-defined]
+    if names:
+        messages.success(request, f"Upgrade started for {', '.join(names)}.")
+    else:
+        messages.info(request, "Every backend is up to date.")
+    return redirect("backends:installed")
+
+
+@require_POST
+@staff_required
+def installed_check_upgrades(request: HtmxHttpRequest) -> HttpResponse:
+    tasks.check_upgrades()  # type: ignore[attr-defined]
+    messages.info(request, "Checking the galleries for upgrades.")
+    return redirect("backends:installed")
+
+
+# --- known backends --------------------------------------------------------------------------
+
+
+@login_required
+def known_list(request: HtmxHttpRequest) -> HttpResponse:
+    rows = known_backends(set(local_disk().keys()))
+    modalities = sorted({row["modality"] for row in rows if row["modality"]})
+    form = KnownFilterForm(request.GET, modalities=modalities)
+    if modality := form.value("modality"):
+        rows = [row for row in rows if row["modality"] == modality]
+    context = {"rows": rows, "form": form}
+    return _render(
+        request,
+        "backends/known.html",
+        context,
+        fragment="backends/known.html#known-table",
+    )
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+def _job_history(form: JobHistoryForm) -> Any:
+    jobs = Job.objects.exclude(state__in=Job.ACTIVE_STATES).select_related("node")
+    if state := form.value("state"):
+        jobs = jobs.filter(state=state)
+    if kind := form.value("kind"):
+        jobs = jobs.filter(kind=kind)
+    if backend := form.value("backend"):
+        jobs = jobs.filter(target__icontains=backend)
+    return jobs
+
+
+@login_required
+def job_list(request: HtmxHttpRequest) -> HttpResponse:
+    form = JobHistoryForm(request.GET)
+    history = Paginator(_job_history(form), HISTORY_PAGE_SIZE).get_page(
+        form.value("page", 1)
+    )
+    active = Job.objects.filter(state__in=Job.ACTIVE_STATES).select_related("node")
+    context = {"form": form, "active": active, "history": history}
+    return _render(
+        request,
+        "backends/jobs.html",
+        context,
+        fragment="backends/jobs.html#job-history",
+    )
+
+
+def _job_fragment(request: HtmxHttpRequest, job: Job) -> HttpResponse:
+    """A job's live fragment; once the job is over, stop the poller and tell the page."""
+    context = {"job": job}
+    if job.is_active:
+        return _render(
+            request,
+            "backends/job_detail.html",
+            context,
+            fragment="backends/partials/_job_progress.html",
+        )
+    response = _render(
+        request,
+        "backends/job_detail.html",
+        context,
+        fragment="backends/partials/_job_progress.html",
+        fragment_status=HTMX_STOP_POLLING,
+    )
+    if _wants_fragment(request):
+        # Pages listen for this to refresh what the job changed (rows, installed state).
+        trigger_client_event(
+            response, "job-finished", {"id": str(job.pk), "state": job.state}
+        )
+    return response
+
+
+@login_required
+def job_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    return _job_fragment(
+        request, get_object_or_404(Job.objects.select_related("node"), pk=pk)
+    )
+
+
+@require_POST
+@staff_required
+def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    if job.request_cancel():  # type: ignore[attr-defined]
+        messages.success(request, f"Cancelling {job.kind} of {job.target}.")
+    else:
+        messages.error(
+            request, f"The {job.kind} of {job.target} can no longer be cancelled."
+        )
+    job.refresh_from_db()
+    if _wants_fragment(request):
+        return _job_fragment(request, job)
+    return redirect("backends:job-detail", job.pk)
+
+
+@require_POST
+@staff_required
+def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    if job.state not in (Job.State.FAILED, Job.State.CANCELLED):
+        messages.error(
+            request, f"Only failed or cancelled jobs can be retried ({job.state})."
+        )
+        return redirect("backends:job-detail", job.pk)
+    retry = Job.objects.retry(job)  # type: ignore[attr-defined]
+    messages.success(request, f"Retrying the {retry.kind} of {retry.target}.")
+    if _wants_fragment(request):
+        return _job_fragment(request, retry)
+    return redirect("backends:job-detail", retry.pk)
+
+
+# --- galleries and hardware ---------------------------------------------------------------
 
 
 @login_required
 def gallery_list(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, "backends/galleries.html", {"galleries": Gallery.objects.all()})
+    return render(
+        request, "backends/galleries.html", {"galleries": Gallery.objects.all()}
+    )
 
 
 @require_POST
-@staff_member_required
+@staff_required
 def gallery_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     gallery = get_object_or_404(Gallery, pk=pk)
     tasks.sync_gallery(gallery.pk, force=True)
     messages.info(request, f"Sync of {gallery.name} queued.")
     return redirect("backends:galleries")
+
+
+@login_required
+def hardware(request: HtmxHttpRequest) -> HttpResponse:
+    node = Node.objects.local()
+    node.current_capability()  # probes a node that was never probed
+    return render(
+        request, "backends/hardware.html", {"node": node, "report": node.hardware}
+    )
+
+
+@require_POST
+@staff_required
+def hardware_probe(request: HtmxHttpRequest) -> HttpResponse:
+    node = Node.objects.local()
+    node.probe_local_hardware()
+    messages.success(request, f"Hardware probed again: capability {node.capability}.")
+    return redirect("backends:hardware")

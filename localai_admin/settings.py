@@ -25,7 +25,9 @@ def envint(name: str, default: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}") from None
+        raise ImproperlyConfigured(
+            f"{name} must be a whole number, got {value!r}"
+        ) from None
 
 
 def envsecret(name: str) -> str | None:
@@ -42,7 +44,9 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 SECRET_KEY = envsecret("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is False")
+        raise ImproperlyConfigured(
+            "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is False"
+        )
     # Development only: a per-checkout key kept in the data dir so sessions survive restarts.
     key_file = DATA_DIR / "dev-secret-key"
     if not key_file.exists():
@@ -54,7 +58,9 @@ if not ALLOWED_HOSTS:
     if not DEBUG:
         raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is False")
     ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
-CSRF_TRUSTED_ORIGINS = [o for o in os.getenv("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+CSRF_TRUSTED_ORIGINS = [
+    o for o in os.getenv("CSRF_TRUSTED_ORIGINS", "").split(",") if o
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -176,7 +182,10 @@ HUEY = {
 if HUEY_REDIS_URL:
     HUEY |= {"huey_class": "huey.PriorityRedisHuey", "url": HUEY_REDIS_URL}
 else:
-    HUEY |= {"huey_class": "huey.SqliteHuey", "filename": str(DATA_DIR / "huey.sqlite3")}
+    HUEY |= {
+        "huey_class": "huey.SqliteHuey",
+        "filename": str(DATA_DIR / "huey.sqlite3"),
+    }
 
 # The product itself.
 LOCALAI_BACKENDS_PATH = Path(
@@ -199,19 +208,42 @@ try:
         os.getenv("LOCALAI_BACKEND_GALLERIES") or json.dumps(DEFAULT_BACKEND_GALLERIES)
     )
 except json.JSONDecodeError as exc:
-    raise ImproperlyConfigured(f"LOCALAI_BACKEND_GALLERIES is not valid JSON: {exc}") from None
-LOCALAI_FORCE_META_BACKEND_CAPABILITY = os.getenv("LOCALAI_FORCE_META_BACKEND_CAPABILITY", "")
+    raise ImproperlyConfigured(
+        f"LOCALAI_BACKEND_GALLERIES is not valid JSON: {exc}"
+    ) from None
+LOCALAI_FORCE_META_BACKEND_CAPABILITY = os.getenv(
+    "LOCALAI_FORCE_META_BACKEND_CAPABILITY", ""
+)
 LOCALAI_ADMIN_PROBE_ROOT = Path(os.getenv("LOCALAI_ADMIN_PROBE_ROOT", "/"))
 LOCALAI_ADMIN_CACHE_DIR = DATA_DIR / "cache"
 GALLERY_SYNC_MINUTES = envint("LOCALAI_ADMIN_GALLERY_SYNC_MINUTES", "60")
 NODE_NAME = os.getenv("LOCALAI_ADMIN_NODE_NAME", "local")
+# Registries reached over plain HTTP (loopback hosts always are), comma-separated host:port.
+LOCALAI_ADMIN_INSECURE_REGISTRIES = [
+    h for h in os.getenv("LOCALAI_ADMIN_INSECURE_REGISTRIES", "").split(",") if h
+]
+# Basic-auth credentials per registry host: {"host": {"username": "...", "password": "..."}}.
+try:
+    LOCALAI_ADMIN_REGISTRY_CREDENTIALS = json.loads(
+        envsecret("LOCALAI_ADMIN_REGISTRY_CREDENTIALS") or "{}"
+    )
+except json.JSONDecodeError as exc:
+    raise ImproperlyConfigured(
+        f"LOCALAI_ADMIN_REGISTRY_CREDENTIALS is not valid JSON: {exc}"
+    ) from None
+UPGRADE_CHECK_HOURS = envint("LOCALAI_ADMIN_UPGRADE_CHECK_HOURS", "6")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        # The Huey consumer adds its own handler unless the logger has one already.
+        "huey": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 
 # In development whitenoise serves straight from the source folders (no collectstatic).

@@ -50,15 +50,21 @@ class BaseTestCase(TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.alice = User.objects.create_user("alice", password="password", is_staff=True)
+        self.alice = User.objects.create_user(
+            "alice", password="password", is_staff=True
+        )
         self.bob = User.objects.create_user("bob", password="password")
         self.token_value = ApiToken.objects.create_token(self.alice, "tests")[1]
         self.gallery_file = Path(settings.LOCALAI_BACKENDS_PATH).parent / "gallery.yaml"
         self.gallery_file.write_text(SMALL_GALLERY)
-        self.gallery = Gallery.objects.create(name="localai", url=self.gallery_file.as_uri())
+        self.gallery = Gallery.objects.create(
+            name="localai", url=self.gallery_file.as_uri()
+        )
 
     def api_get(self, url: str, **kwargs: Any) -> Any:
-        return self.client.get(url, headers={"Authorization": f"Bearer {self.token_value}"}, **kwargs)
+        return self.client.get(
+            url, headers={"Authorization": f"Bearer {self.token_value}"}, **kwargs
+        )
 
     def api_post(self, url: str, data: Any = None, **kwargs: Any) -> Any:
         body = json.dumps(data) if data is not None else ""
@@ -70,7 +76,9 @@ class BaseTestCase(TestCase):
             **kwargs,
         )
 
-    def install_on_disk(self, name: str, *, alias: str = "", meta_for: str = "") -> Path:
+    def install_on_disk(
+        self, name: str, *, alias: str = "", meta_for: str = ""
+    ) -> Path:
         """Lay out an installed backend folder the way the installer leaves it."""
         folder = Path(settings.LOCALAI_BACKENDS_PATH) / name
         folder.mkdir(parents=True)
@@ -85,3 +93,50 @@ class BaseTestCase(TestCase):
             metadata["alias"] = alias
         (folder / "metadata.json").write_text(json.dumps(metadata))
         return folder
+
+
+def make_build(
+    folder: Path, version: str = "v1", extra: dict[str, str] | None = None
+) -> Path:
+    """A backend build laid out as a local folder source: run.sh plus any extra files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run = folder / "run.sh"
+    run.write_text(f"#!/bin/sh\necho {version}\n")
+    run.chmod(0o755)
+    for name, content in (extra or {}).items():
+        (folder / name).write_text(content)
+    return folder
+
+
+class PipelineTestCase(BaseTestCase):
+    """A gallery whose builds are local folders, so installs run without a network."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.sources = self.gallery_file.parent / "sources"
+        for name in ("cpu-foo", "cuda12-foo", "cpu-bar"):
+            make_build(self.sources / name)
+        self.write_gallery()
+        self.gallery.sync(force=True)
+
+    def write_gallery(self, version: str = "") -> None:
+        version_line = f"  version: '{version}'\n" if version else ""
+        self.gallery_file.write_text(
+            "- name: foo\n  capabilities:\n    default: cpu-foo\n    nvidia: cuda12-foo\n"
+            "- name: foo-twin\n  capabilities:\n    default: cpu-foo\n"
+            f"- name: cpu-foo\n  alias: foo\n  uri: {self.sources / 'cpu-foo'}\n{version_line}"
+            f"- name: cuda12-foo\n  alias: foo\n  uri: {self.sources / 'cuda12-foo'}\n"
+            f"- name: cpu-bar\n  uri: {self.sources / 'cpu-bar'}\n"
+            f"- name: broken\n  uri: {self.sources / 'missing'}\n"
+        )
+
+    def apply(self, target: str, **extra: Any) -> Any:
+        with self.captureOnCommitCallbacks(execute=True):
+            return self.api_post("/backends/apply", {"id": target, **extra})
+
+    def status(self, response: Any) -> dict[str, Any]:
+        return self.api_get(f"/backends/jobs/{response.json()['id']}").json()
+
+    @property
+    def backends(self) -> Path:
+        return Path(settings.LOCALAI_BACKENDS_PATH)

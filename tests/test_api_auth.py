@@ -28,7 +28,9 @@ class ApiAuthTestCase(BaseTestCase):
         self.assertIsNotNone(ApiToken.objects.get().last_used_at)
 
     def test_it_rejects_a_wrong_token(self) -> None:
-        r = self.client.get("/backends/known", headers={"Authorization": "Bearer lai_nope"})
+        r = self.client.get(
+            "/backends/known", headers={"Authorization": "Bearer lai_nope"}
+        )
         self.assertEqual(r.status_code, 401)
 
     def test_it_rejects_a_revoked_token(self) -> None:
@@ -37,7 +39,9 @@ class ApiAuthTestCase(BaseTestCase):
 
     def test_it_rejects_a_token_of_a_non_staff_user(self) -> None:
         _token, value = ApiToken.objects.create_token(self.bob, "bob's")
-        r = self.client.get("/backends/known", headers={"Authorization": f"Bearer {value}"})
+        r = self.client.get(
+            "/backends/known", headers={"Authorization": f"Bearer {value}"}
+        )
         self.assertEqual(r.status_code, 403)
 
     def test_it_stores_only_a_hash_of_the_token(self) -> None:
@@ -52,4 +56,6 @@ class ApiAuthTestCase(BaseTestCase):
 
     def test_pages_redirect_anonymous_users_to_login(self) -> None:
         r = self.client.get("/")
-        self.assertRedirects(r, "/accounts/login/?next=/", fetch_redirect_response=False)
+        self.assertRedirects(
+            r, "/accounts/login/?next=/", fetch_redirect_response=False
+        )

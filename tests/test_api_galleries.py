@@ -10,7 +10,13 @@ class GalleryListTestCase(BaseTestCase):
         rows = self.api_get("/backends/galleries").json()
         self.assertEqual(
             rows,
-            [{"name": "localai", "url": self.gallery.url, "mirrors": self.gallery.mirrors}],
+            [
+                {
+                    "name": "localai",
+                    "url": self.gallery.url,
+                    "mirrors": self.gallery.mirrors,
+                }
+            ],
         )
 
     def test_it_leaves_out_disabled_galleries(self) -> None:

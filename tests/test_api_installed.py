@@ -15,7 +15,9 @@ class InstalledListTestCase(BaseTestCase):
         rows = {r["Name"]: r for r in self.api_get("/backends").json()}
         self.assertEqual(set(rows), {"cpu-llama-cpp", "llama-cpp", "llama-cpp-meta"})
         concrete = rows["cpu-llama-cpp"]
-        self.assertEqual(set(concrete), {"Name", "RunFile", "IsMeta", "IsSystem", "Metadata"})
+        self.assertEqual(
+            set(concrete), {"Name", "RunFile", "IsMeta", "IsSystem", "Metadata"}
+        )
         self.assertTrue(concrete["RunFile"].endswith("cpu-llama-cpp/run.sh"))
         self.assertFalse(concrete["IsMeta"])
         self.assertEqual(concrete["Metadata"]["alias"], "llama-cpp")

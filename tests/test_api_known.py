@@ -27,7 +27,12 @@ class KnownBackendsTestCase(BaseTestCase):
         rows = self.api_get("/backends/known").json()
         self.assertEqual(
             rows[0],
-            {"name": "custom-local-backend", "modality": "", "auto_detect": False, "installed": True},
+            {
+                "name": "custom-local-backend",
+                "modality": "",
+                "auto_detect": False,
+                "installed": True,
+            },
         )
 
     def test_it_lists_each_name_once_sorted_by_modality_then_name(self) -> None:

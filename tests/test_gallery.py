@@ -28,7 +28,13 @@ from backends.gallery import (
     validate_name,
 )
 
-REAL_INDEX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "galleries" / "localai-index.yaml"
+REAL_INDEX = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "fixtures"
+    / "galleries"
+    / "localai-index.yaml"
+)
 HERE = Path(__file__).parent / "galleries"
 
 GOOD_BODY = b"- name: remote\n  uri: quay.io/example/backends:remote\n"
@@ -43,7 +49,7 @@ def parse(text: str) -> gallery.ParseResult:
 
 
 @pytest.mark.parametrize(
-    "name", ["llama-cpp", "cuda12-llama-cpp", "a", "A.b_c-1", "...x", "x" * 255]
+    "name", ["llama-cpp", "cuda12-llama-cpp", "a", "A.b_c-1", "x...", "x" * 255]
 )
 def test_it_accepts_safe_names(name: str) -> None:
     assert validate_name(name) == name
@@ -55,6 +61,7 @@ def test_it_accepts_safe_names(name: str) -> None:
         ("", "is empty"),
         (".", "not allowed"),
         ("..", "not allowed"),
+        (".hidden", "not allowed"),
         ("a/b", "may only contain"),
         ("../etc", "may only contain"),
         ("a\\b", "may only contain"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import shutil
 
 from django.core.management import call_command
@@ -41,13 +42,17 @@ class GallerySyncTestCase(BaseTestCase):
         first_ids = set(GalleryBackend.objects.values_list("pk", flat=True))
         summary = self.gallery.sync()
         self.assertIn("unchanged", summary)
-        self.assertEqual(set(GalleryBackend.objects.values_list("pk", flat=True)), first_ids)
+        self.assertEqual(
+            set(GalleryBackend.objects.values_list("pk", flat=True)), first_ids
+        )
 
     def test_it_reparses_when_forced(self) -> None:
         self.gallery.sync()
         first_ids = set(GalleryBackend.objects.values_list("pk", flat=True))
         self.gallery.sync(force=True)
-        self.assertFalse(first_ids & set(GalleryBackend.objects.values_list("pk", flat=True)))
+        self.assertFalse(
+            first_ids & set(GalleryBackend.objects.values_list("pk", flat=True))
+        )
 
     def test_a_broken_source_keeps_the_last_good_entries(self) -> None:
         self.gallery.sync()
@@ -83,7 +88,9 @@ class GallerySyncTestCase(BaseTestCase):
         )
         self.gallery.sync()
         self.gallery.refresh_from_db()
-        self.assertEqual(list(GalleryBackend.objects.values_list("name", flat=True)), ["good"])
+        self.assertEqual(
+            list(GalleryBackend.objects.values_list("name", flat=True)), ["good"]
+        )
         self.assertEqual(len(self.gallery.problems), 3)
         self.assertTrue(all("localai" in p for p in self.gallery.problems))
         self.assertTrue(any("../evil" in p for p in self.gallery.problems))
@@ -102,15 +109,19 @@ class GallerySyncTestCase(BaseTestCase):
 class GallerySeedTestCase(BaseTestCase):
     def test_the_command_seeds_configured_galleries_and_syncs_them(self) -> None:
         Gallery.objects.all().delete()
-        configured = [{"name": "mine", "url": self.gallery_file.as_uri(), "mirrors": []}]
+        configured = [
+            {"name": "mine", "url": self.gallery_file.as_uri(), "mirrors": []}
+        ]
         with override_settings(LOCALAI_BACKEND_GALLERIES=configured):
-            call_command("sync_galleries", stdout=open("/dev/null", "w"))
+            call_command("sync_galleries", stdout=io.StringIO())
         gallery = Gallery.objects.get()
         self.assertEqual(gallery.name, "mine")
         self.assertEqual(gallery.entry_count, 6)
 
     def test_seeding_leaves_edited_galleries_alone(self) -> None:
-        configured = [{"name": "localai", "url": "https://example.invalid/x", "mirrors": []}]
+        configured = [
+            {"name": "localai", "url": "https://example.invalid/x", "mirrors": []}
+        ]
         Gallery.objects.seed(configured)
         self.assertEqual(Gallery.objects.get().url, self.gallery_file.as_uri())
 

@@ -234,6 +234,23 @@ def test_it_prefers_nvidia_over_other_cards(tmp_path: Path) -> None:
     assert probe(tmp_path).vendor == "nvidia"
 
 
+def test_it_finds_an_nvidia_card_that_has_no_drm_node(tmp_path: Path) -> None:
+    linux_host(tmp_path)
+    add_card(tmp_path, "card0", "0x8086")  # the integrated GPU is the only DRM card
+    write(tmp_path, "sys/bus/pci/devices/0000:01:00.0/class", "0x030200\n")
+    write(tmp_path, "sys/bus/pci/devices/0000:01:00.0/vendor", "0x10de\n")
+    report = probe(tmp_path)
+    assert report.vendor == "nvidia"
+    assert [g.name for g in report.gpus] == ["NVIDIA GPU (0000:01:00.0)"]
+
+
+def test_it_ignores_pci_devices_that_are_not_displays(tmp_path: Path) -> None:
+    linux_host(tmp_path)
+    write(tmp_path, "sys/bus/pci/devices/0000:00:1f.6/class", "0x020000\n")  # Intel NIC
+    write(tmp_path, "sys/bus/pci/devices/0000:00:1f.6/vendor", "0x8086\n")
+    assert probe(tmp_path).vendor == ""
+
+
 def test_it_survives_a_failing_nvidia_smi(tmp_path: Path) -> None:
     linux_host(tmp_path)
     add_tool(tmp_path, "nvidia-smi", "echo 'NVIDIA-SMI has failed' >&2\nexit 9")

@@ -14,7 +14,9 @@ PRECEDENCE = {"importer": 0, "drop-in": 1, "preference-only": 2}
 
 def seed(apps, schema_editor):  # type: ignore[no-untyped-def]
     KnownBackend = apps.get_model("backends", "KnownBackend")
-    rows = sorted(json.loads(REGISTRY.read_text()), key=lambda r: PRECEDENCE[r["source"]])
+    rows = sorted(
+        json.loads(REGISTRY.read_text()), key=lambda r: PRECEDENCE[r["source"]]
+    )
     seen: set[str] = set()
     for row in rows:
         if row["name"] in seen:

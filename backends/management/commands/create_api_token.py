@@ -13,7 +13,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
-        parser.add_argument("--name", default="script", help="a label to recognise the token")
+        parser.add_argument(
+            "--name", default="script", help="a label to recognise the token"
+        )
 
     def handle(self, *args: Any, username: str, name: str, **options: Any) -> str:
         try:

@@ -9,10 +9,14 @@ from backends.models import Node
 
 
 class Command(BaseCommand):
-    help = "Probe this host's hardware, store it on the local node and print the report."
+    help = (
+        "Probe this host's hardware, store it on the local node and print the report."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+        parser.add_argument(
+            "--json", action="store_true", help="print the full report as JSON"
+        )
 
     def handle(self, *args: Any, **options: Any) -> str:
         node = Node.objects.local()

@@ -11,12 +11,18 @@ class Command(BaseCommand):
     help = "Sync the backend galleries (seeding them from LOCALAI_BACKEND_GALLERIES first)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--force", action="store_true", help="reparse even if unchanged")
         parser.add_argument(
-            "--background", action="store_true", help="queue the sync for the worker and return"
+            "--force", action="store_true", help="reparse even if unchanged"
+        )
+        parser.add_argument(
+            "--background",
+            action="store_true",
+            help="queue the sync for the worker and return",
         )
 
-    def handle(self, *args: Any, force: bool = False, background: bool = False, **options: Any) -> str:
+    def handle(
+        self, *args: Any, force: bool = False, background: bool = False, **options: Any
+    ) -> str:
         if background:
             tasks.sync_galleries(force=force)
             return "Gallery sync queued."

@@ -1,0 +1,102 @@
+"""Forms that validate the dashboard's query strings and POST bodies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django import forms
+
+from backends.models import Job
+
+
+def _choices(values: Iterable[str], everything: str) -> list[tuple[str, str]]:
+    return [("", everything), *((v, v) for v in values)]
+
+
+class QueryForm(forms.Form):
+    """A filter form bound to a query string.
+
+    A shared or hand-edited URL may carry a bad value: that one filter is dropped (and its
+    error shown next to it) while the others still apply, rather than failing the page.
+    """
+
+    def value(self, name: str, default: Any = None) -> Any:
+        if not hasattr(self, "cleaned_data"):
+            self.is_valid()
+        return self.cleaned_data.get(name) or default
+
+
+class CatalogueQueryForm(QueryForm):
+    """The catalogue's query string: every filter lives in the URL so it can be shared."""
+
+    SORTS = (
+        ("name", "Name, A to Z"),
+        ("-name", "Name, Z to A"),
+        ("gallery", "Gallery order"),
+        ("installed", "Installed first"),
+    )
+
+    q = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Search",
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "Name, description or tag"}
+        ),
+    )
+    gallery = forms.ChoiceField(required=False)
+    # A free field, not a choice: an old link with another spelling ("TTS") must still
+    # filter rather than fail validation. The page renders its ~100 options itself
+    # (the widget's per-option templates cost more than the rest of the page).
+    tag = forms.CharField(required=False, max_length=100, label="Modality / tag")
+    runs_here = forms.BooleanField(required=False, label="Runs on this hardware")
+    sort = forms.ChoiceField(choices=SORTS, required=False)
+    page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def __init__(self, data: Any = None, *, galleries: Iterable[str] = ()) -> None:
+        super().__init__(data)
+        self.fields["gallery"].choices = _choices(galleries, "All galleries")
+
+    def clean_q(self) -> str:
+        return " ".join(self.cleaned_data["q"].split())
+
+    def clean_tag(self) -> str:
+        # Gallery tags mix cases ("TTS", "tts"): the filter works on the lower-cased form.
+        return str(self.cleaned_data["tag"]).strip().lower()
+
+
+class JobHistoryForm(QueryForm):
+    """Filters of the Jobs page's history."""
+
+    state = forms.ChoiceField(
+        required=False, choices=[("", "Any state"), *Job.State.choices]
+    )
+    kind = forms.ChoiceField(
+        required=False, choices=[("", "Any kind"), *Job.Kind.choices]
+    )
+    backend = forms.CharField(
+        required=False,
+        max_length=255,
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Backend name"}),
+    )
+    page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def clean_backend(self) -> str:
+        return str(self.cleaned_data["backend"]).strip()
+
+
+class KnownFilterForm(QueryForm):
+    """The Known backends page's modality filter."""
+
+    modality = forms.ChoiceField(required=False)
+
+    def __init__(self, data: Any = None, *, modalities: Iterable[str] = ()) -> None:
+        super().__init__(data)
+        self.fields["modality"].choices = _choices(modalities, "All modalities")
+
+
+class InstallForm(forms.Form):
+    """Install a catalogue entry; ``force`` reinstalls one that is already there."""
+
+    force = forms.BooleanField(required=False)

@@ -1,0 +1,381 @@
+"""Install, upgrade and delete backends in a backends folder, safely.
+
+Nothing is ever unpacked into a live backend folder. A build is fetched into a staging
+folder beside the target (``<name>.install-tmp``), checked (an executable ``run.sh``),
+given its ``metadata.json``, then swapped in with two renames; the previous folder is kept
+as ``<name>.install-backup`` until the new one is in place and restored if the swap fails.
+A failed or cancelled fetch therefore leaves the previous install exactly as it was, and
+the staging folder is always removed.
+
+No Django imports: the job runner, the management commands and the benchmarks drive it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from backends import extract, oci
+from backends.gallery import validate_name
+from backends.installed import (
+    RUN_FILE,
+    DiskBackend,
+    Metadata,
+    human_size,
+    read_metadata,
+    scan,
+    write_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[oci.Progress], None]
+CancelCheck = Callable[[], bool]
+
+STAGING_SUFFIX = ".install-tmp"
+BACKUP_SUFFIX = ".install-backup"
+CHUNK = 1024 * 1024
+# Room kept free on the disk beyond the image's own size (unpacked data, metadata).
+DISK_HEADROOM = 64 * 1024 * 1024
+
+
+class InstallError(Exception):
+    """The install cannot go on; the message is written for the admin."""
+
+
+class NotFoundError(InstallError):
+    pass
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a build comes from: an OCI reference, a tarball URL, or a local folder."""
+
+    uri: str
+    mirrors: tuple[str, ...] = ()
+    sha256: str = ""
+
+    @property
+    def candidates(self) -> list[str]:
+        seen: list[str] = []
+        for uri in (self.uri, *self.mirrors):
+            if uri and uri not in seen:
+                seen.append(uri)
+        return seen
+
+
+def looks_like_oci(uri: str) -> bool:
+    """True for ``oci://...`` and Docker-style references such as ``quay.io/org/img:tag``.
+
+    A reference has a ``/`` and no URL scheme; a gallery name never contains ``/``.
+    """
+    if uri.startswith("oci://"):
+        return True
+    return (
+        "://" not in uri and "/" in uri and not uri.startswith(("/", "./", "../", "~"))
+    )
+
+
+def local_folder(uri: str) -> Path | None:
+    """The folder a ``file://`` URI or a plain absolute path names, if it is one."""
+    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+    if path.is_absolute() and path.is_dir():
+        return path
+    return None
+
+
+@dataclass
+class Installer:
+    """Installs into ``backends_path``; one instance per job."""
+
+    backends_path: Path
+    registry: oci.RegistryClient | None = None
+    platform: oci.Platform | None = None
+    progress: ProgressCallback | None = None
+    should_cancel: CancelCheck | None = None
+    http: httpx.Client | None = None
+
+    # -- install -------------------------------------------------------------------
+
+    def is_runnable(self, name: str) -> bool:
+        return self.installed().get(name, DiskBackend(name, "")).is_runnable
+
+    def installed(self, capability: str = "default") -> dict[str, DiskBackend]:
+        return scan(self.backends_path, None, capability)
+
+    def install(self, name: str, source: Source, metadata: Metadata) -> Metadata:
+        """Fetch ``source`` into ``<backends>/<name>`` and return the metadata written."""
+        validate_name(name)
+        self.backends_path.mkdir(parents=True, exist_ok=True)
+        target = self.backends_path / name
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise InstallError(f"{target} exists and is not a folder; remove it first")
+        staging = self._fresh(target.with_name(name + STAGING_SUFFIX))
+        try:
+            metadata.digest = self.fetch(source, staging)
+            self._check_run_file(staging)
+            metadata.name = metadata.name or name
+            metadata.installed_at = datetime.now(UTC).isoformat(timespec="seconds")
+            write_metadata(staging, metadata)
+            self._swap(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return metadata
+
+    def install_meta(
+        self, meta_name: str, concrete: str, metadata: Metadata
+    ) -> Metadata:
+        """Write the meta folder: only a ``metadata.json`` pointing at ``concrete``."""
+        validate_name(meta_name)
+        validate_name(concrete, "concrete backend name")
+        target = self.backends_path / meta_name
+        if (target / RUN_FILE).exists():
+            raise InstallError(
+                f"{meta_name} is installed as a concrete build; delete it first"
+            )
+        staging = self._fresh(target.with_name(meta_name + STAGING_SUFFIX))
+        try:
+            metadata.name = meta_name
+            metadata.meta_backend_for = concrete
+            metadata.installed_at = datetime.now(UTC).isoformat(timespec="seconds")
+            write_metadata(staging, metadata)
+            self._swap(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return metadata
+
+    def _fresh(self, folder: Path) -> Path:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(mode=0o755)
+        return folder
+
+    def _check_run_file(self, staging: Path) -> None:
+        run = staging / RUN_FILE
+        try:
+            mode = run.lstat().st_mode
+        except FileNotFoundError:
+            raise InstallError(
+                f"not a valid backend: the image has no {RUN_FILE}"
+            ) from None
+        if not stat.S_ISREG(mode):
+            raise InstallError(f"not a valid backend: {RUN_FILE} is not a regular file")
+        if not mode & stat.S_IXUSR:
+            # Tarballs made on filesystems without modes lose the bit; LocalAI runs it anyway.
+            run.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    def _swap(self, staging: Path, target: Path) -> None:
+        backup = target.with_name(target.name + BACKUP_SUFFIX)
+        shutil.rmtree(backup, ignore_errors=True)
+        had_previous = target.exists()
+        if had_previous:
+            os.rename(target, backup)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if had_previous:
+                os.rename(backup, target)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+
+    # -- fetch ---------------------------------------------------------------------
+
+    def fetch(self, source: Source, staging: Path) -> str:
+        """Fill ``staging`` from the first candidate that works; returns the OCI digest."""
+        if not source.candidates:
+            raise InstallError("the gallery entry has no uri to download")
+        errors = []
+        for uri in source.candidates:
+            self._check_cancel()
+            try:
+                return self._fetch_one(uri, source.sha256, staging)
+            except (oci.Cancelled, extract.UnsafeArchiveError):
+                raise
+            except (
+                InstallError,
+                oci.OCIError,
+                extract.ArchiveError,
+                OSError,
+                httpx.HTTPError,
+            ) as exc:
+                log.warning("fetching %s failed: %s", uri, exc)
+                errors.append(f"{uri}: {exc}")
+                self._fresh(staging)
+        if len(errors) == 1:
+            raise InstallError(f"download failed: {errors[0]}")
+        raise InstallError("every source failed: " + "; ".join(errors))
+
+    def _fetch_one(self, uri: str, sha256: str, staging: Path) -> str:
+        folder = local_folder(uri)
+        if folder is not None:
+            self._copy_folder(folder, staging)
+            return ""
+        if looks_like_oci(uri):
+            return self._pull(uri, staging)
+        if uri.startswith(("http://", "https://", "file://")):
+            self._fetch_tarball(uri, sha256, staging)
+            return ""
+        raise InstallError(
+            f"unsupported source {uri!r} (OCI reference, http(s) or file URL)"
+        )
+
+    def _pull(self, uri: str, staging: Path) -> str:
+        client = self.registry or oci.RegistryClient()
+        image = client.resolve(uri, self.platform)
+        self._check_free_space(sum(layer.size for layer in image.layers))
+        pulled = oci.pull_image(
+            uri,
+            staging,
+            client=client,
+            platform=self.platform,
+            progress=self.progress,
+            should_cancel=self.should_cancel,
+        )
+        return pulled.digest
+
+    def _check_free_space(self, needed: int) -> None:
+        free = shutil.disk_usage(self.backends_path).free
+        if needed and free < needed + DISK_HEADROOM:
+            raise InstallError(
+                f"not enough disk space in {self.backends_path}: the image needs "
+                f"{human_size(needed)} and {human_size(free)} is free"
+            )
+
+    def _copy_folder(self, folder: Path, staging: Path) -> None:
+        # symlinks=True copies links as links; extraction rules do not apply to a folder
+        # the admin chose, but nothing is followed out of it.
+        shutil.copytree(folder, staging, symlinks=True, dirs_exist_ok=True)
+
+    def _fetch_tarball(self, uri: str, sha256: str, staging: Path) -> None:
+        with tempfile.NamedTemporaryFile(
+            dir=self.backends_path, prefix=".download-"
+        ) as tmp:
+            digest = hashlib.sha256()
+            if uri.startswith("file://"):
+                path = Path(unquote(urlsplit(uri).path))
+                with path.open("rb") as src:
+                    self._copy_stream(
+                        iter(lambda: src.read(CHUNK), b""),
+                        tmp,
+                        digest,
+                        path.stat().st_size,
+                        uri,
+                    )
+            else:
+                client = self.http or httpx.Client(follow_redirects=True, timeout=60)
+                with client.stream("GET", uri) as response:
+                    if response.status_code >= 400:
+                        raise InstallError(
+                            f"{uri} answered HTTP {response.status_code}"
+                        )
+                    total = int(response.headers.get("Content-Length") or 0)
+                    self._check_free_space(total)
+                    self._copy_stream(
+                        response.iter_bytes(CHUNK), tmp, digest, total, uri
+                    )
+            if sha256 and digest.hexdigest() != sha256.lower():
+                raise InstallError(
+                    f"sha256 mismatch for {uri}: expected {sha256}, got {digest.hexdigest()}"
+                )
+            tmp.flush()
+            extract.extract_tarball(Path(tmp.name), staging)
+
+    def _copy_stream(self, chunks, out, digest, total: int, label: str) -> None:  # type: ignore[no-untyped-def]
+        done = 0
+        for chunk in chunks:
+            self._check_cancel()
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if self.progress:
+                self.progress(oci.Progress("downloading", label, done, total))
+
+    def _check_cancel(self) -> None:
+        if self.should_cancel and self.should_cancel():
+            raise oci.Cancelled("cancelled")
+
+    # -- delete --------------------------------------------------------------------
+
+    def delete(self, requested: str, system_path: Path | None = None) -> list[str]:
+        """Remove a backend; returns the folders removed.
+
+        ``requested`` may be a folder name, a metadata name, ``gallery@name`` or an alias.
+        Deleting a meta removes the concrete build it points to too, unless another
+        installed meta still uses that build. Nothing outside the backends folder is
+        ever removed, whatever the metadata files say.
+        """
+        removed = []
+        for folder in self.plan_delete(requested, system_path):
+            removed.append(self._remove(folder))
+        return removed
+
+    def plan_delete(
+        self, requested: str, system_path: Path | None = None
+    ) -> list[Path]:
+        """The folders ``delete(requested)`` removes, for a confirmation screen."""
+        name = requested.rpartition("@")[2]
+        rows = scan(self.backends_path, system_path)
+        folder = self._find_folder(name, rows)
+        if folder is None:
+            if name in rows and rows[name].is_system:
+                raise InstallError(f"system backend {name!r} cannot be deleted")
+            raise NotFoundError(f"backend {name!r} is not installed")
+        plan = [folder]
+        try:
+            metadata = read_metadata(folder)
+        except ValueError:
+            metadata = None
+        concrete = metadata.meta_backend_for if metadata else ""
+        if concrete and not (folder / RUN_FILE).exists():
+            users = [
+                row
+                for key, row in rows.items()
+                if row.is_meta
+                and key == row.name
+                and row.folder != folder
+                and row.metadata
+                and row.metadata.meta_backend_for == concrete
+            ]
+            target = self.backends_path / concrete
+            if not users and target.is_dir():
+                plan.append(target)
+        return plan
+
+    def _find_folder(self, name: str, rows: dict[str, DiskBackend]) -> Path | None:
+        # The folder of that name first (a meta and an alias may share a name), then a
+        # folder whose metadata carries the name, then what an alias stands for.
+        direct = self.backends_path / name
+        if direct.is_dir() and not direct.is_symlink():
+            return direct
+        for row in rows.values():
+            if (
+                row.folder
+                and not row.is_system
+                and row.metadata
+                and row.metadata.name == name
+            ):
+                return row.folder
+        row = rows.get(name)
+        if row and row.folder and not row.is_system:
+            return row.folder
+        return None
+
+    def _remove(self, folder: Path) -> str:
+        root = self.backends_path.resolve()
+        resolved = folder.resolve()
+        if folder.is_symlink() or resolved.parent != root:
+            raise InstallError(
+                f"refusing to delete {folder}: it is not a folder of {root}"
+            )
+        shutil.rmtree(resolved)
+        return resolved.name

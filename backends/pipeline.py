@@ -1,0 +1,348 @@
+"""Run a Job: resolve what it asks for, drive the installer, record progress and outcome.
+
+The Job row is the single record of a job's life: this module moves it from queued to
+running to completed / failed / cancelled with conditional updates, so a cancel that
+races the start, or a second worker picking the same job, cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from backends import catalogue, installed, oci, resolve
+from backends.gallery import validate_name
+from backends.install import (
+    Installer,
+    InstallError,
+    Source,
+    local_folder,
+    looks_like_oci,
+)
+from backends.models import GalleryBackend, InstalledBackend, Job, Node
+
+log = logging.getLogger(__name__)
+
+# Progress is written to the database at most this often (and read back for cancels).
+FLUSH_SECONDS = 0.25
+
+
+class JobFailed(Exception):
+    """The job cannot be done; the message is shown to the admin as the job's error."""
+
+
+class ProgressWriter:
+    """Throttles progress callbacks into Job row updates and polls for a cancel request."""
+
+    def __init__(self, job: Job) -> None:
+        self.job_id = job.pk
+        self.last_flush = 0.0
+        self.cancel_requested = False
+        self.started = time.monotonic()
+        self.window: tuple[float, int] = (self.started, 0)
+
+    def __call__(self, progress: oci.Progress) -> None:
+        now = time.monotonic()
+        if (
+            now - self.last_flush < FLUSH_SECONDS
+            and progress.current_bytes < progress.total_bytes
+        ):
+            return
+        self.last_flush = now
+        speed = self._speed(now, progress.current_bytes)
+        percent = (
+            100.0 * progress.current_bytes / progress.total_bytes
+            if progress.total_bytes
+            else 0
+        )
+        label = progress.label
+        Job.objects.filter(pk=self.job_id).update(
+            phase=progress.phase,
+            file_name=label,
+            current_bytes=progress.current_bytes,
+            total_bytes=progress.total_bytes,
+            progress=min(percent, 99.0),
+            bytes_per_second=speed,
+            message=f"{progress.phase} {label}",
+            updated_at=timezone.now(),
+        )
+        self._poll_cancel()
+
+    def _speed(self, now: float, done: int) -> float:
+        # Speed over a sliding window of a few seconds, so the ETA follows the network.
+        since, done_then = self.window
+        elapsed = now - since
+        if elapsed > 3:
+            self.window = (now, done)
+        return (done - done_then) / elapsed if elapsed > 0 else 0.0
+
+    def _poll_cancel(self) -> None:
+        self.cancel_requested = Job.objects.filter(
+            pk=self.job_id, cancel_requested=True
+        ).exists()
+
+    def should_cancel(self) -> bool:
+        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+            self.last_flush = time.monotonic()
+            self._poll_cancel()
+        return self.cancel_requested
+
+
+def run_job(job_id: str) -> str:
+    """Run a queued job to its end; returns its final state."""
+    started = Job.objects.filter(pk=job_id, state=Job.State.QUEUED).update(
+        state=Job.State.RUNNING,
+        started_at=timezone.now(),
+        phase="starting",
+        message="starting",
+    )
+    job = Job.objects.select_related("node").get(pk=job_id)
+    if not started:
+        return job.state  # cancelled while queued, or already taken
+    if job.kind == Job.Kind.DELETE:
+        Job.objects.filter(pk=job.pk).update(cancellable=False)
+    writer = ProgressWriter(job)
+    try:
+        message = Runner(job, writer).run()
+    except oci.Cancelled:
+        finish(job, Job.State.CANCELLED, "cancelled")
+    except (
+        JobFailed,
+        InstallError,
+        oci.OCIError,
+        OSError,
+        resolve.NoBuildError,
+        ValueError,
+    ) as exc:
+        log.info("job %s failed: %s", job.pk, exc)
+        finish(job, Job.State.FAILED, f"error: {exc}", error=str(exc))
+    except Exception as exc:  # a bug must still end the job, not leave it running
+        log.exception("job %s crashed", job.pk)
+        finish(
+            job,
+            Job.State.FAILED,
+            "error: internal error",
+            error=f"internal error: {exc!r}",
+        )
+    else:
+        finish(job, Job.State.COMPLETED, message)
+    finally:
+        reconcile(job.node)
+    return Job.objects.get(pk=job.pk).state
+
+
+def finish(job: Job, state: str, message: str, error: str = "") -> None:
+    fields: dict[str, Any] = {
+        "state": state,
+        "message": message,
+        "error": error,
+        "cancellable": False,
+        "finished_at": timezone.now(),
+        "bytes_per_second": 0,
+    }
+    if state == Job.State.COMPLETED:
+        fields |= {
+            "progress": 100.0,
+            "current_bytes": F("total_bytes"),
+            "phase": "done",
+        }
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(**fields)
+
+
+def reconcile(node: Node | None) -> None:
+    """Refresh the node's InstalledBackend rows from its backends folder."""
+    node = node or Node.objects.local()
+    rows = catalogue.local_disk(node.capability or "default")
+    sizes = {
+        name: installed.folder_size(row.folder)
+        for name, row in rows.items()
+        if row.folder is not None and name == row.name
+    }
+    InstalledBackend.reconcile(node, rows, sizes)
+
+
+@dataclass
+class Runner:
+    job: Job
+    writer: ProgressWriter
+
+    @property
+    def backends_path(self) -> Path:
+        return Path(settings.LOCALAI_BACKENDS_PATH)
+
+    def installer(self) -> Installer:
+        return Installer(
+            self.backends_path,
+            registry=registry_client(),
+            progress=self.writer,
+            should_cancel=self.writer.should_cancel,
+        )
+
+    def run(self) -> str:
+        if self.job.kind == Job.Kind.DELETE:
+            return self.delete()
+        if self.job.external_uri:
+            return self.install_external()
+        if self.job.kind == Job.Kind.UPGRADE:
+            return self.upgrade()
+        return self.install()
+
+    # -- install from a gallery ----------------------------------------------------
+
+    def install(self) -> str:
+        entry = find_entry(self.job.target)
+        capability = (self.job.node or Node.objects.local()).current_capability()
+        installer = self.installer()
+        if not self.job.force and installer.is_runnable(entry.name):
+            return f"{entry.name} is already installed (use force to reinstall)"
+        if entry.is_meta:
+            return self.install_meta(entry, capability, installer)
+        reason = resolve.why_incompatible(entry.name, entry.uri, capability)
+        if reason and not self.job.force:
+            raise JobFailed(
+                f"{entry.name} cannot run on this node ({capability}): {reason}; "
+                "install the meta backend instead, or use force"
+            )
+        self.install_concrete(entry, installer)
+        return f"installed {entry.name}"
+
+    def install_meta(
+        self, meta: GalleryBackend, capability: str, installer: Installer
+    ) -> str:
+        node = self.job.node or Node.objects.local()
+        choice, concrete = resolve.pick_build(
+            meta,
+            catalogue.gallery_entries(),
+            capability,
+            hardware_explanation=node.capability_explanation,
+        )
+        Job.objects.filter(pk=self.job.pk).update(message=choice.explanation)
+        if self.job.force or not installer.is_runnable(concrete.name):
+            self.install_concrete(concrete, installer)
+        installer.install_meta(
+            meta.name,
+            concrete.name,
+            installed.Metadata(gallery_url=meta.gallery.url, version=concrete.version),
+        )
+        return f"installed {meta.name} as {concrete.name}: {choice.explanation}"
+
+    def install_concrete(self, entry: GalleryBackend, installer: Installer) -> None:
+        installer.install(
+            entry.name,
+            Source(entry.uri, tuple(entry.mirrors), entry.sha256),
+            installed.Metadata(
+                name=entry.name,
+                alias=entry.alias,
+                gallery_url=entry.gallery.url,
+                uri=entry.uri,
+                version=entry.version,
+            ),
+        )
+
+    # -- external ------------------------------------------------------------------
+
+    def install_external(self) -> str:
+        uri, name, alias = (
+            self.job.external_uri,
+            self.job.external_name,
+            self.job.external_alias,
+        )
+        name = name or external_default_name(uri)
+        installer = self.installer()
+        if not self.job.force and installer.is_runnable(name):
+            return f"{name} is already installed (use force to reinstall)"
+        installer.install(
+            name, Source(uri), installed.Metadata(name=name, alias=alias, uri=uri)
+        )
+        return f"installed {name} from {uri}"
+
+    # -- upgrade -------------------------------------------------------------------
+
+    def upgrade(self) -> str:
+        name = self.job.target.rpartition("@")[2]
+        concrete = self.concrete_folder(name)
+        entry = find_entry(concrete)
+        if entry.is_meta:
+            raise JobFailed(
+                f"{concrete} is a meta backend in the gallery; upgrade its build"
+            )
+        current = installed.read_metadata(self.backends_path / concrete)
+        self.installer().install(
+            entry.name,
+            Source(entry.uri, tuple(entry.mirrors), entry.sha256),
+            installed.Metadata(
+                name=entry.name,
+                alias=(current.alias if current else "") or entry.alias,
+                gallery_url=entry.gallery.url,
+                uri=entry.uri,
+                version=entry.version,
+            ),
+        )
+        InstalledBackend.objects.filter(name__in=(name, concrete)).update(
+            upgrade_available=False
+        )
+        return f"upgraded {entry.name}"
+
+    def concrete_folder(self, name: str) -> str:
+        """The build folder an upgrade of ``name`` replaces (a meta upgrades its build)."""
+        folder = self.backends_path / name
+        if folder.is_dir():
+            metadata = installed.read_metadata(folder)
+            if (
+                metadata
+                and metadata.meta_backend_for
+                and not (folder / installed.RUN_FILE).exists()
+            ):
+                return validate_name(metadata.meta_backend_for)
+            return name
+        row = catalogue.local_disk().get(name)
+        if row is None:
+            raise JobFailed(f"backend {name!r} is not installed")
+        if row.is_system or row.folder is None:
+            raise JobFailed(f"system backend {name!r} cannot be upgraded")
+        return row.folder.name
+
+    # -- delete --------------------------------------------------------------------
+
+    def delete(self) -> str:
+        removed = self.installer().delete(
+            self.job.target, settings.LOCALAI_BACKENDS_SYSTEM_PATH
+        )
+        return "deleted " + ", ".join(removed)
+
+
+def find_entry(requested: str) -> GalleryBackend:
+    entry = GalleryBackend.objects.find(requested)
+    if entry is None:
+        raise JobFailed(f'no backend found with name "{requested}"')
+    return entry
+
+
+def external_default_name(uri: str) -> str:
+    """The folder name an external install gets when none is given (local sources only)."""
+    folder = local_folder(uri)
+    if folder is not None:
+        return validate_name(folder.name)
+    if looks_like_oci(uri):
+        raise JobFailed("specifying a name is required for OCI images")
+    stem = Path(uri.split("?")[0]).name
+    for suffix in (".tar.gz", ".tgz", ".tar.zst", ".tar"):
+        stem = stem.removesuffix(suffix)
+    return validate_name(stem or "", "name derived from the URI")
+
+
+def registry_client() -> oci.RegistryClient:
+    credentials = {
+        host: oci.Credentials(value["username"], value["password"])
+        for host, value in settings.LOCALAI_ADMIN_REGISTRY_CREDENTIALS.items()
+    }
+    return oci.RegistryClient(
+        insecure=settings.LOCALAI_ADMIN_INSECURE_REGISTRIES, credentials=credentials
+    )

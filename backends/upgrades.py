@@ -1,0 +1,84 @@
+"""Upgrade detection: compare what a node has installed with what the galleries offer.
+
+A gallery version, when both sides have one, decides. Without versions, an OCI build is
+compared by digest: the registry's current manifest digest against the one recorded at
+install time. The result is cached on the InstalledBackend rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.utils import timezone
+
+from backends import oci
+from backends.install import looks_like_oci
+from backends.models import GalleryBackend, InstalledBackend, Node
+from backends.pipeline import reconcile, registry_client
+
+log = logging.getLogger(__name__)
+
+DEV_SUFFIX = "-development"
+
+
+def check(node: Node, client: oci.RegistryClient | None = None) -> int:
+    """Re-evaluate every installed backend of ``node``; returns how many can be upgraded."""
+    reconcile(node)
+    rows = list(InstalledBackend.objects.filter(node=node, is_system=False))
+    names = {row.name for row in rows}
+    client = client or registry_client()
+    found = 0
+    for row in rows:
+        if not row.name.endswith(DEV_SUFFIX) and row.name + DEV_SUFFIX in names:
+            # The development build is installed as a drop-in: do not offer the stable one.
+            verdict = (False, "", "")
+        else:
+            verdict = evaluate(row, client)
+        row.upgrade_available, row.available_version, row.available_digest = verdict
+        row.checked_at = timezone.now()
+        row.save(
+            update_fields=(
+                "upgrade_available",
+                "available_version",
+                "available_digest",
+                "checked_at",
+            )
+        )
+        found += verdict[0]
+    return found
+
+
+def evaluate(
+    row: InstalledBackend, client: oci.RegistryClient
+) -> tuple[bool, str, str]:
+    """(upgrade available, gallery version, registry digest) for one installed backend."""
+    entry = GalleryBackend.objects.find(row.name)
+    if entry is None or row.is_meta:
+        # A meta has nothing to download itself: its concrete build carries the upgrade.
+        return False, "", ""
+    if entry.version:
+        return entry.version != row.version, entry.version, ""
+    if not looks_like_oci(entry.uri):
+        return False, "", ""
+    try:
+        digest = client.head_digest(entry.uri)
+    except oci.OCIError as exc:
+        log.warning("upgrade check of %s skipped: %s", row.name, exc)
+        return row.upgrade_available, row.available_version, row.available_digest
+    return (not row.digest or digest != row.digest), "", digest
+
+
+def upgrade_info(node: Node) -> dict[str, dict[str, Any]]:
+    """LocalAI's ``GET /backends/upgrades`` map: name -> UpgradeInfo."""
+    info = {}
+    for row in InstalledBackend.objects.filter(node=node, upgrade_available=True):
+        info[row.name] = {
+            "backend_name": row.name,
+            "installed_version": row.version,
+            "available_version": row.available_version,
+            "installed_digest": row.digest,
+            "available_digest": row.available_digest,
+            "node_drift": [],
+        }
+    return info

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+
+from backends.models import Job
+from tests.base import PipelineTestCase, make_build
+
+
+class ApplyTestCase(PipelineTestCase):
+    def test_it_installs_a_meta_as_the_build_for_this_node(self) -> None:
+        r = self.apply("foo")
+        self.assertEqual(r.status_code, 200)
+        self.assertTrue(
+            r.json()["status_url"].endswith(f"/backends/jobs/{r.json()['id']}")
+        )
+        status = self.status(r)
+        self.assertTrue(status["processed"], status)
+        self.assertNotIn("error", status)
+        self.assertEqual(status["progress"], 100)
+        self.assertTrue((self.backends / "cpu-foo" / "run.sh").exists())
+        meta = json.loads((self.backends / "foo" / "metadata.json").read_text())
+        self.assertEqual(meta["meta_backend_for"], "cpu-foo")
+        self.assertEqual(meta["name"], "foo")
+        concrete = json.loads((self.backends / "cpu-foo" / "metadata.json").read_text())
+        self.assertEqual(concrete["alias"], "foo")
+        self.assertEqual(concrete["uri"], str(self.sources / "cpu-foo"))
+        self.assertIn("installed_at", concrete)
+
+    def test_gallery_at_name_installs_the_meta_under_its_own_name(self) -> None:
+        self.status(self.apply("localai@foo"))
+        self.assertTrue((self.backends / "foo" / "metadata.json").exists())
+        self.assertFalse((self.backends / "localai@foo").exists())
+
+    def test_it_records_the_install_as_installed(self) -> None:
+        self.status(self.apply("cpu-bar"))
+        names = {row["Name"] for row in self.api_get("/backends").json()}
+        self.assertIn("cpu-bar", names)
+
+    def test_without_force_a_runnable_backend_is_left_alone(self) -> None:
+        self.status(self.apply("cpu-bar"))
+        (self.backends / "cpu-bar" / "run.sh").write_text("#!/bin/sh\necho local\n")
+        status = self.status(self.apply("cpu-bar"))
+        self.assertIn("already installed", status["message"])
+        self.assertIn("local", (self.backends / "cpu-bar" / "run.sh").read_text())
+
+    def test_force_reinstalls_and_drops_stale_files(self) -> None:
+        self.status(self.apply("cpu-bar"))
+        (self.backends / "cpu-bar" / "stale-lib.so").write_text("old")
+        status = self.status(self.apply("cpu-bar", force=True))
+        self.assertEqual(status["state"], "completed", status)
+        self.assertFalse((self.backends / "cpu-bar" / "stale-lib.so").exists())
+
+    def test_a_failed_install_keeps_the_previous_one_and_no_temp_folder(self) -> None:
+        self.status(self.apply("cpu-bar"))
+        (self.sources / "cpu-bar" / "run.sh").unlink()
+        status = self.status(self.apply("cpu-bar", force=True))
+        self.assertEqual(status["state"], "failed")
+        self.assertIn("run.sh", status["error"])
+        self.assertTrue((self.backends / "cpu-bar" / "run.sh").exists())
+        self.assertEqual(sorted(p.name for p in self.backends.iterdir()), ["cpu-bar"])
+
+    def test_a_build_this_node_cannot_run_is_refused_with_the_reason(self) -> None:
+        status = self.status(self.apply("cuda12-foo"))
+        self.assertEqual(status["state"], "failed")
+        self.assertIn("cannot run on this node", status["error"])
+        self.assertFalse((self.backends / "cuda12-foo").exists())
+
+    def test_an_unknown_backend_is_404_and_queues_nothing(self) -> None:
+        r = self.apply("nope")
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(
+            r.json()["error"]["message"], 'no backend found with name "nope"'
+        )
+        self.assertFalse(Job.objects.exists())
+
+    def test_malformed_json_is_400(self) -> None:
+        r = self.client.post(
+            "/backends/apply",
+            "{nope",
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {self.token_value}"},
+        )
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("JSON", r.json()["error"]["message"])
+
+    def test_a_missing_or_mistyped_id_is_400(self) -> None:
+        self.assertEqual(self.apply("").status_code, 400)
+        r = self.api_post("/backends/apply", {"id": 3})
+        self.assertEqual(r.status_code, 400)
+        r = self.api_post("/backends/apply", {"id": "cpu-bar", "force": "yes"})
+        self.assertEqual(r.status_code, 400)
+
+    def test_an_unsafe_name_is_400(self) -> None:
+        for bad in ("../etc", "a/b", "x y", "localai@../x"):
+            r = self.apply(bad)
+            self.assertEqual(r.status_code, 400, bad)
+        self.assertFalse(Job.objects.exists())
+
+    def test_a_gallery_source_that_is_missing_fails_the_job_clearly(self) -> None:
+        status = self.status(self.apply("broken"))
+        self.assertEqual(status["state"], "failed")
+        self.assertIn("missing", status["error"])
+        self.assertEqual(list(self.backends.iterdir()), [])
+
+    def test_a_second_request_while_one_is_queued_returns_the_same_job(self) -> None:
+        from huey.contrib.djhuey import HUEY
+        from huey.storage import MemoryStorage
+
+        HUEY.immediate = False
+        real_storage, HUEY.storage = HUEY.storage, MemoryStorage("tests")
+        try:
+            first = self.apply("cpu-bar").json()["id"]
+            second = self.apply("cpu-bar").json()["id"]
+            conflict = self.api_post("/backends/delete/cpu-bar")
+        finally:
+            HUEY.storage = real_storage
+            HUEY.immediate = True
+        self.assertEqual(first, second)
+        self.assertEqual(Job.objects.count(), 1)
+        self.assertEqual(conflict.status_code, 404)  # nothing installed yet
+
+    def test_a_meta_shares_an_installed_build(self) -> None:
+        make_build(self.sources / "cpu-foo", "v1")
+        self.status(self.apply("foo"))
+        self.status(self.apply("foo-twin"))
+        meta = json.loads((self.backends / "foo-twin" / "metadata.json").read_text())
+        self.assertEqual(meta["meta_backend_for"], "cpu-foo")

@@ -1,0 +1,402 @@
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import tarfile
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backends.extract import ArchiveError, UnsafeArchiveError, extract_layer, extract_tarball
+from tests.imagebuild import (
+    Entries,
+    compress,
+    directory,
+    file,
+    hardlink,
+    make_layer,
+    make_tar,
+    opaque,
+    special,
+    symlink,
+    whiteout,
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_host() -> None:
+    """Extraction needs no Django: replaces conftest's settings-based fixture."""
+
+
+@dataclass
+class Sandbox:
+    """``root/target`` is extracted into; ``root/outside`` must never change."""
+
+    root: Path
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    @property
+    def outside(self) -> Path:
+        return self.root / "outside"
+
+    def snapshot(self) -> dict[str, tuple[int, bytes]]:
+        """Everything under root except the target: path -> (mode, content)."""
+        result = {}
+        for path in sorted(self.root.rglob("*")):
+            if path == self.target or self.target in path.parents:
+                continue
+            info = path.lstat()
+            content = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
+            result[str(path.relative_to(self.root))] = (info.st_mode, content)
+        return result
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    box = Sandbox(tmp_path)
+    box.target.mkdir()
+    box.outside.mkdir()
+    (box.outside / "victim.txt").write_text("keep me")
+    (box.outside / "dir").mkdir()
+    (box.outside / "dir" / "inner.txt").write_text("keep me too")
+    return box
+
+
+def apply(target: Path, entries: Entries, compression: str = "gzip") -> int:
+    return extract_layer(io.BytesIO(make_layer(entries, compression).data), target)
+
+
+# --- ordinary layers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_it_extracts_files_dirs_and_modes(tmp_path: Path, compression: str) -> None:
+    entries = [
+        directory("bin"),
+        file("run.sh", "#!/bin/sh\nexec ./bin/server\n", 0o755),
+        file("bin/server", b"\x7fELF", 0o750),
+        file("lib/deep/libx.so", b"x" * 5000, 0o644),
+        file("README", "hi", 0o400),
+    ]
+    count = apply(tmp_path, entries, compression)
+
+    assert count == 5
+    assert (tmp_path / "run.sh").read_text().startswith("#!/bin/sh")
+    assert os.access(tmp_path / "run.sh", os.X_OK)
+    assert stat.S_IMODE((tmp_path / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "bin/server").stat().st_mode) == 0o750
+    assert (tmp_path / "lib/deep/libx.so").read_bytes() == b"x" * 5000
+    # data_filter: the owner can always read and write
+    assert stat.S_IMODE((tmp_path / "README").stat().st_mode) == 0o600
+    assert (tmp_path / "README").stat().st_mtime == 1_700_000_000
+
+
+def test_it_extracts_links_inside_the_target(tmp_path: Path) -> None:
+    apply(
+        tmp_path,
+        [
+            file("lib/libcublas.so.12.8", "real library"),
+            symlink("lib/libcublas.so.12", "libcublas.so.12.8"),
+            symlink("lib/libcublas.so", "libcublas.so.12"),
+            symlink("current", "lib"),
+            hardlink("lib/copy.so", "lib/libcublas.so.12.8"),
+        ],
+    )
+
+    assert (tmp_path / "lib/libcublas.so").read_text() == "real library"
+    assert os.readlink(tmp_path / "current") == "lib"
+    assert (tmp_path / "lib/copy.so").stat().st_ino == (tmp_path / "lib/libcublas.so.12.8").stat().st_ino
+
+
+def test_it_drops_setuid_setgid_sticky_and_group_write_bits(tmp_path: Path) -> None:
+    apply(
+        tmp_path,
+        [
+            file("suid", "x", 0o4755),
+            file("sgid", "x", 0o2755),
+            file("sticky", "x", 0o1777),
+            file("shared", "x", 0o666),
+        ],
+    )
+
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("suid", "sgid", "sticky", "shared")}
+    assert modes == {"suid": 0o755, "sgid": 0o755, "sticky": 0o755, "shared": 0o644}
+
+
+def test_later_layers_overwrite_and_change_types(tmp_path: Path) -> None:
+    apply(
+        tmp_path,
+        [
+            file("config", "v1"),
+            file("was-file", "file"),
+            file("was-dir/child", "child"),
+            file("real.txt", "real"),
+            symlink("link", "real.txt"),
+            file("shared", "old"),
+            hardlink("shared-twin", "shared"),
+        ],
+    )
+    apply(
+        tmp_path,
+        [
+            file("config", "v2"),
+            file("was-file/now-a-dir", "inside"),
+            file("was-dir", "now a file"),
+            file("link", "a regular file now"),
+            file("shared", "new"),
+        ],
+    )
+
+    assert (tmp_path / "config").read_text() == "v2"
+    assert (tmp_path / "was-file/now-a-dir").read_text() == "inside"
+    assert (tmp_path / "was-dir").read_text() == "now a file"
+    assert not (tmp_path / "link").is_symlink()
+    assert (tmp_path / "real.txt").read_text() == "real"  # not written through the old link
+    assert (tmp_path / "shared").read_text() == "new"
+    assert (tmp_path / "shared-twin").read_text() == "old"  # unlinked, not truncated
+
+
+def test_it_writes_through_a_symlink_that_stays_inside(tmp_path: Path) -> None:
+    apply(tmp_path, [directory("usr/lib"), symlink("lib", "usr/lib")])
+    apply(tmp_path, [file("lib/libfoo.so", "foo")])
+
+    assert (tmp_path / "usr/lib/libfoo.so").read_text() == "foo"
+    assert (tmp_path / "lib").is_symlink()
+
+
+# --- whiteouts -----------------------------------------------------------------------
+
+
+def test_whiteouts_delete_lower_layer_files_and_opaque_dirs_empty_them(tmp_path: Path) -> None:
+    apply(
+        tmp_path,
+        [
+            file("run.sh", "v1", 0o755),
+            file("lib/removed.so", "gone"),
+            file("lib/libcublas.so.12", "old library"),
+            file("lib/sub/deep.so", "gone too"),
+            file("plugins/old-a", "a"),
+            file("plugins/old-b/x", "b"),
+        ],
+    )
+    apply(
+        tmp_path,
+        [
+            whiteout("lib/removed.so"),
+            whiteout("lib/sub"),
+            file("lib/libcublas.so.12", "new library"),
+            opaque("plugins"),
+            file("plugins/new", "n"),
+        ],
+    )
+
+    assert not (tmp_path / "lib/removed.so").exists()
+    assert not (tmp_path / "lib/sub").exists()
+    assert (tmp_path / "lib/libcublas.so.12").read_text() == "new library"
+    assert sorted(p.name for p in (tmp_path / "plugins").iterdir()) == ["new"]
+    assert (tmp_path / "run.sh").read_text() == "v1"
+    assert not list(tmp_path.rglob(".wh.*"))
+
+
+def test_whiteouts_spare_entries_of_their_own_layer_whatever_the_order(tmp_path: Path) -> None:
+    apply(tmp_path, [file("d/f", "lower"), file("d/lower-only", "x"), file("e/sub/lower", "x")])
+    apply(
+        tmp_path,
+        [
+            file("d/f", "upper"),
+            whiteout("d/f"),  # after the file of the same layer: hides lower content only
+            file("e/sub/upper", "u"),
+            opaque("e"),
+            opaque("d"),
+        ],
+    )
+
+    assert (tmp_path / "d/f").read_text() == "upper"
+    assert not (tmp_path / "d/lower-only").exists()
+    assert (tmp_path / "e/sub/upper").read_text() == "u"
+    assert not (tmp_path / "e/sub/lower").exists()
+
+
+def test_whiteout_of_a_missing_path_is_harmless(tmp_path: Path) -> None:
+    apply(tmp_path, [whiteout("nothing/here"), whiteout("absent"), opaque("missing-dir")])
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_opaque_marker_at_the_root_only_empties_the_target(sandbox: Sandbox) -> None:
+    # Valid OCI (the layer replaces everything below it); it must stay confined.
+    apply(sandbox.target, [file("old", "x"), file("dir/old", "y")])
+    before = sandbox.snapshot()
+
+    apply(sandbox.target, [opaque(""), file("new", "z")])
+
+    assert sorted(p.name for p in sandbox.target.iterdir()) == ["new"]
+    assert sandbox.snapshot() == before
+
+
+def test_plain_tarballs_keep_wh_names_as_files(tmp_path: Path) -> None:
+    archive = tmp_path / "backend.tar.gz"
+    archive.write_bytes(gzip.compress(make_tar([file("run.sh", "x", 0o755), file(".wh.notes", "n")])))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes").write_text("stays")
+
+    assert extract_tarball(archive, tmp_path / "out") == 2
+
+    assert (tmp_path / "out/.wh.notes").read_text() == "n"
+    assert (tmp_path / "out/notes").read_text() == "stays"
+
+
+@pytest.mark.parametrize("compression, suffix", [("none", ".tar"), ("gzip", ".tar.gz"), ("zstd", ".tar.zst")])
+def test_extract_tarball_reads_each_compression(tmp_path: Path, compression: str, suffix: str) -> None:
+    archive = tmp_path / f"backend{suffix}"
+    archive.write_bytes(compress(make_tar([file("run.sh", "#!/bin/sh\n", 0o755)]), compression))
+
+    extract_tarball(archive, tmp_path / "out")
+
+    assert os.access(tmp_path / "out/run.sh", os.X_OK)
+
+
+# --- hostile archives: refused, and nothing outside the target changes ----------------
+
+
+def _refused(sandbox: Sandbox, entries: Entries, fragment: str) -> None:
+    before = sandbox.snapshot()
+    with pytest.raises(UnsafeArchiveError) as caught:
+        apply(sandbox.target, entries)
+    assert fragment in str(caught.value)
+    assert sandbox.snapshot() == before
+
+
+def test_it_refuses_parent_traversal(sandbox: Sandbox) -> None:
+    _refused(sandbox, [file("../escaped.txt", "x")], "'../escaped.txt'")
+    _refused(sandbox, [file("a/../../outside/victim.txt", "x")], "a/../../outside/victim.txt")
+
+
+def test_it_refuses_absolute_paths(sandbox: Sandbox) -> None:
+    absolute = str(sandbox.outside / "absolute.txt")
+    _refused(sandbox, [file(absolute, "x")], absolute)
+    assert not (sandbox.outside / "absolute.txt").exists()
+
+
+def test_it_refuses_a_symlink_out_then_a_write_through_it(sandbox: Sandbox) -> None:
+    _refused(sandbox, [symlink("lib", "../outside"), file("lib/victim.txt", "pwned")], "'lib'")
+    _refused(sandbox, [symlink("etc", str(sandbox.outside)), file("etc/passwd", "pwned")], "'etc'")
+    # a chain whose every hop looks local: a -> ".", b -> "a/.." (the target's parent)
+    _refused(sandbox, [symlink("a", "."), symlink("b", "a/.."), file("b/outside/new", "x")], "'b'")
+
+
+def test_it_never_writes_through_a_symlink_already_in_the_target(sandbox: Sandbox) -> None:
+    # As if a lower layer had been extracted by something less careful.
+    (sandbox.target / "lib").symlink_to(sandbox.outside)
+    (sandbox.target / "rel").symlink_to("../outside")
+
+    _refused(sandbox, [file("lib/victim.txt", "pwned")], "lib/victim.txt")
+    _refused(sandbox, [file("rel/new.txt", "pwned")], "rel/new.txt")
+    _refused(sandbox, [directory("rel/dir/sub")], "rel/dir/sub")
+    _refused(sandbox, [hardlink("stolen", "lib/victim.txt")], "stolen")
+
+
+def test_it_refuses_hardlinks_out_of_the_target(sandbox: Sandbox) -> None:
+    _refused(sandbox, [hardlink("h", "../outside/victim.txt")], "'h'")
+    _refused(sandbox, [hardlink("h", str(sandbox.outside / "victim.txt"))], "'h'")
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_it_refuses_devices_and_fifos(sandbox: Sandbox, kind: bytes) -> None:
+    _refused(sandbox, [special("dev/node", kind)], "'dev/node'")
+    assert not (sandbox.target / "dev/node").exists()
+
+
+def test_whiteouts_cannot_delete_outside(sandbox: Sandbox) -> None:
+    (sandbox.target / "lnk").symlink_to("../outside")
+    (sandbox.target / "abs").symlink_to(sandbox.outside)
+
+    _refused(sandbox, [file("../.wh.victim.txt")], "../.wh.victim.txt")
+    _refused(sandbox, [whiteout("lnk/victim.txt")], "lnk/.wh.victim.txt")
+    _refused(sandbox, [whiteout("abs/victim.txt")], "abs/.wh.victim.txt")
+    _refused(sandbox, [opaque("lnk/dir")], "lnk/dir/.wh..wh..opq")
+    _refused(sandbox, [opaque("abs")], "abs/.wh..wh..opq")
+    _refused(sandbox, [file(".wh..")], "'.wh..'")
+    _refused(sandbox, [file("missing/.wh..")], "missing/.wh..")
+
+
+def test_a_whiteout_removes_a_symlink_not_what_it_points_to(sandbox: Sandbox) -> None:
+    (sandbox.target / "lnk").symlink_to(sandbox.outside / "dir")
+    before = sandbox.snapshot()
+
+    apply(sandbox.target, [whiteout("lnk")])
+
+    assert not (sandbox.target / "lnk").exists()
+    assert sandbox.snapshot() == before
+
+
+def test_a_file_entry_replaces_a_symlink_instead_of_following_it(sandbox: Sandbox) -> None:
+    (sandbox.target / "victim.txt").symlink_to(sandbox.outside / "victim.txt")
+    before = sandbox.snapshot()
+
+    apply(sandbox.target, [file("victim.txt", "replaced")])
+
+    assert not (sandbox.target / "victim.txt").is_symlink()
+    assert (sandbox.target / "victim.txt").read_text() == "replaced"
+    assert sandbox.snapshot() == before
+
+
+# --- malformed input and streaming -----------------------------------------------------
+
+
+def test_corrupt_or_non_tar_data_is_an_archive_error(tmp_path: Path) -> None:
+    good = make_layer([file("a", "x" * 10000)]).data
+    with pytest.raises(ArchiveError):
+        extract_layer(io.BytesIO(good[: len(good) // 2]), tmp_path)
+    with pytest.raises(ArchiveError):
+        extract_layer(io.BytesIO(b"this is not a tar archive at all" * 100), tmp_path)
+
+
+def test_an_empty_layer_is_fine(tmp_path: Path) -> None:
+    assert extract_layer(io.BytesIO(b""), tmp_path) == 0
+    assert extract_layer(io.BytesIO(gzip.compress(b"\0" * 1024)), tmp_path) == 0
+
+
+def test_multi_member_gzip_and_trailing_padding(tmp_path: Path) -> None:
+    tar = make_tar([file("a", "1" * 3000), file("b", "2" * 3000)])
+    data = gzip.compress(tar[:2048]) + gzip.compress(tar[2048:]) + b"\0" * 512
+
+    assert extract_layer(io.BytesIO(data), tmp_path) == 2
+    assert (tmp_path / "b").read_text() == "2" * 3000
+
+
+def test_an_iterable_source_is_read_to_its_end(tmp_path: Path) -> None:
+    data = make_layer([file("a", "x")]).data + b"\0" * 4096  # padding after the gzip member
+    consumed = []
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(data), 100):
+            consumed.append(start)
+            yield data[start : start + 100]
+        consumed.append("end")
+
+    extract_layer(chunks(), tmp_path)
+
+    assert consumed[-1] == "end"
+
+
+def test_memory_stays_flat_for_a_huge_highly_compressible_file(tmp_path: Path) -> None:
+    size = 64 << 20
+    layer = make_layer([file("zeros.bin", bytes(size))]).data  # about 64 KiB compressed
+    tracemalloc.start()
+    try:
+        extract_layer(io.BytesIO(layer), tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert (tmp_path / "zeros.bin").stat().st_size == size
+    assert peak < 8 << 20

@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import time
+import unittest
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from backends.models import Gallery, GalleryBackend, Job
+from tests.base import REAL_GALLERY, BaseTestCase
+
+HTMX = {"HX-Request": "true"}
+JOBS_READY = hasattr(Job.objects, "start")
+
+
+class CatalogueTestCase(BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        self.client.force_login(self.bob)
+
+    def test_it_requires_login(self) -> None:
+        self.client.logout()
+        r = self.client.get("/")
+        self.assertRedirects(r, "/accounts/login/?next=/")
+
+    def test_it_lists_every_entry_with_its_gallery(self) -> None:
+        r = self.client.get("/")
+        self.assertTemplateUsed(r, "base.html")
+        for name in ("llama-cpp", "cpu-llama-cpp", "cuda12-llama-cpp", "whisper", "cpu-whisper"):
+            self.assertContains(r, f'href="/catalogue/localai/{name}/"')
+        self.assertContains(r, "6 of 6 backends")
+
+    def test_it_searches_name_description_and_tags(self) -> None:
+        self.assertContains(self.client.get("/?q=whisper"), "2 of 6 backends")
+        self.assertContains(self.client.get("/?q=speech"), "1 of 6 backends")
+        self.assertContains(self.client.get("/?q=ASR"), "1 of 6 backends")
+        r = self.client.get("/?q=nothing-like-this")
+        self.assertContains(r, "No backend matches these filters")
+
+    def test_it_requires_every_search_word(self) -> None:
+        self.assertContains(self.client.get("/?q=llm+cuda12"), "1 of 6 backends")
+
+    def test_it_filters_by_tag_ignoring_case(self) -> None:
+        r = self.client.get("/?tag=LLM")
+        self.assertContains(r, "4 of 6 backends")
+        self.assertNotContains(r, 'href="/catalogue/localai/whisper/"')
+
+    def test_it_filters_by_gallery(self) -> None:
+        other = Gallery.objects.create(name="extra", url=self.gallery.url, position=1)
+        other.sync()
+        self.assertContains(self.client.get("/"), "12 of 12 backends")
+        r = self.client.get("/?gallery=extra")
+        self.assertContains(r, "6 of 12 backends")
+        self.assertContains(r, 'href="/catalogue/extra/whisper/"')
+        self.assertNotContains(r, 'href="/catalogue/localai/whisper/"')
+
+    def test_it_keeps_only_what_runs_on_this_hardware(self) -> None:
+        r = self.client.get("/?runs_here=on")
+        self.assertContains(r, "4 of 6 backends")
+        self.assertNotContains(r, 'href="/catalogue/localai/cuda12-llama-cpp/"')
+        self.assertNotContains(r, 'href="/catalogue/localai/metal-llama-cpp/"')
+
+    def test_it_explains_what_a_meta_resolves_to_here(self) -> None:
+        r = self.client.get("/?q=llama-cpp&sort=name")
+        self.assertContains(r, "uses <strong>cpu-llama-cpp</strong>", html=False)
+        self.assertContains(r, "cpu-llama-cpp chosen for")
+
+    def test_it_says_why_a_build_cannot_run_here(self) -> None:
+        r = self.client.get("/?q=cuda12")
+        self.assertContains(r, "Not for this node")
+        self.assertContains(r, "needs an NVIDIA GPU")
+
+    def test_it_sorts_by_name_both_ways(self) -> None:
+        body = self.client.get("/?sort=-name").content.decode()
+        self.assertLess(body.index("/catalogue/localai/whisper/"), body.index("/catalogue/localai/cpu-whisper/"))
+        body = self.client.get("/?sort=name").content.decode()
+        self.assertLess(body.index("/catalogue/localai/cpu-whisper/"), body.index("/catalogue/localai/whisper/"))
+
+    def test_it_sorts_installed_first(self) -> None:
+        self.install_on_disk("metal-llama-cpp")
+        body = self.client.get("/?sort=installed").content.decode()
+        self.assertLess(body.index("/catalogue/localai/metal-llama-cpp/"), body.index("/catalogue/localai/cpu-llama-cpp/"))
+
+    def test_it_marks_installed_entries(self) -> None:
+        self.install_on_disk("cpu-whisper", alias="whisper")
+        r = self.client.get("/?q=cpu-whisper")
+        self.assertContains(r, "Installed</span>")
+        r = self.client.get("/?q=cpu-llama")
+        self.assertContains(r, "Not installed")
+
+    def test_it_ignores_a_bad_filter_value_and_keeps_the_others(self) -> None:
+        r = self.client.get("/?sort=sideways&q=whisper&page=zero")
+        self.assertEqual(r.status_code, 200)
+        self.assertContains(r, "2 of 6 backends")
+        self.assertContains(r, "sort:")
+
+    def test_it_paginates_and_keeps_the_query_in_page_links(self) -> None:
+        with self.settings():
+            from backends import views
+
+            original, views.PAGE_SIZE = views.PAGE_SIZE, 2
+            try:
+                r = self.client.get("/?q=llama&sort=name")
+            finally:
+                views.PAGE_SIZE = original
+        self.assertContains(r, "Page 1 of 2")
+        self.assertContains(r, 'href="?q=llama&amp;sort=name&amp;page=2"')
+
+    def test_it_returns_only_the_rows_for_htmx(self) -> None:
+        r = self.client.get("/?q=whisper", headers=HTMX)
+        self.assertTemplateNotUsed(r, "base.html")
+        body = r.content.decode()
+        self.assertTrue(body.lstrip().startswith('<section id="catalogue-rows"'))
+        self.assertNotIn("<html", body)
+        self.assertIn("2 of 6 backends", body)
+        self.assertEqual(r["Vary"], "HX-Request, Cookie")
+
+    def test_it_returns_the_full_page_for_a_history_restore(self) -> None:
+        r = self.client.get("/?q=whisper", headers={**HTMX, "HX-History-Restore-Request": "true"})
+        self.assertContains(r, "<html")
+
+    def test_it_hides_install_buttons_from_non_staff(self) -> None:
+        self.assertNotContains(self.client.get("/"), ">Install</button>")
+
+    def test_it_shows_install_and_reinstall_buttons_to_staff(self) -> None:
+        self.client.force_login(self.alice)
+        self.install_on_disk("cpu-whisper")
+        r = self.client.get("/?q=whisper&sort=name")
+        self.assertContains(r, 'action="/catalogue/localai/cpu-whisper/install/"')
+        self.assertContains(r, ">Reinstall</button>")
+        self.assertContains(r, ">Install</button>")
+        self.assertContains(r, 'name="csrfmiddlewaretoken"')
+
+    def test_it_shows_live_progress_for_an_entry_being_installed(self) -> None:
+        job = Job.objects.create(
+            kind=Job.Kind.INSTALL, target="localai@cpu-whisper", state=Job.State.RUNNING, progress=40
+        )
+        r = self.client.get("/?q=cpu-whisper")
+        self.assertContains(r, f'hx-get="/jobs/{job.pk}/"')
+        self.assertContains(r, '<progress max="100" value="40.0"', html=False)
+
+    def test_it_lists_the_tags_as_filter_choices(self) -> None:
+        r = self.client.get("/")
+        self.assertContains(r, '<option value="llm">llm</option>', html=True)
+        self.assertContains(r, '<option value="asr">asr</option>', html=True)
+
+
+class CatalogueSpeedTestCase(BaseTestCase):
+    """The real gallery (1,028 entries) renders fast and without a query per row."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.url = REAL_GALLERY.as_uri()
+        self.gallery.save()
+        self.gallery.sync()
+        self.client.force_login(self.alice)
+
+    def test_it_renders_the_real_gallery_quickly_with_few_queries(self) -> None:
+        self.assertEqual(GalleryBackend.objects.count(), 1028)
+        self.client.get("/")  # first request probes the hardware
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            r = self.client.get("/?runs_here=on&sort=installed")
+            elapsed = time.perf_counter() - started
+        self.assertEqual(r.status_code, 200)
+        self.assertLess(len(queries), 12)
+        self.assertLess(elapsed, 0.5)  # the target is 100 ms; leave room for slow CI
+
+    def test_it_searches_the_real_gallery(self) -> None:
+        r = self.client.get("/?q=llama-cpp&tag=llm")
+        self.assertContains(r, 'href="/catalogue/localai/llama-cpp/"')
+
+
+class CatalogueEntryTestCase(BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        self.client.force_login(self.bob)
+
+    def test_it_shows_a_meta_with_its_builds_and_the_chosen_one(self) -> None:
+        r = self.client.get("/catalogue/localai/llama-cpp/")
+        self.assertContains(r, "Resolves to <strong>cpu-llama-cpp</strong>", html=False)
+        self.assertContains(r, "chosen here")
+        self.assertContains(r, "cuda12-llama-cpp")
+
+    def test_it_shows_a_build_with_its_image(self) -> None:
+        r = self.client.get("/catalogue/localai/cpu-whisper/")
+        self.assertContains(r, "quay.io/go-skynet/local-ai-backends:latest-cpu-whisper")
+        self.assertContains(r, "This build runs on this node")
+
+    def test_it_answers_404_for_an_unknown_entry(self) -> None:
+        self.assertEqual(self.client.get("/catalogue/localai/nope/").status_code, 404)
+        self.assertEqual(self.client.get("/catalogue/other/whisper/").status_code, 404)
+
+
+class CatalogueInstallTestCase(BaseTestCase):
+    url = "/catalogue/localai/cpu-whisper/install/"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+
+    def test_it_rejects_get(self) -> None:
+        self.client.force_login(self.alice)
+        self.assertEqual(self.client.get(self.url).status_code, 405)
+
+    def test_it_sends_anonymous_users_to_log_in(self) -> None:
+        r = self.client.post(self.url)
+        self.assertRedirects(r, f"/accounts/login/?next={self.url}", fetch_redirect_response=False)
+
+    def test_it_forbids_non_staff(self) -> None:
+        self.client.force_login(self.bob)
+        r = self.client.post(self.url)
+        self.assertEqual(r.status_code, 403)
+        self.assertFalse(Job.objects.exists())
+
+    def test_it_answers_404_for_an_unknown_entry(self) -> None:
+        self.client.force_login(self.alice)
+        self.assertEqual(self.client.post("/catalogue/localai/nope/install/").status_code, 404)
+
+    @unittest.skipUnless(JOBS_READY, "needs Job.objects.start from the job pipeline")
+    def test_it_starts_a_job_and_redirects_to_it(self) -> None:
+        self.client.force_login(self.alice)
+        r = self.client.post(self.url)
+        job = Job.objects.get()
+        self.assertEqual((job.kind, job.target, job.requested_by), ("install", "localai@cpu-whisper", "alice"))
+        self.assertRedirects(r, f"/jobs/{job.pk}/", fetch_redirect_response=False)
+
+    @unittest.skipUnless(JOBS_READY, "needs Job.objects.start from the job pipeline")
+    def test_it_reinstalls_with_force(self) -> None:
+        self.client.force_login(self.alice)
+        self.client.post(self.url, {"force": "on"})
+        self.assertTrue(Job.objects.get().force)
+
+    @unittest.skipUnless(JOBS_READY, "needs Job.objects.start from the job pipeline")
+    def test_it_returns_the_row_with_the_job_for_htmx(self) -> None:
+        self.client.force_login(self.alice)
+        r = self.client.post(self.url, headers=HTMX)
+        self.assertTemplateUsed(r, "backends/partials/_catalogue_row.html")
+        body = r.content.decode()
+        self.assertTrue(body.lstrip().startswith('<tr id="entry-localai-cpu-whisper"'))
+        self.assertIn('id="messages"', body)
+        self.assertIn('hx-swap-oob="true"', body)
