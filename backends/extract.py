@@ -19,8 +19,9 @@ the layer size. When ``source`` is an iterable it is always read to its end (eve
 the tar end marker) so that a digest-checking download gets to verify the whole blob.
 
 Safety rules, on top of the standard library's ``tarfile.data_filter`` (PEP 706), which
-supplies the policy for modes and file types (setuid/setgid/sticky and group/other
-write bits dropped, device files and FIFOs refused, links must stay inside):
+supplies the policy for modes and file types: setuid/setgid/sticky and group/other
+write bits dropped, device files and FIFOs refused, links must stay inside. (For
+regular files and directories its mode rule is applied inline, see ``_filtered_mode``.)
 
 * absolute names and names with a ``..`` component are refused outright;
 * every path is resolved one component at a time from the target without trusting
@@ -53,6 +54,7 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_MAX_READ = 16 << 20
 # Linux gives up after 40 symlink hops (ELOOP); a chain longer than that is hostile.
 _MAX_SYMLINK_HOPS = 40
 
@@ -205,6 +207,10 @@ class _TarStream:
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             raise ValueError("the tar stream is only read in bounded pieces")
+        if size > _MAX_READ:
+            # Only headers (pax, GNU long names) are read this way; file data goes
+            # through copy_to. A gigabyte "header" is an attack on memory.
+            raise ArchiveError(f"tar header of {size} bytes is too large")
         parts = []
         while size > 0 and self._fill():
             piece = self._buffer[:size]

@@ -45,6 +45,7 @@ CancelCheck = Callable[[], bool]
 
 STAGING_SUFFIX = ".install-tmp"
 BACKUP_SUFFIX = ".install-backup"
+DOWNLOAD_PREFIX = ".download-"
 CHUNK = 1024 * 1024
 # Room kept free on the disk beyond the image's own size (unpacked data, metadata).
 DISK_HEADROOM = 64 * 1024 * 1024
@@ -188,6 +189,33 @@ class Installer:
             raise
         shutil.rmtree(backup, ignore_errors=True)
 
+    def recover(self) -> list[str]:
+        """Tidy the folder after a worker was killed mid-install; returns what was done.
+
+        A staging folder is half written: removed. A backup whose live folder is missing
+        means the kill fell between the two renames of a swap: the backup is put back.
+        """
+        actions: list[str] = []
+        if not self.backends_path.is_dir():
+            return actions
+        for entry in sorted(self.backends_path.iterdir()):
+            name = entry.name
+            if name.endswith(BACKUP_SUFFIX):
+                live = entry.with_name(name.removesuffix(BACKUP_SUFFIX))
+                if live.exists():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    actions.append(f"removed {name}")
+                else:
+                    os.rename(entry, live)
+                    actions.append(f"restored {live.name} from its backup")
+            elif name.endswith(STAGING_SUFFIX):
+                shutil.rmtree(entry, ignore_errors=True)
+                actions.append(f"removed {name}")
+            elif name.startswith(DOWNLOAD_PREFIX) and entry.is_file():
+                entry.unlink()
+                actions.append(f"removed {name}")
+        return actions
+
     # -- fetch ---------------------------------------------------------------------
 
     def fetch(self, source: Source, staging: Path) -> str:
@@ -258,7 +286,7 @@ class Installer:
 
     def _fetch_tarball(self, uri: str, sha256: str, staging: Path) -> None:
         with tempfile.NamedTemporaryFile(
-            dir=self.backends_path, prefix=".download-"
+            dir=self.backends_path, prefix=DOWNLOAD_PREFIX
         ) as tmp:
             digest = hashlib.sha256()
             if uri.startswith("file://"):

@@ -409,6 +409,7 @@ class JobManager(models.Manager["Job"]):
         force: bool = False,
         requested_by: str = "",
         dedup_key: str = "",
+        enqueue: bool = True,
         **fields: Any,
     ) -> Job:
         """Create a job and queue it, or return the job already doing the same thing.
@@ -442,12 +443,14 @@ class JobManager(models.Manager["Job"]):
                     force=force,
                     requested_by=requested_by,
                     dedup_key=key,
+                    enqueue=enqueue,
                     **fields,
                 )
             if active.kind != kind:
                 raise JobConflict(active) from None
             return active
-        transaction.on_commit(job.enqueue)
+        if enqueue:
+            transaction.on_commit(job.enqueue)
         return job
 
     def retry(self, job: Job) -> Job:

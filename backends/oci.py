@@ -76,7 +76,7 @@ _MANIFEST_ACCEPT = ", ".join(
 DOCKER_HUB = "registry-1.docker.io"
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", DOCKER_HUB})
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"\w[\w.-]{0,127}")
+_TAG = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 _HOST = re.compile(
     r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
@@ -604,6 +604,8 @@ class RegistryClient:
                 self._sleep(attempt)
                 attempt += 1
                 continue
+            except httpx.RequestError as exc:  # too many redirects and the like
+                raise RegistryError(f"{ref}: {method} {url} failed: {exc}") from exc
             if response.status_code == 401 and not authenticated:
                 challenge = response.headers.get("WWW-Authenticate", "")
                 response.close()
@@ -692,7 +694,12 @@ class RegistryClient:
         query = {"scope": scope}
         if params.get("service"):
             query["service"] = params["service"]
-        url = str(httpx.URL(params["realm"]).copy_merge_params(query))
+        try:
+            url = str(httpx.URL(params["realm"]).copy_merge_params(query))
+        except httpx.InvalidURL as exc:
+            raise AuthenticationError(
+                f"{ref}: invalid token realm {params['realm']!r}"
+            ) from exc
         authorization = _basic(credentials) if credentials else None
         attempt = 0
         while True:
@@ -703,6 +710,10 @@ class RegistryClient:
                     raise AuthenticationError(
                         f"{ref}: token service {params['realm']} unreachable: {exc}"
                     ) from exc
+            except httpx.RequestError as exc:
+                raise AuthenticationError(
+                    f"{ref}: token service {params['realm']} failed: {exc}"
+                ) from exc
             else:
                 if (
                     response.status_code not in _RETRY_STATUSES
@@ -817,34 +828,25 @@ def _select_platform(index: Manifest, platform: Platform, ref: Reference) -> Des
     entries = index.body.get("manifests")
     if not isinstance(entries, list):
         raise RegistryError(f"{ref}: index {index.digest} has no manifest list")
+    descriptors = [Descriptor.from_json(entry, ref) for entry in entries]
     candidates = [
         descriptor
-        for descriptor in (Descriptor.from_json(entry, ref) for entry in entries)
+        for descriptor in descriptors
         if descriptor.platform is not None
         and descriptor.platform.os == platform.os
         and descriptor.platform.architecture == platform.architecture
     ]
     wanted = platform.normalized_variant()
-    exact = [
-        d
-        for d in candidates
-        if d.platform is not None and d.platform.normalized_variant() == wanted
-    ]
-    if exact:
-        return exact[0]
+    for descriptor in candidates:
+        assert descriptor.platform is not None
+        if descriptor.platform.normalized_variant() == wanted:
+            return descriptor
+    # No variant asked for (e.g. plain "arm"): any build of the architecture will do.
     if candidates and platform.variant is None:
         return candidates[0]
-    available = ", ".join(
-        sorted(
-            {
-                str(d.platform)
-                for d in (Descriptor.from_json(e, ref) for e in entries)
-                if d.platform
-            }
-        )
-    )
+    available = sorted({str(d.platform) for d in descriptors if d.platform is not None})
     raise PlatformNotFoundError(
-        f"{ref}: no image for platform {platform} (available: {available or 'none'})"
+        f"{ref}: no image for platform {platform} (available: {', '.join(available) or 'none'})"
     )
 
 
@@ -866,32 +868,49 @@ def pull_image(
     platform = platform or Platform.host()
     _check_cancel(should_cancel, ref)
     image = client.resolve(ref, platform)
-    total = sum(layer.size for layer in image.layers)
-    done = 0
+    tracker = _ProgressTracker(progress, sum(layer.size for layer in image.layers))
     for number, layer in enumerate(image.layers, 1):
         _check_cancel(should_cancel, ref)
-        label = f"layer {number}/{len(image.layers)} {layer.digest[:19]}"
-
-        def report(size: int, label: str = label) -> None:
-            nonlocal done
-            done += size
-            if progress is not None:
-                progress(Progress("downloading", label, done, total))
-
+        tracker.start_layer(
+            f"layer {number}/{len(image.layers)} {layer.digest[:19]}", layer.size
+        )
         chunks = client.iter_blob(
-            ref, layer, on_bytes=report, should_cancel=should_cancel
+            ref, layer, on_bytes=tracker.received, should_cancel=should_cancel
         )
         _extract_verified(chunks, Path(dest), ref, layer)
-        if progress is not None:
-            progress(Progress("extracting", label, done, total))
     return PulledImage(
         ref,
         image.digest,
         image.manifest_digest,
         tuple(layer.digest for layer in image.layers),
-        total,
+        tracker.total,
         platform,
     )
+
+
+@dataclass
+class _ProgressTracker:
+    """Bytes accumulated over all layers (LocalAI restarts its count at each layer).
+
+    A layer is extracted while it downloads, so "downloading" covers both; the last
+    chunk of a layer is reported as "extracting", the tail end the user waits for.
+    """
+
+    callback: Callable[[Progress], None] | None
+    total: int
+    done: int = 0
+    label: str = ""
+    layer_end: int = 0
+
+    def start_layer(self, label: str, size: int) -> None:
+        self.label = label
+        self.layer_end = self.done + size
+
+    def received(self, size: int) -> None:
+        self.done += size
+        if self.callback is not None:
+            phase = "extracting" if self.done >= self.layer_end else "downloading"
+            self.callback(Progress(phase, self.label, self.done, self.total))
 
 
 def _extract_verified(

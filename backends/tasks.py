@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import datetime
+import logging
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 from huey.contrib.djhuey import db_periodic_task, db_task, lock_task, on_startup
 
 from backends import pipeline, upgrades
+from backends.install import Installer
 from backends.models import Gallery, Job, Node
+
+log = logging.getLogger(__name__)
 
 # Jobs this process marks running start after this instant; older running jobs were left
 # behind by a worker that died.
@@ -26,9 +32,23 @@ def every_n_minutes(minutes: int) -> Callable[[datetime.datetime], bool]:
     return is_due
 
 
+_recovery = threading.Lock()
+_recovered = False
+
+
 @on_startup()
-def fail_interrupted_jobs() -> None:
-    Job.objects.fail_interrupted(Node.objects.local(), PROCESS_STARTED)
+def recover_from_a_killed_worker() -> None:
+    """Once per consumer process, before its first job: fail what a killed worker left
+    running and tidy the backends folder (every worker thread calls this hook)."""
+    global _recovered
+    with _recovery:
+        if _recovered:
+            return
+        _recovered = True
+        failed = Job.objects.fail_interrupted(Node.objects.local(), PROCESS_STARTED)
+        actions = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).recover()
+        if failed or actions:
+            log.warning("recovered after a stop: %d job(s) failed; %s", failed, actions)
 
 
 @db_task()

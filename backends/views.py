@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -38,7 +39,14 @@ from backends.forms import (
     KnownFilterForm,
 )
 from backends.http import HtmxHttpRequest
-from backends.models import Gallery, GalleryBackend, InstalledBackend, Job, Node
+from backends.models import (
+    Gallery,
+    GalleryBackend,
+    InstalledBackend,
+    Job,
+    JobConflict,
+    Node,
+)
 
 PAGE_SIZE = 50
 HISTORY_PAGE_SIZE = 25
@@ -103,8 +111,17 @@ def _append_messages(request: HtmxHttpRequest, response: HttpResponse) -> None:
         response.write(html)
 
 
-def _requested_by(request: HtmxHttpRequest) -> str:
-    return request.user.get_username()
+def _start_job(
+    request: HtmxHttpRequest, kind: str, target: str, **fields: Any
+) -> Job | None:
+    """Start a job (or get the one already doing it); None, with a message, on conflict."""
+    try:
+        return Job.objects.start(
+            kind, target, requested_by=request.user.get_username(), **fields
+        )
+    except JobConflict as exc:
+        messages.error(request, f"Not started: {exc}.")
+        return None
 
 
 # --- catalogue -----------------------------------------------------------------------------
@@ -173,13 +190,13 @@ class EntryRow:
 
 
 def _active_jobs(jobs: Iterable[Job] | None = None) -> dict[str, Job]:
-    """Active jobs by target, under both ``gallery@name`` and the bare name."""
+    """Active jobs by the lower-cased backend name they work on (their dedup key)."""
     if jobs is None:
-        jobs = Job.objects.filter(state__in=Job.ACTIVE_STATES).order_by("created_at")
+        jobs = Job.objects.active().order_by("created_at")
     found: dict[str, Job] = {}
     for job in jobs:
-        found.setdefault(job.target, job)
-        found.setdefault(job.target.rpartition("@")[2], job)
+        key = job.dedup_key or job.target.rpartition("@")[2].lower()
+        found.setdefault(key, job)
     return found
 
 
@@ -200,7 +217,7 @@ def _describe(
     jobs: Mapping[str, Job],
 ) -> EntryRow:
     row = EntryRow(entry, installed=entry.name in on_disk)
-    row.job = jobs.get(entry.id_in_gallery) or jobs.get(entry.name)
+    row.job = jobs.get(entry.name.lower())
     if entry.is_meta:
         builds = [
             build
@@ -333,17 +350,21 @@ def catalogue_install(
     entry = _get_entry(gallery, name)
     form = InstallForm(request.POST)
     force = form.is_valid() and form.cleaned_data["force"]
-    job = Job.objects.start(  # type: ignore[attr-defined]
+    job = _start_job(
+        request,
         Job.Kind.INSTALL,
         entry.id_in_gallery,
         force=force,
-        requested_by=_requested_by(request),
+        dedup_key=entry.name,
     )
-    verb = "Reinstall" if force else "Install"
-    messages.success(request, f"{verb} of {entry.name} started.")
+    if job is not None:
+        verb = "Reinstall" if force else "Install"
+        messages.success(request, f"{verb} of {entry.name} started.")
     if not _wants_fragment(request):
+        if job is None:
+            return redirect("backends:catalogue-entry", gallery, name)
         return redirect("backends:job-detail", job.pk)
-    node = job.node or Node.objects.local()
+    node = job.node if job and job.node else Node.objects.local()
     context = {
         "row": _entry_row(entry, node, job),
         "catalogue_url": reverse("backends:catalogue"),
@@ -401,15 +422,46 @@ def _is_alias(key: str, row: installed.DiskBackend) -> bool:
     return not row.is_meta and row.folder is not None and row.folder.name != key
 
 
+def installed_folders(
+    on_disk: Mapping[str, installed.DiskBackend],
+) -> dict[str, installed.DiskBackend]:
+    """Every installed backend once, by its own name: the builds, metas and system ones.
+
+    ``scan`` keys backends the way LocalAI registers them, where an alias replaces a
+    meta of the same name: the usual layout (``cpu-llama-cpp`` aliased ``llama-cpp``
+    next to the meta ``llama-cpp``) would hide the meta. Read such metas back.
+    """
+    folders = {}
+    for key, row in on_disk.items():
+        if not _is_alias(key, row):
+            folders[key] = row
+        elif (meta := _meta_folder(key)) is not None:
+            folders[key] = meta
+    return folders
+
+
+def _meta_folder(name: str) -> installed.DiskBackend | None:
+    root = Path(settings.LOCALAI_BACKENDS_PATH)
+    folder = root / name
+    try:
+        metadata = installed.read_metadata(folder)
+    except ValueError:
+        return None
+    if metadata is None or not metadata.meta_backend_for:
+        return None
+    run_file = root / metadata.meta_backend_for / installed.RUN_FILE
+    return installed.DiskBackend(
+        name, str(run_file), is_meta=True, metadata=metadata, folder=folder
+    )
+
+
 def _installed_rows(
     on_disk: Mapping[str, installed.DiskBackend],
     records: Mapping[str, InstalledBackend],
     jobs: Mapping[str, Job],
 ) -> list[InstalledRow]:
     rows = []
-    for key, disk in sorted(on_disk.items()):
-        if _is_alias(key, disk):
-            continue
+    for key, disk in sorted(installed_folders(on_disk).items()):
         record = records.get(key)
         size = record.size_bytes if record and record.size_bytes else 0
         if not size and disk.folder is not None:
@@ -448,16 +500,15 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
 def _get_installed(
     name: str,
 ) -> tuple[installed.DiskBackend, dict[str, installed.DiskBackend]]:
-    """An installed backend by its own name (not an alias), with the disk snapshot."""
+    """An installed backend by its own name (not an alias), with every installed one."""
     try:
         gallery_format.validate_name(name)
     except ValueError:
         raise Http404("No such backend") from None
-    on_disk = local_disk()
-    disk = on_disk.get(name)
-    if disk is None or _is_alias(name, disk):
+    folders = installed_folders(local_disk())
+    if name not in folders:
         raise Http404(f"{name} is not installed")
-    return disk, on_disk
+    return folders[name], folders
 
 
 @dataclass(frozen=True)
@@ -470,7 +521,7 @@ class Removal:
 
 
 def removal_plan(
-    disk: installed.DiskBackend, on_disk: Mapping[str, installed.DiskBackend]
+    disk: installed.DiskBackend, folders: Mapping[str, installed.DiskBackend]
 ) -> tuple[list[Removal], list[str]]:
     """What deleting ``disk`` removes, and warnings about what it leaves broken.
 
@@ -479,7 +530,7 @@ def removal_plan(
     # meta name -> the build it points at, for every meta on disk
     pointers = {
         key: row.metadata.meta_backend_for
-        for key, row in on_disk.items()
+        for key, row in folders.items()
         if row.is_meta and row.metadata and row.metadata.meta_backend_for
     }
     label = f"meta backend {disk.name}" if disk.is_meta else disk.name
@@ -490,7 +541,7 @@ def removal_plan(
         others = sorted(
             k for k, t in pointers.items() if t == target and k != disk.name
         )
-        build = on_disk.get(target)
+        build = folders.get(target)
         if others:
             removals.append(
                 Removal(f"build {target}", None, f"still used by {', '.join(others)}")
@@ -519,8 +570,9 @@ def _refuse_system(request: HtmxHttpRequest, disk: installed.DiskBackend) -> boo
 @staff_required
 def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
     disk, _ = _get_installed(name)
-    if not _refuse_system(request, disk):
-        Job.objects.start(Job.Kind.UPGRADE, name, requested_by=_requested_by(request))  # type: ignore[attr-defined]
+    if not _refuse_system(request, disk) and _start_job(
+        request, Job.Kind.UPGRADE, name
+    ):
         messages.success(request, f"Upgrade of {name} started.")
     return redirect("backends:installed")
 
@@ -529,10 +581,10 @@ def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
 @staff_required
 def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
     disk, _ = _get_installed(name)
-    if not _refuse_system(request, disk):
-        Job.objects.start(  # type: ignore[attr-defined]
-            Job.Kind.INSTALL, name, force=True, requested_by=_requested_by(request)
-        )
+    started = not _refuse_system(request, disk) and _start_job(
+        request, Job.Kind.INSTALL, name, force=True, dedup_key=name
+    )
+    if started:
         messages.success(request, f"Reinstall of {name} started.")
     return redirect("backends:installed")
 
@@ -540,16 +592,16 @@ def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
 @staff_required
 def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
     """GET: the confirmation naming every folder that goes; POST: start the delete."""
-    disk, on_disk = _get_installed(name)
+    disk, folders = _get_installed(name)
     if _refuse_system(request, disk):
         return redirect("backends:installed")
     if request.method == "POST":
-        job = Job.objects.start(
-            Job.Kind.DELETE, name, requested_by=_requested_by(request)
-        )  # type: ignore[attr-defined]
+        job = _start_job(request, Job.Kind.DELETE, name)
+        if job is None:
+            return redirect("backends:installed")
         messages.success(request, f"Delete of {name} started.")
         return redirect("backends:job-detail", job.pk)
-    removals, warnings = removal_plan(disk, on_disk)
+    removals, warnings = removal_plan(disk, folders)
     context = {"disk": disk, "removals": removals, "warnings": warnings}
     return render(request, "backends/installed_delete.html", context)
 
@@ -565,11 +617,10 @@ def installed_upgrade_all(request: HtmxHttpRequest) -> HttpResponse:
         .order_by("name")
         .values_list("name", flat=True)
     )
-    for name in names:
-        Job.objects.start(Job.Kind.UPGRADE, name, requested_by=_requested_by(request))  # type: ignore[attr-defined]
-    if names:
-        messages.success(request, f"Upgrade started for {', '.join(names)}.")
-    else:
+    started = [name for name in names if _start_job(request, Job.Kind.UPGRADE, name)]
+    if started:
+        messages.success(request, f"Upgrade started for {', '.join(started)}.")
+    elif not names:
         messages.info(request, "Every backend is up to date.")
     return redirect("backends:installed")
 
@@ -577,8 +628,11 @@ def installed_upgrade_all(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 @staff_required
 def installed_check_upgrades(request: HtmxHttpRequest) -> HttpResponse:
-    tasks.check_upgrades()  # type: ignore[attr-defined]
-    messages.info(request, "Checking the galleries for upgrades.")
+    tasks.check_upgrades()
+    messages.info(
+        request,
+        "Checking the galleries for upgrades: reload in a moment to see the result.",
+    )
     return redirect("backends:installed")
 
 
@@ -621,7 +675,7 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
     history = Paginator(_job_history(form), HISTORY_PAGE_SIZE).get_page(
         form.value("page", 1)
     )
-    active = Job.objects.filter(state__in=Job.ACTIVE_STATES).select_related("node")
+    active = Job.objects.active().select_related("node")
     context = {"form": form, "active": active, "history": history}
     return _render(
         request,
@@ -667,13 +721,12 @@ def job_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 @staff_required
 def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
-    if job.request_cancel():  # type: ignore[attr-defined]
+    if job.request_cancel():
         messages.success(request, f"Cancelling {job.kind} of {job.target}.")
     else:
         messages.error(
             request, f"The {job.kind} of {job.target} can no longer be cancelled."
         )
-    job.refresh_from_db()
     if _wants_fragment(request):
         return _job_fragment(request, job)
     return redirect("backends:job-detail", job.pk)
@@ -683,16 +736,21 @@ def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 @staff_required
 def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
+    retry = None
     if job.state not in (Job.State.FAILED, Job.State.CANCELLED):
         messages.error(
             request, f"Only failed or cancelled jobs can be retried ({job.state})."
         )
-        return redirect("backends:job-detail", job.pk)
-    retry = Job.objects.retry(job)  # type: ignore[attr-defined]
-    messages.success(request, f"Retrying the {retry.kind} of {retry.target}.")
+    else:
+        try:
+            retry = Job.objects.retry(job)
+            messages.success(request, f"Retrying the {retry.kind} of {retry.target}.")
+        except JobConflict as exc:
+            messages.error(request, f"Not retried: {exc}.")
+    shown = retry or job
     if _wants_fragment(request):
-        return _job_fragment(request, retry)
-    return redirect("backends:job-detail", retry.pk)
+        return _job_fragment(request, shown)
+    return redirect("backends:job-detail", shown.pk)
 
 
 # --- galleries and hardware ---------------------------------------------------------------

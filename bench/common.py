@@ -43,7 +43,7 @@ class Figure:
 
     ``limit`` applies to ``ratio`` (value / baseline): ``ratio <= limit`` when ``goal`` is
     "max", ``ratio >= limit`` when "min", ``ratio < limit`` when "below" (absolute
-    targets, whose baseline is the target itself).
+    targets, whose baseline is the target itself), ``|ratio - 1| <= limit`` when "within".
     """
 
     name: str
@@ -77,6 +77,8 @@ class Figure:
             return ratio >= self.limit
         if self.goal == "below":
             return ratio < self.limit
+        if self.goal == "within":
+            return abs(ratio - 1) <= self.limit
         return ratio <= self.limit
 
     def line(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -119,6 +120,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not memory, for the test database too: tests with several threads or a
+    # second process need what production has (file locks that wait, WAL readers).
+    # One file per test process, so parallel runs never share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(
+            Path(tempfile.gettempdir()) / f"localai-admin-test-{os.getpid()}.sqlite3"
+        )
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

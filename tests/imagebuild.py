@@ -49,7 +49,9 @@ class Entry:
 
 
 def file(name: str, data: bytes | str = b"", mode: int = 0o644) -> Entry:
-    return Entry(name, tarfile.REGTYPE, data.encode() if isinstance(data, str) else data, mode)
+    return Entry(
+        name, tarfile.REGTYPE, data.encode() if isinstance(data, str) else data, mode
+    )
 
 
 def directory(name: str, mode: int = 0o755) -> Entry:
@@ -143,9 +145,15 @@ class Blob:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
 
 
-def make_layer(entries: Entries, compression: str = "gzip", *, media_type: str | None = None) -> Blob:
+def make_layer(
+    entries: Entries, compression: str = "gzip", *, media_type: str | None = None
+) -> Blob:
     tar = make_tar(entries)
-    return Blob(media_type or LAYER_TYPES[compression], compress(tar, compression), sha256_digest(tar))
+    return Blob(
+        media_type or LAYER_TYPES[compression],
+        compress(tar, compression),
+        sha256_digest(tar),
+    )
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,12 @@ def push_blob(http: httpx.Client, base_url: str, repository: str, blob: Blob) ->
 
 
 def push_manifest(
-    http: httpx.Client, base_url: str, repository: str, reference: str, body: bytes, media_type: str
+    http: httpx.Client,
+    base_url: str,
+    repository: str,
+    reference: str,
+    body: bytes,
+    media_type: str,
 ) -> str:
     response = http.put(
         f"{base_url}/v2/{repository}/manifests/{reference}",
@@ -212,7 +225,9 @@ def push_image(
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
     }
-    config_blob = Blob(DOCKER_CONFIG if docker else OCI_CONFIG, json.dumps(config).encode())
+    config_blob = Blob(
+        DOCKER_CONFIG if docker else OCI_CONFIG, json.dumps(config).encode()
+    )
     media_type = DOCKER_MANIFEST if docker else OCI_MANIFEST
     manifest = json.dumps(
         {

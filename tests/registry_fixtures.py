@@ -57,7 +57,9 @@ def _wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path) -> Non
         if process.poll() is not None:
             raise RuntimeError(f"docker-registry exited early:\n{log.read_text()}")
         try:
-            httpx.get(url, timeout=1)  # any answer (200, or 401 with token auth) will do
+            httpx.get(
+                url, timeout=1
+            )  # any answer (200, or 401 with token auth) will do
             return
         except httpx.TransportError:
             time.sleep(0.05)
@@ -70,7 +72,10 @@ def _registry_config(storage: Path, port: int, auth: str = "") -> str:
         {
             "version": 0.1,
             "log": {"level": "error", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(storage)},
+                "delete": {"enabled": True},
+            },
             "http": {"addr": f"127.0.0.1:{port}", "secret": "localai-admin-tests"},
             **({"auth": json.loads(auth)} if auth else {}),
         }
@@ -96,10 +101,17 @@ class RegistryProcess:
         platform: str = "linux/amd64",
         docker: bool = False,
     ) -> PushedImage:
-        return push_image(self.url, repository, tag, layers, platform=platform, docker=docker)
+        return push_image(
+            self.url, repository, tag, layers, platform=platform, docker=docker
+        )
 
     def push_index(
-        self, repository: str, tag: str, images: Sequence[tuple[PushedImage, str]], *, docker: bool = False
+        self,
+        repository: str,
+        tag: str,
+        images: Sequence[tuple[PushedImage, str]],
+        *,
+        docker: bool = False,
     ) -> PushedImage:
         return push_index(self.url, repository, tag, images, docker=docker)
 
@@ -122,7 +134,9 @@ def _start_registry(workdir: Path, storage: Path, auth: str = "") -> RegistryPro
     log = workdir / "registry.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            [REGISTRY_BINARY, "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT
+            [REGISTRY_BINARY, "serve", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -164,13 +178,19 @@ class TokenService:
             name, _, actions = rest.rpartition(":")
             wanted = [action for action in actions.split(",") if action]
             if user is None:  # anonymous: read-only, public repositories only
-                wanted = [a for a in wanted if a == "pull" and name.startswith("public/")]
+                wanted = [
+                    a for a in wanted if a == "pull" and name.startswith("public/")
+                ]
             access.append({"type": kind, "name": name, "actions": wanted})
         return access
 
     def token(self, user: str | None, scopes: list[str]) -> str:
         now = int(time.time())
-        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.certificate_der).decode()]}
+        header = {
+            "typ": "JWT",
+            "alg": "RS256",
+            "x5c": [base64.b64encode(self.certificate_der).decode()],
+        }
         claims = {
             "iss": TOKEN_ISSUER,
             "sub": user or "",
@@ -209,7 +229,9 @@ def _token_handler(service: TokenService) -> type[BaseHTTPRequestHandler]:
             user = None
             authorization = self.headers.get("Authorization", "")
             if authorization.startswith("Basic "):
-                name, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+                name, _, password = (
+                    base64.b64decode(authorization[6:]).decode().partition(":")
+                )
                 if service.users.get(name) != password:
                     service.requests.append({"user": name, "ok": False})
                     self._reply(401, {"details": "invalid credentials"})
@@ -257,7 +279,9 @@ def _make_signing_key(workdir: Path) -> tuple[Path, Path]:
 
 
 def _pem_to_der(pem: str) -> bytes:
-    body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+    body = "".join(
+        line for line in pem.splitlines() if line and not line.startswith("-----")
+    )
     return base64.b64decode(body)
 
 
@@ -269,7 +293,9 @@ def token_registry(
     key, certificate = _make_signing_key(workdir)
     service = TokenService(key, _pem_to_der(certificate.read_text()), dict(TOKEN_USERS))
     server = ThreadingHTTPServer(("127.0.0.1", 0), _token_handler(service))
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     token_url = f"http://127.0.0.1:{server.server_address[1]}/token"
     auth = json.dumps(
         {
@@ -282,7 +308,9 @@ def token_registry(
         }
     )
     process = _start_registry(workdir, registry.storage, auth)
-    yield TokenRegistry(process.url, process.host, token_url, service.users, service, registry)
+    yield TokenRegistry(
+        process.url, process.host, token_url, service.users, service, registry
+    )
     process.stop()
     server.shutdown()
     server.server_close()
@@ -327,7 +355,11 @@ class FaultProxy:
         self.port = self._server.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
         self._thread.start()
 
     def fail_next(self, count: int, status: int = 500, path_contains: str = "") -> None:
@@ -346,7 +378,9 @@ class FaultProxy:
         self._redirect_host = host
 
     def require_basic(self, user: str, password: str) -> None:
-        self._basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._basic = (
+            "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        )
 
     def ref(self, repository: str, tag: str) -> str:
         return f"{self.host}/{repository}:{tag}"
@@ -382,7 +416,12 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-            def _simple(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            def _simple(
+                self,
+                status: int,
+                body: bytes = b"",
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(status)
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
@@ -393,44 +432,88 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 proxy.requests.append(
-                    RecordedRequest(self.command, self.path, dict(self.headers), self.headers.get("Host", ""))
+                    RecordedRequest(
+                        self.command,
+                        self.path,
+                        dict(self.headers),
+                        self.headers.get("Host", ""),
+                    )
                 )
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 path = self.path
                 if path.startswith("/_blob/"):
-                    path = path[len("/_blob") :]  # the redirect target: no auth, no faults
+                    path = path[
+                        len("/_blob") :
+                    ]  # the redirect target: no auth, no faults
                 else:
                     status = proxy._take_failure(path)
                     if status is not None:
-                        error = json.dumps({"errors": [{"code": "UNKNOWN", "message": "injected"}]}).encode()
-                        self._simple(status, error, {"Content-Type": "application/json"})
+                        error = json.dumps(
+                            {"errors": [{"code": "UNKNOWN", "message": "injected"}]}
+                        ).encode()
+                        self._simple(
+                            status, error, {"Content-Type": "application/json"}
+                        )
                         return
-                    if proxy._basic and self.headers.get("Authorization") != proxy._basic:
-                        self._simple(401, b"{}", {"WWW-Authenticate": 'Basic realm="fault-proxy"'})
+                    if (
+                        proxy._basic
+                        and self.headers.get("Authorization") != proxy._basic
+                    ):
+                        self._simple(
+                            401,
+                            b"{}",
+                            {"WWW-Authenticate": 'Basic realm="fault-proxy"'},
+                        )
                         return
-                    if proxy._redirect_host and "/blobs/sha256:" in path and self.command == "GET":
-                        self._simple(307, b"", {"Location": f"http://{proxy._redirect_host}/_blob{path}"})
+                    if (
+                        proxy._redirect_host
+                        and "/blobs/sha256:" in path
+                        and self.command == "GET"
+                    ):
+                        self._simple(
+                            307,
+                            b"",
+                            {"Location": f"http://{proxy._redirect_host}/_blob{path}"},
+                        )
                         return
                 self._forward(path, body)
 
             def _forward(self, path: str, body: bytes | None) -> None:
-                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=10)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=10
+                )
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "connection")
+                }
                 upstream.request(self.command, path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
                 upstream.close()
                 digest = path.rsplit("/", 1)[-1]
                 cut = None
-                if "/blobs/" in path and self.command == "GET" and response.status in (200, 206):
+                if (
+                    "/blobs/" in path
+                    and self.command == "GET"
+                    and response.status in (200, 206)
+                ):
                     if digest in proxy._corrupt:
                         middle = len(data) // 2
-                        data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+                        data = (
+                            data[:middle]
+                            + bytes([data[middle] ^ 0xFF])
+                            + data[middle + 1 :]
+                        )
                     cut = proxy._take_cut(digest)
                 self.send_response(response.status)
                 for name, value in response.getheaders():
-                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    if name.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                    ):
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -454,4 +537,3 @@ def fault_proxy(registry: RegistryProcess) -> Iterator[FaultProxy]:
     proxy = FaultProxy(registry.url)
     yield proxy
     proxy.close()
-

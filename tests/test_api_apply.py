@@ -125,3 +125,19 @@ class ApplyTestCase(PipelineTestCase):
         self.status(self.apply("foo-twin"))
         meta = json.loads((self.backends / "foo-twin" / "metadata.json").read_text())
         self.assertEqual(meta["meta_backend_for"], "cpu-foo")
+
+
+class RecoveryTestCase(PipelineTestCase):
+    def test_after_a_kill_staging_is_removed_and_a_lost_swap_restored(self) -> None:
+        from backends.install import Installer
+
+        make_build(self.backends / "cpu-bar.install-tmp")
+        make_build(self.backends / "cpu-foo.install-backup", "old")
+        make_build(self.backends / "whisper")
+        make_build(self.backends / "whisper.install-backup", "older")
+        actions = Installer(self.backends).recover()
+        self.assertEqual(len(actions), 3)
+        self.assertEqual(
+            sorted(p.name for p in self.backends.iterdir()), ["cpu-foo", "whisper"]
+        )
+        self.assertIn("old", (self.backends / "cpu-foo" / "run.sh").read_text())

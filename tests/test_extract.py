@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from backends.extract import ArchiveError, UnsafeArchiveError, extract_layer, extract_tarball
+from backends.extract import (
+    ArchiveError,
+    UnsafeArchiveError,
+    extract_layer,
+    extract_tarball,
+)
 from tests.imagebuild import (
     Entries,
     compress,
@@ -113,7 +118,9 @@ def test_it_extracts_links_inside_the_target(tmp_path: Path) -> None:
 
     assert (tmp_path / "lib/libcublas.so").read_text() == "real library"
     assert os.readlink(tmp_path / "current") == "lib"
-    assert (tmp_path / "lib/copy.so").stat().st_ino == (tmp_path / "lib/libcublas.so.12.8").stat().st_ino
+    assert (tmp_path / "lib/copy.so").stat().st_ino == (
+        tmp_path / "lib/libcublas.so.12.8"
+    ).stat().st_ino
 
 
 def test_it_drops_setuid_setgid_sticky_and_group_write_bits(tmp_path: Path) -> None:
@@ -127,7 +134,10 @@ def test_it_drops_setuid_setgid_sticky_and_group_write_bits(tmp_path: Path) -> N
         ],
     )
 
-    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("suid", "sgid", "sticky", "shared")}
+    modes = {
+        name: stat.S_IMODE((tmp_path / name).stat().st_mode)
+        for name in ("suid", "sgid", "sticky", "shared")
+    }
     assert modes == {"suid": 0o755, "sgid": 0o755, "sticky": 0o755, "shared": 0o644}
 
 
@@ -159,7 +169,9 @@ def test_later_layers_overwrite_and_change_types(tmp_path: Path) -> None:
     assert (tmp_path / "was-file/now-a-dir").read_text() == "inside"
     assert (tmp_path / "was-dir").read_text() == "now a file"
     assert not (tmp_path / "link").is_symlink()
-    assert (tmp_path / "real.txt").read_text() == "real"  # not written through the old link
+    assert (
+        tmp_path / "real.txt"
+    ).read_text() == "real"  # not written through the old link
     assert (tmp_path / "shared").read_text() == "new"
     assert (tmp_path / "shared-twin").read_text() == "old"  # unlinked, not truncated
 
@@ -175,7 +187,9 @@ def test_it_writes_through_a_symlink_that_stays_inside(tmp_path: Path) -> None:
 # --- whiteouts -----------------------------------------------------------------------
 
 
-def test_whiteouts_delete_lower_layer_files_and_opaque_dirs_empty_them(tmp_path: Path) -> None:
+def test_whiteouts_delete_lower_layer_files_and_opaque_dirs_empty_them(
+    tmp_path: Path,
+) -> None:
     apply(
         tmp_path,
         [
@@ -206,13 +220,20 @@ def test_whiteouts_delete_lower_layer_files_and_opaque_dirs_empty_them(tmp_path:
     assert not list(tmp_path.rglob(".wh.*"))
 
 
-def test_whiteouts_spare_entries_of_their_own_layer_whatever_the_order(tmp_path: Path) -> None:
-    apply(tmp_path, [file("d/f", "lower"), file("d/lower-only", "x"), file("e/sub/lower", "x")])
+def test_whiteouts_spare_entries_of_their_own_layer_whatever_the_order(
+    tmp_path: Path,
+) -> None:
+    apply(
+        tmp_path,
+        [file("d/f", "lower"), file("d/lower-only", "x"), file("e/sub/lower", "x")],
+    )
     apply(
         tmp_path,
         [
             file("d/f", "upper"),
-            whiteout("d/f"),  # after the file of the same layer: hides lower content only
+            whiteout(
+                "d/f"
+            ),  # after the file of the same layer: hides lower content only
             file("e/sub/upper", "u"),
             opaque("e"),
             opaque("d"),
@@ -226,7 +247,9 @@ def test_whiteouts_spare_entries_of_their_own_layer_whatever_the_order(tmp_path:
 
 
 def test_whiteout_of_a_missing_path_is_harmless(tmp_path: Path) -> None:
-    apply(tmp_path, [whiteout("nothing/here"), whiteout("absent"), opaque("missing-dir")])
+    apply(
+        tmp_path, [whiteout("nothing/here"), whiteout("absent"), opaque("missing-dir")]
+    )
 
     assert list(tmp_path.iterdir()) == []
 
@@ -244,7 +267,9 @@ def test_an_opaque_marker_at_the_root_only_empties_the_target(sandbox: Sandbox) 
 
 def test_plain_tarballs_keep_wh_names_as_files(tmp_path: Path) -> None:
     archive = tmp_path / "backend.tar.gz"
-    archive.write_bytes(gzip.compress(make_tar([file("run.sh", "x", 0o755), file(".wh.notes", "n")])))
+    archive.write_bytes(
+        gzip.compress(make_tar([file("run.sh", "x", 0o755), file(".wh.notes", "n")]))
+    )
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes").write_text("stays")
 
@@ -254,10 +279,16 @@ def test_plain_tarballs_keep_wh_names_as_files(tmp_path: Path) -> None:
     assert (tmp_path / "out/notes").read_text() == "stays"
 
 
-@pytest.mark.parametrize("compression, suffix", [("none", ".tar"), ("gzip", ".tar.gz"), ("zstd", ".tar.zst")])
-def test_extract_tarball_reads_each_compression(tmp_path: Path, compression: str, suffix: str) -> None:
+@pytest.mark.parametrize(
+    "compression, suffix", [("none", ".tar"), ("gzip", ".tar.gz"), ("zstd", ".tar.zst")]
+)
+def test_extract_tarball_reads_each_compression(
+    tmp_path: Path, compression: str, suffix: str
+) -> None:
     archive = tmp_path / f"backend{suffix}"
-    archive.write_bytes(compress(make_tar([file("run.sh", "#!/bin/sh\n", 0o755)]), compression))
+    archive.write_bytes(
+        compress(make_tar([file("run.sh", "#!/bin/sh\n", 0o755)]), compression)
+    )
 
     extract_tarball(archive, tmp_path / "out")
 
@@ -277,7 +308,9 @@ def _refused(sandbox: Sandbox, entries: Entries, fragment: str) -> None:
 
 def test_it_refuses_parent_traversal(sandbox: Sandbox) -> None:
     _refused(sandbox, [file("../escaped.txt", "x")], "'../escaped.txt'")
-    _refused(sandbox, [file("a/../../outside/victim.txt", "x")], "a/../../outside/victim.txt")
+    _refused(
+        sandbox, [file("a/../../outside/victim.txt", "x")], "a/../../outside/victim.txt"
+    )
 
 
 def test_it_refuses_absolute_paths(sandbox: Sandbox) -> None:
@@ -287,13 +320,27 @@ def test_it_refuses_absolute_paths(sandbox: Sandbox) -> None:
 
 
 def test_it_refuses_a_symlink_out_then_a_write_through_it(sandbox: Sandbox) -> None:
-    _refused(sandbox, [symlink("lib", "../outside"), file("lib/victim.txt", "pwned")], "'lib'")
-    _refused(sandbox, [symlink("etc", str(sandbox.outside)), file("etc/passwd", "pwned")], "'etc'")
+    _refused(
+        sandbox,
+        [symlink("lib", "../outside"), file("lib/victim.txt", "pwned")],
+        "'lib'",
+    )
+    _refused(
+        sandbox,
+        [symlink("etc", str(sandbox.outside)), file("etc/passwd", "pwned")],
+        "'etc'",
+    )
     # a chain whose every hop looks local: a -> ".", b -> "a/.." (the target's parent)
-    _refused(sandbox, [symlink("a", "."), symlink("b", "a/.."), file("b/outside/new", "x")], "'b'")
+    _refused(
+        sandbox,
+        [symlink("a", "."), symlink("b", "a/.."), file("b/outside/new", "x")],
+        "'b'",
+    )
 
 
-def test_it_never_writes_through_a_symlink_already_in_the_target(sandbox: Sandbox) -> None:
+def test_it_never_writes_through_a_symlink_already_in_the_target(
+    sandbox: Sandbox,
+) -> None:
     # As if a lower layer had been extracted by something less careful.
     (sandbox.target / "lib").symlink_to(sandbox.outside)
     (sandbox.target / "rel").symlink_to("../outside")
@@ -338,7 +385,9 @@ def test_a_whiteout_removes_a_symlink_not_what_it_points_to(sandbox: Sandbox) ->
     assert sandbox.snapshot() == before
 
 
-def test_a_file_entry_replaces_a_symlink_instead_of_following_it(sandbox: Sandbox) -> None:
+def test_a_file_entry_replaces_a_symlink_instead_of_following_it(
+    sandbox: Sandbox,
+) -> None:
     (sandbox.target / "victim.txt").symlink_to(sandbox.outside / "victim.txt")
     before = sandbox.snapshot()
 
@@ -360,6 +409,15 @@ def test_corrupt_or_non_tar_data_is_an_archive_error(tmp_path: Path) -> None:
         extract_layer(io.BytesIO(b"this is not a tar archive at all" * 100), tmp_path)
 
 
+def test_a_giant_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, 1 << 30
+    data = header.tobuf(format=tarfile.USTAR_FORMAT) + b"x" * 4096
+
+    with pytest.raises(ArchiveError, match="too large"):
+        extract_layer(io.BytesIO(data), tmp_path)
+
+
 def test_an_empty_layer_is_fine(tmp_path: Path) -> None:
     assert extract_layer(io.BytesIO(b""), tmp_path) == 0
     assert extract_layer(io.BytesIO(gzip.compress(b"\0" * 1024)), tmp_path) == 0
@@ -374,7 +432,9 @@ def test_multi_member_gzip_and_trailing_padding(tmp_path: Path) -> None:
 
 
 def test_an_iterable_source_is_read_to_its_end(tmp_path: Path) -> None:
-    data = make_layer([file("a", "x")]).data + b"\0" * 4096  # padding after the gzip member
+    data = (
+        make_layer([file("a", "x")]).data + b"\0" * 4096
+    )  # padding after the gzip member
     consumed = []
 
     def chunks() -> Iterator[bytes]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from backends.oci import (
     pull_first,
     pull_image,
 )
-from tests.imagebuild import Blob, PushedImage, file, make_layer, opaque, push_blob, push_manifest, whiteout
+from tests.imagebuild import Blob, PushedImage, file, make_layer, opaque, whiteout
 from tests.registry_fixtures import FaultProxy, RegistryProcess, TokenRegistry
 
 AMD64 = Platform("linux", "amd64")
@@ -67,15 +68,28 @@ def client() -> Iterator[RegistryClient]:
         ("[::1]:5000/repo:t", ("[::1]:5000", "repo", "t", None)),
         (
             "localai/localai-backends:master-cpu-whisper",
-            ("registry-1.docker.io", "localai/localai-backends", "master-cpu-whisper", None),
+            (
+                "registry-1.docker.io",
+                "localai/localai-backends",
+                "master-cpu-whisper",
+                None,
+            ),
         ),
         ("ubuntu", ("registry-1.docker.io", "library/ubuntu", "latest", None)),
-        ("docker.io/ubuntu:24.04", ("registry-1.docker.io", "library/ubuntu", "24.04", None)),
-        ("repo@sha256:" + "a" * 64, ("registry-1.docker.io", "library/repo", None, "sha256:" + "a" * 64)),
+        (
+            "docker.io/ubuntu:24.04",
+            ("registry-1.docker.io", "library/ubuntu", "24.04", None),
+        ),
+        (
+            "repo@sha256:" + "a" * 64,
+            ("registry-1.docker.io", "library/repo", None, "sha256:" + "a" * 64),
+        ),
         ("host.io/r:t@sha256:" + "b" * 64, ("host.io", "r", "t", "sha256:" + "b" * 64)),
     ],
 )
-def test_it_parses_references(text: str, expected: tuple[str, str, str | None, str | None]) -> None:
+def test_it_parses_references(
+    text: str, expected: tuple[str, str, str | None, str | None]
+) -> None:
     ref = Reference.parse(text)
 
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == expected
@@ -84,13 +98,24 @@ def test_it_parses_references(text: str, expected: tuple[str, str, str | None, s
 def test_a_reference_prints_canonically_and_uses_the_digest_when_pinned() -> None:
     pinned = Reference.parse("quay.io/a/b:t@sha256:" + "c" * 64)
 
-    assert str(Reference.parse("ubuntu")) == "registry-1.docker.io/library/ubuntu:latest"
+    assert (
+        str(Reference.parse("ubuntu")) == "registry-1.docker.io/library/ubuntu:latest"
+    )
     assert pinned.reference == "sha256:" + "c" * 64
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "Quay.io/UPPER/case:t", "host/repo:bad tag", "repo@sha256:short", "host/repo:", "a//b", "repo@md5:" + "a" * 32],
+    [
+        "",
+        "   ",
+        "Quay.io/UPPER/case:t",
+        "host/repo:bad tag",
+        "repo@sha256:short",
+        "host/repo:",
+        "a//b",
+        "repo@md5:" + "a" * 32,
+    ],
 )
 def test_it_rejects_invalid_references(text: str) -> None:
     with pytest.raises(InvalidReferenceError, match="image reference"):
@@ -98,10 +123,19 @@ def test_it_rejects_invalid_references(text: str) -> None:
 
 
 def test_it_uses_plain_http_only_for_loopback_and_listed_insecure_registries() -> None:
-    with RegistryClient(insecure=["registry.lan:5000", "plain.example"]) as registry_client:
+    with RegistryClient(
+        insecure=["registry.lan:5000", "plain.example"]
+    ) as registry_client:
         urls = [
             registry_client.base_url(host)
-            for host in ("localhost:5000", "127.0.0.2", "[::1]:80", "registry.lan:5000", "plain.example:81", "quay.io")
+            for host in (
+                "localhost:5000",
+                "127.0.0.2",
+                "[::1]:80",
+                "registry.lan:5000",
+                "plain.example:81",
+                "quay.io",
+            )
         ]
 
     assert urls == [
@@ -116,15 +150,25 @@ def test_it_uses_plain_http_only_for_loopback_and_listed_insecure_registries() -
 
 @pytest.mark.parametrize(
     "machine, expected",
-    [("x86_64", ("amd64", None)), ("aarch64", ("arm64", None)), ("armv7l", ("arm", "v7")), ("AMD64", ("amd64", None))],
+    [
+        ("x86_64", ("amd64", None)),
+        ("aarch64", ("arm64", None)),
+        ("armv7l", ("arm", "v7")),
+        ("AMD64", ("amd64", None)),
+    ],
 )
-def test_host_platform_uses_go_names(monkeypatch: pytest.MonkeyPatch, machine: str, expected: tuple) -> None:
+def test_host_platform_uses_go_names(
+    monkeypatch: pytest.MonkeyPatch, machine: str, expected: tuple
+) -> None:
     monkeypatch.setattr(oci.host_platform, "machine", lambda: machine)
     monkeypatch.setattr(oci.sys, "platform", "linux")
 
     platform = Platform.host()
 
-    assert (platform.os, platform.architecture, platform.variant) == ("linux", *expected)
+    assert (platform.os, platform.architecture, platform.variant) == (
+        "linux",
+        *expected,
+    )
 
 
 # --- images pushed once for the module ---------------------------------------------
@@ -146,18 +190,42 @@ class Images:
 
 @pytest.fixture(scope="module")
 def images(registry: RegistryProcess) -> Images:
-    run_sh = ("#!/bin/sh\nexec ./server \"$@\"\n", 0o755)
-    simple_layer = make_layer({"run.sh": run_sh, "lib/libbackend.so": b"\x7fELF" + b"\0" * 2000})
-    arm64 = registry.push_image(
-        "backends/multi", "arm64-only", [make_layer({"run.sh": run_sh, "arch": "arm64"})], platform="linux/arm64"
+    run_sh = ('#!/bin/sh\nexec ./server "$@"\n', 0o755)
+    simple_layer = make_layer(
+        {"run.sh": run_sh, "lib/libbackend.so": b"\x7fELF" + b"\0" * 2000}
     )
-    amd64 = registry.push_image("backends/multi", "amd64-only", [make_layer({"run.sh": run_sh, "arch": "amd64"})])
+    arm64 = registry.push_image(
+        "ocitest/multi",
+        "arm64-only",
+        [make_layer({"run.sh": run_sh, "arch": "arm64"})],
+        platform="linux/arm64",
+    )
+    amd64 = registry.push_image(
+        "ocitest/multi",
+        "amd64-only",
+        [make_layer({"run.sh": run_sh, "arch": "amd64"})],
+    )
     return Images(
-        simple=registry.push_image("backends/simple", "latest-cpu", [simple_layer]),
-        docker=registry.push_image("backends/docker", "v2", [make_layer({"run.sh": run_sh}, "gzip", media_type="application/vnd.docker.image.rootfs.diff.tar.gzip")], docker=True),
-        zstd=registry.push_image("backends/zstd", "v1", [make_layer({"run.sh": run_sh, "data": "z" * 10000}, "zstd")]),
+        simple=registry.push_image("ocitest/simple", "latest-cpu", [simple_layer]),
+        docker=registry.push_image(
+            "ocitest/docker",
+            "v2",
+            [
+                make_layer(
+                    {"run.sh": run_sh},
+                    "gzip",
+                    media_type="application/vnd.docker.image.rootfs.diff.tar.gzip",
+                )
+            ],
+            docker=True,
+        ),
+        zstd=registry.push_image(
+            "ocitest/zstd",
+            "v1",
+            [make_layer({"run.sh": run_sh, "data": "z" * 10000}, "zstd")],
+        ),
         layered=registry.push_image(
-            "backends/layered",
+            "ocitest/layered",
             "v1",
             [
                 make_layer(
@@ -169,18 +237,39 @@ def images(registry: RegistryProcess) -> Images:
                         "plugins/b": "b",
                     }
                 ),
-                make_layer([whiteout("lib/removed.so"), file("lib/libcublas.so.12", "new library"), opaque("plugins")]),
+                make_layer(
+                    [
+                        whiteout("lib/removed.so"),
+                        file("lib/libcublas.so.12", "new library"),
+                        opaque("plugins"),
+                    ]
+                ),
                 make_layer({"plugins/c": "c"}, "none"),
             ],
         ),
-        multi=registry.push_index("backends/multi", "latest", [(amd64, "linux/amd64"), (arm64, "linux/arm64")]),
-        multi_arm64=arm64,
-        multi_v8=registry.push_index("backends/multi", "v8", [(arm64, "linux/arm64/v8"), (amd64, "linux/amd64")]),
-        big=registry.push_image("backends/big", "v1", [make_layer({"run.sh": run_sh, "blob.bin": os.urandom(600_000)})]),
-        two_layers=registry.push_image(
-            "backends/two", "v1", [make_layer({"stale.txt": "from the first layer"}), make_layer({"run.sh": run_sh})]
+        multi=registry.push_index(
+            "ocitest/multi", "latest", [(amd64, "linux/amd64"), (arm64, "linux/arm64")]
         ),
-        hostile=registry.push_image("backends/hostile", "v1", [make_layer([file("../escaped", "x")])]),
+        multi_arm64=arm64,
+        multi_v8=registry.push_index(
+            "ocitest/multi", "v8", [(arm64, "linux/arm64/v8"), (amd64, "linux/amd64")]
+        ),
+        big=registry.push_image(
+            "ocitest/big",
+            "v1",
+            [make_layer({"run.sh": run_sh, "blob.bin": os.urandom(600_000)})],
+        ),
+        two_layers=registry.push_image(
+            "ocitest/two",
+            "v1",
+            [
+                make_layer({"stale.txt": "from the first layer"}),
+                make_layer({"run.sh": run_sh}),
+            ],
+        ),
+        hostile=registry.push_image(
+            "ocitest/hostile", "v1", [make_layer([file("../escaped", "x")])]
+        ),
     )
 
 
@@ -188,24 +277,38 @@ def images(registry: RegistryProcess) -> Images:
 
 
 @pytest.mark.registry
-def test_it_pulls_a_single_layer_image(registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path) -> None:
+def test_it_pulls_a_single_layer_image(
+    registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path
+) -> None:
     events: list[Progress] = []
 
-    pulled = pull_image(images.simple.ref(registry.host), tmp_path, client=client, platform=AMD64, progress=events.append)
+    pulled = pull_image(
+        images.simple.ref(registry.host),
+        tmp_path,
+        client=client,
+        platform=AMD64,
+        progress=events.append,
+    )
 
     assert stat.S_IMODE((tmp_path / "run.sh").stat().st_mode) == 0o755
     assert (tmp_path / "lib/libbackend.so").read_bytes().startswith(b"\x7fELF")
     assert pulled.digest == pulled.manifest_digest == images.simple.digest
     assert pulled.layer_digests == (images.simple.layers[0].digest,)
     assert pulled.compressed_size == images.simple.layers[0].size
-    assert events[-1] == Progress("extracting", events[-1].label, pulled.compressed_size, pulled.compressed_size)
-    assert events[0].phase == "downloading" and events[0].label.startswith("layer 1/1 sha256:")
+    assert events[-1] == Progress(
+        "extracting", events[-1].label, pulled.compressed_size, pulled.compressed_size
+    )
+    assert events[-1].label == f"layer 1/1 {images.simple.layers[0].digest[:19]}"
 
 
 @pytest.mark.registry
 @pytest.mark.parametrize("name", ["docker", "zstd"])
 def test_it_pulls_docker_media_types_and_zstd_layers(
-    registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path, name: str
+    registry: RegistryProcess,
+    images: Images,
+    client: RegistryClient,
+    tmp_path: Path,
+    name: str,
 ) -> None:
     image = getattr(images, name)
 
@@ -220,7 +323,13 @@ def test_it_applies_layers_in_order_with_whiteouts(
 ) -> None:
     events: list[Progress] = []
 
-    pulled = pull_image(images.layered.ref(registry.host), tmp_path, client=client, platform=AMD64, progress=events.append)
+    pulled = pull_image(
+        images.layered.ref(registry.host),
+        tmp_path,
+        client=client,
+        platform=AMD64,
+        progress=events.append,
+    )
 
     assert not (tmp_path / "lib/removed.so").exists()
     assert (tmp_path / "lib/libcublas.so.12").read_text() == "new library"
@@ -228,8 +337,14 @@ def test_it_applies_layers_in_order_with_whiteouts(
     assert len(pulled.layer_digests) == 3
     currents = [event.current_bytes for event in events]
     assert currents == sorted(currents)  # accumulated over layers, never restarting
-    assert {event.total_bytes for event in events} == {sum(layer.size for layer in images.layered.layers)}
-    assert [e.label[:9] for e in events if e.phase == "extracting"] == ["layer 1/3", "layer 2/3", "layer 3/3"]
+    assert {event.total_bytes for event in events} == {
+        sum(layer.size for layer in images.layered.layers)
+    }
+    assert [e.label[:9] for e in events if e.phase == "extracting"] == [
+        "layer 1/3",
+        "layer 2/3",
+        "layer 3/3",
+    ]
 
 
 @pytest.mark.registry
@@ -252,13 +367,17 @@ def test_it_picks_the_requested_platform_from_an_index(
 def test_arm64_matches_an_index_entry_with_variant_v8(
     registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path
 ) -> None:
-    pull_image(images.multi_v8.ref(registry.host), tmp_path, client=client, platform=ARM64)
+    pull_image(
+        images.multi_v8.ref(registry.host), tmp_path, client=client, platform=ARM64
+    )
 
     assert (tmp_path / "arch").read_text() == "arm64"
 
 
 @pytest.mark.registry
-def test_a_missing_platform_is_a_clear_error(registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path) -> None:
+def test_a_missing_platform_is_a_clear_error(
+    registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path
+) -> None:
     ref = images.multi.ref(registry.host)
 
     with pytest.raises(PlatformNotFoundError) as caught:
@@ -270,14 +389,23 @@ def test_a_missing_platform_is_a_clear_error(registry: RegistryProcess, images: 
 
 
 @pytest.mark.registry
-def test_head_digest_is_the_pushed_manifest_digest(registry: RegistryProcess, images: Images, client: RegistryClient) -> None:
+def test_head_digest_is_the_pushed_manifest_digest(
+    registry: RegistryProcess, images: Images, client: RegistryClient
+) -> None:
     assert client.head_digest(images.simple.ref(registry.host)) == images.simple.digest
-    assert client.head_digest(f"oci://{registry.host}/backends/simple@{images.simple.digest}") == images.simple.digest
+    assert (
+        client.head_digest(
+            f"oci://{registry.host}/ocitest/simple@{images.simple.digest}"
+        )
+        == images.simple.digest
+    )
 
 
 @pytest.mark.registry
-def test_unknown_tags_and_repositories_are_clear_errors(registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path) -> None:
-    missing_tag = registry.ref("backends/simple", "no-such-tag")
+def test_unknown_tags_and_repositories_are_clear_errors(
+    registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path
+) -> None:
+    missing_tag = registry.ref("ocitest/simple", "no-such-tag")
     missing_repo = registry.ref("nobody/nothing", "latest")
 
     with pytest.raises(NotFoundError, match="manifest unknown") as caught:
@@ -288,10 +416,17 @@ def test_unknown_tags_and_repositories_are_clear_errors(registry: RegistryProces
 
 
 @pytest.mark.registry
-def test_a_missing_blob_is_a_clear_error(registry: RegistryProcess, client: RegistryClient, tmp_path: Path) -> None:
+def test_a_missing_blob_is_a_clear_error(
+    registry: RegistryProcess, client: RegistryClient, tmp_path: Path
+) -> None:
     layer = make_layer({"run.sh": "x", "unique": os.urandom(16)})
-    image = registry.push_image("backends/deleted-blob", "v1", [layer])
-    assert httpx.delete(f"{registry.url}/v2/backends/deleted-blob/blobs/{layer.digest}").status_code == 202
+    image = registry.push_image("ocitest/deleted-blob", "v1", [layer])
+    assert (
+        httpx.delete(
+            f"{registry.url}/v2/ocitest/deleted-blob/blobs/{layer.digest}"
+        ).status_code
+        == 202
+    )
 
     with pytest.raises(NotFoundError, match="blob unknown") as caught:
         pull_image(image.ref(registry.host), tmp_path, client=client, platform=AMD64)
@@ -300,16 +435,20 @@ def test_a_missing_blob_is_a_clear_error(registry: RegistryProcess, client: Regi
 
 
 @pytest.mark.registry
-def test_non_image_artifacts_are_refused(registry: RegistryProcess, client: RegistryClient, tmp_path: Path) -> None:
+def test_non_image_artifacts_are_refused(
+    registry: RegistryProcess, client: RegistryClient, tmp_path: Path
+) -> None:
     chart = Blob("application/vnd.cncf.helm.chart.content.v1.tar+gzip", b"not a layer")
-    image = registry.push_image("backends/artifact", "v1", [chart])
+    image = registry.push_image("ocitest/artifact", "v1", [chart])
 
     with pytest.raises(UnsupportedMediaTypeError, match="helm"):
         pull_image(image.ref(registry.host), tmp_path, client=client, platform=AMD64)
 
 
 @pytest.mark.registry
-def test_a_hostile_layer_is_refused_with_the_reference(registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path) -> None:
+def test_a_hostile_layer_is_refused_with_the_reference(
+    registry: RegistryProcess, images: Images, client: RegistryClient, tmp_path: Path
+) -> None:
     ref = images.hostile.ref(registry.host)
 
     with pytest.raises(UnsafeArchiveError) as caught:
@@ -320,13 +459,20 @@ def test_a_hostile_layer_is_refused_with_the_reference(registry: RegistryProcess
 
 
 @pytest.mark.registry
-def test_stream_blob_writes_the_verified_blob_to_a_sink(registry: RegistryProcess, images: Images, client: RegistryClient) -> None:
+def test_stream_blob_writes_the_verified_blob_to_a_sink(
+    registry: RegistryProcess, images: Images, client: RegistryClient
+) -> None:
     layer = images.big.layers[0]
     sink = io.BytesIO()
     seen: list[tuple[int, int]] = []
     descriptor = oci.Descriptor(layer.media_type, layer.digest, layer.size)
 
-    client.stream_blob(images.big.ref(registry.host), descriptor, sink, progress=lambda done, total: seen.append((done, total)))
+    client.stream_blob(
+        images.big.ref(registry.host),
+        descriptor,
+        sink,
+        progress=lambda done, total: seen.append((done, total)),
+    )
 
     assert sink.getvalue() == layer.data
     assert seen[-1] == (layer.size, layer.size)
@@ -336,11 +482,15 @@ def test_stream_blob_writes_the_verified_blob_to_a_sink(registry: RegistryProces
 
 
 @pytest.mark.registry
-def test_it_retries_server_errors(fault_proxy: FaultProxy, images: Images, client: RegistryClient, tmp_path: Path) -> None:
+def test_it_retries_server_errors(
+    fault_proxy: FaultProxy, images: Images, client: RegistryClient, tmp_path: Path
+) -> None:
     fault_proxy.fail_next(2, 500, "/manifests/")
     fault_proxy.fail_next(1, 503, "/blobs/")
 
-    pull_image(images.simple.ref(fault_proxy.host), tmp_path, client=client, platform=AMD64)
+    pull_image(
+        images.simple.ref(fault_proxy.host), tmp_path, client=client, platform=AMD64
+    )
 
     assert (tmp_path / "run.sh").exists()
     assert len(fault_proxy.requests_for("/manifests/")) == 3
@@ -348,39 +498,80 @@ def test_it_retries_server_errors(fault_proxy: FaultProxy, images: Images, clien
 
 
 @pytest.mark.registry
-def test_retries_are_bounded(fault_proxy: FaultProxy, images: Images, tmp_path: Path) -> None:
+def test_retries_are_bounded(
+    fault_proxy: FaultProxy, images: Images, tmp_path: Path
+) -> None:
     fault_proxy.fail_next(10, 502)
 
-    with RegistryClient(retries=2, backoff=0.001) as registry_client, pytest.raises(RegistryError, match="HTTP 502"):
-        pull_image(images.simple.ref(fault_proxy.host), tmp_path, client=registry_client, platform=AMD64)
+    with (
+        RegistryClient(retries=2, backoff=0.001) as registry_client,
+        pytest.raises(RegistryError, match="HTTP 502"),
+    ):
+        pull_image(
+            images.simple.ref(fault_proxy.host),
+            tmp_path,
+            client=registry_client,
+            platform=AMD64,
+        )
 
     assert len(fault_proxy.requests) == 3
 
 
-@pytest.mark.registry
 def test_an_unreachable_registry_fails_after_retries(tmp_path: Path) -> None:
     with RegistryClient(retries=1, backoff=0.001, timeout=2) as registry_client:
         port = _closed_port()
-        with pytest.raises(RegistryError, match=f"127.0.0.1:{port}/backends/x:latest"):
-            pull_image(f"127.0.0.1:{port}/backends/x", tmp_path, client=registry_client)
+        with pytest.raises(RegistryError, match=f"127.0.0.1:{port}/ocitest/x:latest"):
+            pull_image(f"127.0.0.1:{port}/ocitest/x", tmp_path, client=registry_client)
+
+
+def test_a_registry_that_never_answers_times_out(tmp_path: Path) -> None:
+    # A listening socket nobody accepts from: the connection opens, no answer comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        ref = f"127.0.0.1:{silent.getsockname()[1]}/ocitest/x:v1"
+        with (
+            RegistryClient(retries=1, backoff=0.001, timeout=0.2) as registry_client,
+            pytest.raises(RegistryError, match="timed out"),
+        ):
+            registry_client.head_digest(ref)
 
 
 @pytest.mark.registry
-def test_a_cut_blob_download_resumes_with_range(fault_proxy: FaultProxy, images: Images, client: RegistryClient, tmp_path: Path) -> None:
+def test_a_cut_blob_download_resumes_with_range(
+    fault_proxy: FaultProxy, images: Images, client: RegistryClient, tmp_path: Path
+) -> None:
     layer = images.big.layers[0]
     cut = layer.size // 3
     fault_proxy.cut_blob_once(layer.digest, cut)
 
-    pulled = pull_image(images.big.ref(fault_proxy.host), tmp_path, client=client, platform=AMD64)
+    events: list[Progress] = []
+
+    pulled = pull_image(
+        images.big.ref(fault_proxy.host),
+        tmp_path,
+        client=client,
+        platform=AMD64,
+        progress=events.append,
+    )
 
     assert (tmp_path / "blob.bin").stat().st_size == 600_000
+    assert [event.phase for event in events][-2:] == ["downloading", "extracting"]
+    assert (
+        events[-1].current_bytes == layer.size
+    )  # the resumed part is not counted twice
     blob_requests = fault_proxy.requests_for(f"/blobs/{layer.digest}")
-    assert [request.headers.get("Range") for request in blob_requests] == [None, f"bytes={cut}-"]
+    assert [request.headers.get("Range") for request in blob_requests] == [
+        None,
+        f"bytes={cut}-",
+    ]
     assert pulled.layer_digests == (layer.digest,)
 
 
 @pytest.mark.registry
-def test_a_corrupt_blob_is_a_digest_mismatch(fault_proxy: FaultProxy, images: Images, client: RegistryClient, tmp_path: Path) -> None:
+def test_a_corrupt_blob_is_a_digest_mismatch(
+    fault_proxy: FaultProxy, images: Images, client: RegistryClient, tmp_path: Path
+) -> None:
     fault_proxy.corrupt_blob(images.big.layers[0].digest)
     ref = images.big.ref(fault_proxy.host)
 
@@ -392,7 +583,9 @@ def test_a_corrupt_blob_is_a_digest_mismatch(fault_proxy: FaultProxy, images: Im
 
 
 @pytest.mark.registry
-def test_cancellation_stops_the_pull(images: Images, registry: RegistryProcess, client: RegistryClient, tmp_path: Path) -> None:
+def test_cancellation_stops_the_pull(
+    images: Images, registry: RegistryProcess, client: RegistryClient, tmp_path: Path
+) -> None:
     events: list[Progress] = []
 
     with pytest.raises(Cancelled):
@@ -407,7 +600,12 @@ def test_cancellation_stops_the_pull(images: Images, registry: RegistryProcess, 
 
     assert len(events) == 1
     with pytest.raises(Cancelled):
-        pull_image(images.big.ref(registry.host), tmp_path, client=client, should_cancel=lambda: True)
+        pull_image(
+            images.big.ref(registry.host),
+            tmp_path,
+            client=client,
+            should_cancel=lambda: True,
+        )
 
 
 # --- mirrors -----------------------------------------------------------------------------------
@@ -415,7 +613,11 @@ def test_cancellation_stops_the_pull(images: Images, registry: RegistryProcess, 
 
 @pytest.mark.registry
 def test_pull_first_falls_back_to_the_next_reference(
-    registry: RegistryProcess, fault_proxy: FaultProxy, images: Images, client: RegistryClient, tmp_path: Path
+    registry: RegistryProcess,
+    fault_proxy: FaultProxy,
+    images: Images,
+    client: RegistryClient,
+    tmp_path: Path,
 ) -> None:
     # The first source fails half-way (second layer corrupt) after writing stale.txt.
     fault_proxy.corrupt_blob(images.two_layers.layers[1].digest)
@@ -428,8 +630,14 @@ def test_pull_first_falls_back_to_the_next_reference(
 
 
 @pytest.mark.registry
-def test_pull_first_reports_every_failure(registry: RegistryProcess, client: RegistryClient, tmp_path: Path) -> None:
-    refs = [registry.ref("backends/simple", "gone"), "not a reference", registry.ref("nobody/none", "x")]
+def test_pull_first_reports_every_failure(
+    registry: RegistryProcess, client: RegistryClient, tmp_path: Path
+) -> None:
+    refs = [
+        registry.ref("ocitest/simple", "gone"),
+        "not a reference",
+        registry.ref("nobody/none", "x"),
+    ]
 
     with pytest.raises(AllSourcesFailedError) as caught:
         pull_first(refs, tmp_path, client=client, platform=AMD64)
@@ -443,10 +651,13 @@ def test_pull_first_reports_every_failure(registry: RegistryProcess, client: Reg
 
 @pytest.mark.registry
 def test_anonymous_bearer_tokens_are_fetched_once_per_repository(
-    token_registry: TokenRegistry, registry: RegistryProcess, client: RegistryClient, tmp_path: Path
+    token_registry: TokenRegistry,
+    registry: RegistryProcess,
+    client: RegistryClient,
+    tmp_path: Path,
 ) -> None:
-    registry.push_image("public/backend", "v1", [make_layer({"run.sh": ("x", 0o755)})])
-    ref = token_registry.ref("public/backend", "v1")
+    registry.push_image("public/ocitest", "v1", [make_layer({"run.sh": ("x", 0o755)})])
+    ref = token_registry.ref("public/ocitest", "v1")
     before = len(token_registry.token_requests)
 
     pull_image(ref, tmp_path / "one", client=client, platform=AMD64)
@@ -455,22 +666,30 @@ def test_anonymous_bearer_tokens_are_fetched_once_per_repository(
 
     assert (tmp_path / "two/run.sh").exists()
     assert token_registry.token_requests[before:] == [
-        {"user": None, "ok": True, "scopes": ["repository:public/backend:pull"]}
+        {"user": None, "ok": True, "scopes": ["repository:public/ocitest:pull"]}
     ]
 
 
 @pytest.mark.registry
-def test_credentials_unlock_private_repositories(token_registry: TokenRegistry, registry: RegistryProcess, tmp_path: Path) -> None:
-    registry.push_image("private/backend", "v1", [make_layer({"run.sh": ("x", 0o755)})])
-    ref = token_registry.ref("private/backend", "v1")
+def test_credentials_unlock_private_repositories(
+    token_registry: TokenRegistry, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    registry.push_image("private/ocitest", "v1", [make_layer({"run.sh": ("x", 0o755)})])
+    ref = token_registry.ref("private/ocitest", "v1")
     alice = {token_registry.host: Credentials("alice", token_registry.users["alice"])}
     mallory = {token_registry.host: Credentials("alice", "wrong password")}
 
     with RegistryClient(credentials=alice, backoff=0.001) as registry_client:
         pull_image(ref, tmp_path / "ok", client=registry_client, platform=AMD64)
-    with RegistryClient(credentials=mallory, backoff=0.001) as registry_client, pytest.raises(AuthenticationError) as bad:
+    with (
+        RegistryClient(credentials=mallory, backoff=0.001) as registry_client,
+        pytest.raises(AuthenticationError) as bad,
+    ):
         pull_image(ref, tmp_path / "bad", client=registry_client, platform=AMD64)
-    with RegistryClient(backoff=0.001) as registry_client, pytest.raises(AuthenticationError) as anonymous:
+    with (
+        RegistryClient(backoff=0.001) as registry_client,
+        pytest.raises(AuthenticationError) as anonymous,
+    ):
         pull_image(ref, tmp_path / "anonymous", client=registry_client, platform=AMD64)
 
     assert (tmp_path / "ok/run.sh").exists()
@@ -487,20 +706,33 @@ def test_basic_auth_is_not_sent_along_a_cross_host_redirect(
     credentials = {fault_proxy.host: Credentials("bob", "builder")}
 
     with RegistryClient(credentials=credentials, backoff=0.001) as registry_client:
-        pull_image(images.simple.ref(fault_proxy.host), tmp_path / "ok", client=registry_client, platform=AMD64)
-    with RegistryClient(backoff=0.001) as registry_client, pytest.raises(AuthenticationError, match="requires authentication"):
-        pull_image(images.simple.ref(fault_proxy.host), tmp_path / "anonymous", client=registry_client)
+        pull_image(
+            images.simple.ref(fault_proxy.host),
+            tmp_path / "ok",
+            client=registry_client,
+            platform=AMD64,
+        )
+    with (
+        RegistryClient(backoff=0.001) as registry_client,
+        pytest.raises(AuthenticationError, match="requires authentication"),
+    ):
+        pull_image(
+            images.simple.ref(fault_proxy.host),
+            tmp_path / "anonymous",
+            client=registry_client,
+        )
 
     assert (tmp_path / "ok/run.sh").exists()
     redirected = fault_proxy.requests_for("/_blob/")
     assert redirected and all(r.host.startswith("localhost:") for r in redirected)
     assert all("Authorization" not in r.headers for r in redirected)
-    assert any("Authorization" in r.headers for r in fault_proxy.requests_for("/v2/backends/simple/blobs/"))
+    assert any(
+        "Authorization" in r.headers
+        for r in fault_proxy.requests_for("/v2/ocitest/simple/blobs/")
+    )
 
 
 def _closed_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -514,8 +746,15 @@ def test_progress_percent() -> None:
 def test_descriptor_parsing_rejects_bad_digests() -> None:
     ref = Reference.parse("localhost/x")
     with pytest.raises(RegistryError, match="digest"):
-        oci.Descriptor.from_json({"mediaType": "x", "digest": "sha256:zz", "size": 1}, ref)
-    assert oci.Descriptor.from_json(json.loads('{"mediaType": "x", "digest": "sha256:' + "0" * 64 + '", "size": 3}'), ref).size == 3
-
-
-__all__ = ["push_blob", "push_manifest"]
+        oci.Descriptor.from_json(
+            {"mediaType": "x", "digest": "sha256:zz", "size": 1}, ref
+        )
+    assert (
+        oci.Descriptor.from_json(
+            json.loads(
+                '{"mediaType": "x", "digest": "sha256:' + "0" * 64 + '", "size": 3}'
+            ),
+            ref,
+        ).size
+        == 3
+    )

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import time
-import unittest
-
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -10,7 +7,6 @@ from backends.models import Gallery, GalleryBackend, Job
 from tests.base import REAL_GALLERY, BaseTestCase
 
 HTMX = {"HX-Request": "true"}
-JOBS_READY = hasattr(Job.objects, "start")
 
 
 class CatalogueTestCase(BaseTestCase):
@@ -27,7 +23,13 @@ class CatalogueTestCase(BaseTestCase):
     def test_it_lists_every_entry_with_its_gallery(self) -> None:
         r = self.client.get("/")
         self.assertTemplateUsed(r, "base.html")
-        for name in ("llama-cpp", "cpu-llama-cpp", "cuda12-llama-cpp", "whisper", "cpu-whisper"):
+        for name in (
+            "llama-cpp",
+            "cpu-llama-cpp",
+            "cuda12-llama-cpp",
+            "whisper",
+            "cpu-whisper",
+        ):
             self.assertContains(r, f'href="/catalogue/localai/{name}/"')
         self.assertContains(r, "6 of 6 backends")
 
@@ -73,14 +75,23 @@ class CatalogueTestCase(BaseTestCase):
 
     def test_it_sorts_by_name_both_ways(self) -> None:
         body = self.client.get("/?sort=-name").content.decode()
-        self.assertLess(body.index("/catalogue/localai/whisper/"), body.index("/catalogue/localai/cpu-whisper/"))
+        self.assertLess(
+            body.index("/catalogue/localai/whisper/"),
+            body.index("/catalogue/localai/cpu-whisper/"),
+        )
         body = self.client.get("/?sort=name").content.decode()
-        self.assertLess(body.index("/catalogue/localai/cpu-whisper/"), body.index("/catalogue/localai/whisper/"))
+        self.assertLess(
+            body.index("/catalogue/localai/cpu-whisper/"),
+            body.index("/catalogue/localai/whisper/"),
+        )
 
     def test_it_sorts_installed_first(self) -> None:
         self.install_on_disk("metal-llama-cpp")
         body = self.client.get("/?sort=installed").content.decode()
-        self.assertLess(body.index("/catalogue/localai/metal-llama-cpp/"), body.index("/catalogue/localai/cpu-llama-cpp/"))
+        self.assertLess(
+            body.index("/catalogue/localai/metal-llama-cpp/"),
+            body.index("/catalogue/localai/cpu-llama-cpp/"),
+        )
 
     def test_it_marks_installed_entries(self) -> None:
         self.install_on_disk("cpu-whisper", alias="whisper")
@@ -117,7 +128,9 @@ class CatalogueTestCase(BaseTestCase):
         self.assertEqual(r["Vary"], "HX-Request, Cookie")
 
     def test_it_returns_the_full_page_for_a_history_restore(self) -> None:
-        r = self.client.get("/?q=whisper", headers={**HTMX, "HX-History-Restore-Request": "true"})
+        r = self.client.get(
+            "/?q=whisper", headers={**HTMX, "HX-History-Restore-Request": "true"}
+        )
         self.assertContains(r, "<html")
 
     def test_it_hides_install_buttons_from_non_staff(self) -> None:
@@ -134,7 +147,10 @@ class CatalogueTestCase(BaseTestCase):
 
     def test_it_shows_live_progress_for_an_entry_being_installed(self) -> None:
         job = Job.objects.create(
-            kind=Job.Kind.INSTALL, target="localai@cpu-whisper", state=Job.State.RUNNING, progress=40
+            kind=Job.Kind.INSTALL,
+            target="localai@cpu-whisper",
+            state=Job.State.RUNNING,
+            progress=40,
         )
         r = self.client.get("/?q=cpu-whisper")
         self.assertContains(r, f'hx-get="/jobs/{job.pk}/"')
@@ -156,16 +172,15 @@ class CatalogueSpeedTestCase(BaseTestCase):
         self.gallery.sync()
         self.client.force_login(self.alice)
 
-    def test_it_renders_the_real_gallery_quickly_with_few_queries(self) -> None:
+    def test_it_renders_the_real_gallery_with_a_fixed_number_of_queries(self) -> None:
         self.assertEqual(GalleryBackend.objects.count(), 1028)
         self.client.get("/")  # first request probes the hardware
         with CaptureQueriesContext(connection) as queries:
-            started = time.perf_counter()
             r = self.client.get("/?runs_here=on&sort=installed")
-            elapsed = time.perf_counter() - started
         self.assertEqual(r.status_code, 200)
+        # A fixed handful (session, user, node, entries, galleries, jobs): none per row.
+        # The time itself is measured by `make bench` (bench/catalogue.py).
         self.assertLess(len(queries), 12)
-        self.assertLess(elapsed, 0.5)  # the target is 100 ms; leave room for slow CI
 
     def test_it_searches_the_real_gallery(self) -> None:
         r = self.client.get("/?q=llama-cpp&tag=llm")
@@ -207,7 +222,9 @@ class CatalogueInstallTestCase(BaseTestCase):
 
     def test_it_sends_anonymous_users_to_log_in(self) -> None:
         r = self.client.post(self.url)
-        self.assertRedirects(r, f"/accounts/login/?next={self.url}", fetch_redirect_response=False)
+        self.assertRedirects(
+            r, f"/accounts/login/?next={self.url}", fetch_redirect_response=False
+        )
 
     def test_it_forbids_non_staff(self) -> None:
         self.client.force_login(self.bob)
@@ -217,23 +234,25 @@ class CatalogueInstallTestCase(BaseTestCase):
 
     def test_it_answers_404_for_an_unknown_entry(self) -> None:
         self.client.force_login(self.alice)
-        self.assertEqual(self.client.post("/catalogue/localai/nope/install/").status_code, 404)
+        self.assertEqual(
+            self.client.post("/catalogue/localai/nope/install/").status_code, 404
+        )
 
-    @unittest.skipUnless(JOBS_READY, "needs Job.objects.start from the job pipeline")
     def test_it_starts_a_job_and_redirects_to_it(self) -> None:
         self.client.force_login(self.alice)
         r = self.client.post(self.url)
         job = Job.objects.get()
-        self.assertEqual((job.kind, job.target, job.requested_by), ("install", "localai@cpu-whisper", "alice"))
+        self.assertEqual(
+            (job.kind, job.target, job.requested_by),
+            ("install", "localai@cpu-whisper", "alice"),
+        )
         self.assertRedirects(r, f"/jobs/{job.pk}/", fetch_redirect_response=False)
 
-    @unittest.skipUnless(JOBS_READY, "needs Job.objects.start from the job pipeline")
     def test_it_reinstalls_with_force(self) -> None:
         self.client.force_login(self.alice)
         self.client.post(self.url, {"force": "on"})
         self.assertTrue(Job.objects.get().force)
 
-    @unittest.skipUnless(JOBS_READY, "needs Job.objects.start from the job pipeline")
     def test_it_returns_the_row_with_the_job_for_htmx(self) -> None:
         self.client.force_login(self.alice)
         r = self.client.post(self.url, headers=HTMX)

@@ -43,17 +43,6 @@ def duration(seconds: float | None) -> str:
 
 
 @register.filter
-def eta(job: object) -> str:
-    """Time left for a download at its current speed, or "" when it cannot be told."""
-    total = getattr(job, "total_bytes", 0) or 0
-    done = getattr(job, "current_bytes", 0) or 0
-    rate = getattr(job, "bytes_per_second", 0) or 0
-    if total <= 0 or rate <= 0 or done >= total:
-        return ""
-    return duration((total - done) / rate)
-
-
-@register.filter
 def is_web_url(url: str) -> bool:
     """Only http(s) links from a gallery become clickable (never ``javascript:``)."""
     return isinstance(url, str) and url.lower().startswith(("https://", "http://"))

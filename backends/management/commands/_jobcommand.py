@@ -1,0 +1,78 @@
+"""Shared by install_backend, upgrade_backend and delete_backend: run one job in the
+foreground through the same pipeline as the worker, with a progress bar."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from backends import pipeline
+from backends.installed import human_size
+from backends.models import Job, JobConflict
+
+
+class JobCommand(BaseCommand):
+    kind = ""
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="backend name, alias or gallery@name")
+
+    def job_fields(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def handle(self, *args: Any, **options: Any) -> str:
+        try:
+            job = Job.objects.start(
+                self.kind,
+                options["name"],
+                requested_by="cli",
+                enqueue=False,
+                **self.job_fields(options),
+            )
+        except JobConflict as exc:
+            raise CommandError(str(exc)) from None
+        if job.state != Job.State.QUEUED:
+            raise CommandError(f"job {job.pk} for {job.target} is already {job.state}")
+        job = self.run_with_progress(job)
+        if job.state != Job.State.COMPLETED:
+            raise CommandError(f"{job.state}: {job.error or job.message}")
+        return job.message
+
+    def run_with_progress(self, job: Job) -> Job:
+        stop = threading.Event()
+        if self.stdout.isatty():
+            # The bar is drawn from the Job row, which the pipeline updates as it goes.
+            threading.Thread(
+                target=self.draw_until, args=(job, stop), daemon=True
+            ).start()
+        try:
+            pipeline.run_job(str(job.pk))
+        except KeyboardInterrupt:
+            pipeline.finish(job, Job.State.CANCELLED, "cancelled from the terminal")
+            self.stderr.write("\ncancelled")
+        finally:
+            stop.set()
+        job.refresh_from_db()
+        return job
+
+    def draw_until(self, job: Job, stop: threading.Event) -> None:
+        while not stop.wait(0.25):
+            job.refresh_from_db()
+            self.draw(job)
+        self.stdout.write("")
+
+    def draw(self, job: Job) -> None:
+        if job.state != Job.State.RUNNING:
+            return
+        width = max(shutil.get_terminal_size().columns - 50, 10)
+        filled = int(width * job.progress / 100)
+        bar = "#" * filled + "-" * (width - filled)
+        done = human_size(job.current_bytes)
+        total = human_size(job.total_bytes) if job.total_bytes else "?"
+        speed = human_size(job.bytes_per_second) + "/s" if job.bytes_per_second else ""
+        line = f"\r[{bar}] {job.progress:5.1f}% {done}/{total} {speed} {job.phase}"
+        self.stdout.write(line, ending="")
+        self.stdout.flush()
