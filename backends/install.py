@@ -308,9 +308,7 @@ class Installer:
                         )
                     total = int(response.headers.get("Content-Length") or 0)
                     self._check_free_space(total)
-                    self._copy_stream(
-                        response.iter_bytes(CHUNK), tmp, digest, total, uri
-                    )
+                    self._copy_stream(response.iter_bytes(), tmp, digest, total, uri)
             if sha256 and digest.hexdigest() != sha256.lower():
                 raise InstallError(
                     f"sha256 mismatch for {uri}: expected {sha256}, got {digest.hexdigest()}"

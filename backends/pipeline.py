@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from backends import catalogue, installed, oci, resolve
+from backends import catalogue, extract, installed, oci, resolve
 from backends.gallery import validate_name
 from backends.install import (
     Installer,
@@ -44,6 +44,7 @@ class ProgressWriter:
     def __init__(self, job: Job) -> None:
         self.job_id = job.pk
         self.last_flush = 0.0
+        self.last_cancel_poll = 0.0
         self.cancel_requested = False
         self.started = time.monotonic()
         self.window: tuple[float, int] = (self.started, 0)
@@ -84,13 +85,13 @@ class ProgressWriter:
         return (done - done_then) / elapsed if elapsed > 0 else 0.0
 
     def _poll_cancel(self) -> None:
+        self.last_cancel_poll = time.monotonic()
         self.cancel_requested = Job.objects.filter(
             pk=self.job_id, cancel_requested=True
         ).exists()
 
     def should_cancel(self) -> bool:
-        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
-            self.last_flush = time.monotonic()
+        if time.monotonic() - self.last_cancel_poll >= FLUSH_SECONDS:
             self._poll_cancel()
         return self.cancel_requested
 
@@ -115,6 +116,7 @@ def run_job(job_id: str) -> str:
         finish(job, Job.State.CANCELLED, "cancelled")
     except (
         JobFailed,
+        extract.ArchiveError,
         InstallError,
         oci.OCIError,
         OSError,
