@@ -170,3 +170,54 @@ class RegistryInstallTestCase(PipelineTestCase):
             (self.backends / "cpu-moving" / "metadata.json").read_text()
         )
         self.assertEqual(metadata["digest"], pushed.digest)
+
+
+class RegistrySecurityTestCase(PipelineTestCase):
+    @pytest.fixture(autouse=True)
+    def _registry(self, registry: RegistryProcess, token_registry: Any) -> None:
+        self.registry, self.token_registry = registry, token_registry
+
+    def test_a_tar_slip_image_fails_naming_the_entry_and_writes_nothing_outside(
+        self,
+    ) -> None:
+        from tests.imagebuild import file as entry
+
+        layer = make_layer([run_sh("evil"), entry("../../outside.txt", "pwned")])
+        self.registry.push_image("backends/evil", "v1", [layer])
+        self.gallery_file.write_text(
+            f"- name: cpu-evil\n  uri: {self.registry.ref('backends/evil', 'v1')}\n"
+        )
+        self.gallery.sync(force=True)
+        before = sorted(p.name for p in self.backends.parent.rglob("*"))
+        status = self.status(self.apply("cpu-evil"))
+        self.assertEqual(status["state"], "failed")
+        self.assertIn("outside.txt", status["error"])
+        after = sorted(p.name for p in self.backends.parent.rglob("*"))
+        self.assertEqual(before, after)
+
+    def test_a_private_image_installs_with_configured_credentials(self) -> None:
+        self.registry.push_image("private/foo", "v1", [make_layer([run_sh("private")])])
+        ref = self.token_registry.ref("private/foo", "v1")
+        self.gallery_file.write_text(f"- name: cpu-private\n  uri: {ref}\n")
+        self.gallery.sync(force=True)
+        status = self.status(self.apply("cpu-private"))
+        self.assertEqual(status["state"], "failed")
+        self.assertIn("private/foo", status["error"])
+
+        credentials = {
+            self.token_registry.host: {"username": "alice", "password": "wonderland"}
+        }
+        with self.settings(LOCALAI_ADMIN_REGISTRY_CREDENTIALS=credentials):
+            status = self.status(self.apply("cpu-private"))
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn("private", (self.backends / "cpu-private" / "run.sh").read_text())
+
+
+class DiskSpaceTestCase(PipelineTestCase):
+    def test_an_image_larger_than_the_free_space_is_refused_before_download(
+        self,
+    ) -> None:
+        from backends.install import Installer, InstallError
+
+        with self.assertRaisesMessage(InstallError, "not enough disk space"):
+            Installer(self.backends)._check_free_space(1 << 60)
