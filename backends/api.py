@@ -6,9 +6,10 @@ import json
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 
-from backends import catalogue, tasks, upgrades
+from backends import catalogue, nodes, tasks, upgrades
 from backends.gallery import validate_name
 from backends.http import api_view, json_error
 from backends.install import local_folder, looks_like_oci
@@ -80,12 +81,16 @@ def _start(request: HttpRequest, kind: str, target: str, **fields: Any) -> JsonR
 
 @api_view()
 def installed_list(request: HttpRequest) -> JsonResponse:
+    if settings.DISTRIBUTED:
+        return JsonResponse(catalogue.cluster_installed(), safe=False)
     rows = catalogue.local_disk().values()
     return JsonResponse([row.to_localai() for row in rows], safe=False)
 
 
 @api_view()
 def available_list(request: HttpRequest) -> JsonResponse:
+    if settings.DISTRIBUTED:
+        return JsonResponse(catalogue.cluster_available(), safe=False)
     capability = Node.objects.local().current_capability()
     return JsonResponse(catalogue.available(capability), safe=False)
 
@@ -112,8 +117,8 @@ def openapi(request: HttpRequest) -> JsonResponse:
 @api_view()
 def job_list(request: HttpRequest) -> JsonResponse:
     jobs = Job.objects.all()
-    state = request.GET.get("state", "")
-    if state:
+    if "state" in request.GET:
+        state = request.GET["state"]
         if state not in Job.State.values:
             return json_error(
                 400, f"unknown state {state!r}: one of {', '.join(Job.State.values)}"
@@ -167,9 +172,30 @@ def apply(request: HttpRequest) -> JsonResponse:
     except BadRequest as exc:
         return json_error(400, str(exc))
     entry = GalleryBackend.objects.find(target)
+    if settings.DISTRIBUTED:
+        return _fan_out(request, target, entry, force)
     if entry is None:
         return json_error(404, f'no backend found with name "{target}"')
     return _start(request, Job.Kind.INSTALL, target, force=force, dedup_key=entry.name)
+
+
+def _fan_out(
+    request: HttpRequest, target: str, entry: GalleryBackend | None, force: bool
+) -> JsonResponse:
+    """Distributed mode: a meta goes to every online node, each picking its own build."""
+    if (refusal := nodes.fan_out_guard(target)) is not None:
+        return JsonResponse(refusal, status=409)
+    try:
+        job = nodes.start_fan_out(
+            Job.Kind.INSTALL,
+            target,
+            dedup_key=entry.name if entry else target,
+            force=force,
+            requested_by=request.user.get_username(),
+        )
+    except nodes.NoNodes as exc:
+        return json_error(409, str(exc))
+    return _started(request, job)
 
 
 @api_view(("POST",))
@@ -267,13 +293,12 @@ def _external_answer(response: JsonResponse) -> JsonResponse:
 
 @api_view()
 def upgrade_list(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(upgrades.upgrade_info(Node.objects.local()))
+    return JsonResponse(upgrades.upgrade_info())
 
 
 @api_view(("POST",))
 def upgrade_check(request: HttpRequest) -> JsonResponse:
     # LocalAI answers with the cached result while the check runs in the background.
-    node = Node.objects.local()
-    info = upgrades.upgrade_info(node)
+    info = upgrades.upgrade_info()
     tasks.check_upgrades()
     return JsonResponse(info)

@@ -7,7 +7,13 @@ from typing import Any
 from django.conf import settings
 
 from backends import installed, resolve
-from backends.models import Gallery, GalleryBackend, KnownBackend, Node
+from backends.models import (
+    Gallery,
+    GalleryBackend,
+    InstalledBackend,
+    KnownBackend,
+    Node,
+)
 
 
 def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend]:
@@ -75,3 +81,56 @@ def known_backends(installed_names: set[str]) -> list[dict[str, Any]]:
 
 def galleries() -> list[dict[str, Any]]:
     return [g.to_localai() for g in Gallery.objects.filter(enabled=True)]
+
+
+def cluster_available() -> list[dict[str, Any]]:
+    """Distributed mode: entries that at least one online node can run (the union)."""
+    entries = gallery_entries()
+    capabilities = set(
+        Node.objects.filter(is_local=False, status=Node.Status.ONLINE).values_list(
+            "capability", flat=True
+        )
+    )
+    runnable: set[str] = set()
+    for capability in sorted(capabilities):
+        runnable.update(entry.name for entry in resolve.available(entries, capability))
+    installed_names = set(InstalledBackend.objects.values_list("name", flat=True))
+    return [
+        entry.to_localai(installed=entry.name in installed_names)
+        for entry in entries
+        if entry.name in runnable
+    ]
+
+
+def cluster_installed() -> list[dict[str, Any]]:
+    """Distributed mode: each installed backend once, with the nodes that have it."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row in InstalledBackend.objects.select_related("node").filter(
+        node__is_local=False
+    ):
+        entry = rows.setdefault(
+            row.name,
+            {
+                "Name": row.name,
+                "RunFile": "",
+                "IsMeta": row.is_meta,
+                "IsSystem": row.is_system,
+                "Metadata": {
+                    "name": row.name,
+                    "alias": row.alias,
+                    "version": row.version,
+                },
+                "nodes": [],
+            },
+        )
+        ref = {
+            "node_id": str(row.node_id),
+            "node_name": row.node.name,
+            "node_status": row.node.status,
+            "version": row.version,
+            "digest": row.digest,
+            "uri": row.uri,
+            "installed_at": row.installed_at.isoformat() if row.installed_at else "",
+        }
+        entry["nodes"].append({key: value for key, value in ref.items() if value})
+    return list(rows.values())

@@ -97,3 +97,12 @@ def api_view(methods: tuple[str, ...] = ("GET",)) -> Callable[[View], View]:
         return wrapper
 
     return decorator
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for unknown URLs: JSON under the API prefixes, the HTML page elsewhere."""
+    if request.path.startswith(("/api/", "/backends")):
+        return json_error(404, f"no route {request.path}")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)  # type: ignore[arg-type]

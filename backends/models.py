@@ -303,6 +303,10 @@ class Node(models.Model):
             self.probe_local_hardware()
         return self.capability or "default"
 
+    def apply_hardware_dict(self, data: dict[str, Any]) -> None:
+        """Store a hardware report received as JSON (from an agent)."""
+        self.apply_hardware(hardware.HardwareReport.from_dict(data))
+
     def apply_hardware(self, report: hardware.HardwareReport) -> None:
         """Store a hardware report on this node."""
         self.hardware = report.to_dict()
@@ -466,6 +470,36 @@ class JobManager(models.Manager["Job"]):
             external_alias=job.external_alias,
         )
 
+    def settle_parent(self, parent_id: Any) -> None:
+        """Finish a fanned-out parent job once none of its children is active."""
+        children = list(self.filter(parent_id=parent_id).select_related("node"))
+        if not children or any(child.is_active for child in children):
+            return
+        states = {child.state for child in children}
+        failed = [child for child in children if child.state == Job.State.FAILED]
+        error = ""
+        if states == {Job.State.COMPLETED}:
+            state, message = Job.State.COMPLETED, "completed on every node"
+        elif states == {Job.State.CANCELLED}:
+            state, message = Job.State.CANCELLED, "cancelled"
+        else:
+            done = sum(child.state == Job.State.COMPLETED for child in children)
+            state = Job.State.FAILED
+            message = (
+                f"failed on {len(failed)} of {len(children)} node(s), {done} completed"
+            )
+            error = "; ".join(
+                f"{c.node.name if c.node else '?'}: {c.error}" for c in failed
+            )
+        self.filter(pk=parent_id, state__in=Job.ACTIVE_STATES).update(
+            state=state,
+            message=message,
+            error=error or ("" if state != Job.State.FAILED else message),
+            progress=sum(child.progress for child in children) / len(children),
+            cancellable=False,
+            finished_at=timezone.now(),
+        )
+
     def fail_interrupted(self, node: Node, started_before: datetime) -> int:
         """Fail the jobs a killed worker left running on ``node``.
 
@@ -569,8 +603,11 @@ class Job(models.Model):
         return max(self.total_bytes - self.current_bytes, 0) / self.bytes_per_second
 
     def enqueue(self) -> None:
-        from backends import tasks  # tasks imports models
+        from backends import nodes, tasks  # both import this module
 
+        if settings.DISTRIBUTED and self.node is not None and not self.node.is_local:
+            nodes.enqueue_on_node(self)
+            return
         result = tasks.run_job(str(self.pk))
         task_id = getattr(result, "id", "")
         if task_id:
@@ -578,6 +615,12 @@ class Job(models.Model):
 
     def request_cancel(self) -> bool:
         """Cancel a queued job now, or ask a running one to stop. False if too late."""
+        children = list(self.children.all())
+        if children:
+            asked = [child.request_cancel() for child in children]
+            Job.objects.settle_parent(self.pk)
+            self.refresh_from_db()
+            return any(asked)
         now = timezone.now()
         cancelled = Job.objects.filter(pk=self.pk, state=Job.State.QUEUED).update(
             state=Job.State.CANCELLED,
@@ -601,12 +644,18 @@ class Job(models.Model):
 
     def to_opstatus(self) -> dict[str, Any]:
         """LocalAI's OpStatus shape (``GET /backends/jobs/<uuid>``), plus our fields."""
+        children = (
+            list(self.children.select_related("node")) if self.node_id is None else []
+        )
+        progress = self.progress
+        if children and self.is_active:
+            progress = sum(child.progress for child in children) / len(children)
         status: dict[str, Any] = {
             "deletion": self.kind == Job.Kind.DELETE,
             "file_name": self.file_name,
             "processed": self.is_finished,
             "message": self.message,
-            "progress": round(self.progress, 2),
+            "progress": round(progress, 2),
             "phase": self.phase,
             "current_bytes": self.current_bytes,
             "total_bytes": self.total_bytes,
@@ -617,7 +666,7 @@ class Job(models.Model):
             "gallery_element_name": self.target,
             "cancelled": self.state == Job.State.CANCELLED,
             "cancellable": self.cancellable and self.is_active,
-            "nodes": [],
+            "nodes": [child.node_progress() for child in children],
             "id": str(self.pk),
             "kind": self.kind,
             "state": self.state,
@@ -629,6 +678,33 @@ class Job(models.Model):
         if self.error:
             status["error"] = self.error
         return status
+
+    NODE_STATUS = {
+        State.QUEUED: "queued",
+        State.RUNNING: "downloading",
+        State.COMPLETED: "success",
+        State.FAILED: "error",
+        State.CANCELLED: "cancelled",
+    }
+
+    def node_progress(self) -> dict[str, Any]:
+        """This child job as one entry of its parent's ``nodes`` list (LocalAI's shape)."""
+        entry: dict[str, Any] = {
+            "node_id": str(self.node_id or ""),
+            "node_name": self.node.name if self.node else "",
+            "status": self.NODE_STATUS[self.state],
+            "percentage": round(self.progress, 2),
+            "job_id": str(self.pk),
+        }
+        optional = {
+            "file_name": self.file_name,
+            "current": human_size(self.current_bytes) if self.current_bytes else "",
+            "total": human_size(self.total_bytes) if self.total_bytes else "",
+            "phase": self.phase,
+            "error": self.error,
+        }
+        entry.update({key: value for key, value in optional.items() if value})
+        return entry
 
 
 class KnownBackend(models.Model):

@@ -192,6 +192,88 @@ BACKEND_ID = {
     "maxLength": 255,
     "description": "name or gallery@name",
 }
+SCHEMAS |= {
+    "Node": {
+        "type": "object",
+        "required": ["id", "name", "status", "capability"],
+        "properties": {
+            "id": STRING,
+            "name": STRING,
+            "status": {"type": "string", "enum": ["online", "offline", "draining"]},
+            "is_local": BOOL,
+            "capability": STRING,
+            "capability_explanation": STRING,
+            "vendor": STRING,
+            "vram_bytes": {"type": "integer"},
+            "cuda_version": STRING,
+            "driver_version": STRING,
+            "os": STRING,
+            "arch": STRING,
+            "backends_path": STRING,
+            "last_heartbeat": {"type": "string", "nullable": True},
+            "probed_at": {"type": "string", "nullable": True},
+        },
+    },
+    "NodeBackend": {
+        "type": "object",
+        "required": ["name", "is_system", "is_meta"],
+        "properties": {
+            "name": STRING,
+            "alias": STRING,
+            "is_system": BOOL,
+            "is_meta": BOOL,
+            "meta_backend_for": STRING,
+            "installed_at": STRING,
+            "gallery_url": STRING,
+            "version": STRING,
+            "uri": STRING,
+            "digest": STRING,
+        },
+    },
+    "NodeJobStarted": {
+        "type": "object",
+        "required": ["jobID", "statusUrl", "message"],
+        "properties": {
+            "jobID": STRING,
+            "id": STRING,
+            "status_url": STRING,
+            "statusUrl": STRING,
+            "message": STRING,
+        },
+    },
+    "FanOutRefused": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {}, "code": STRING, "meta_alternative": STRING},
+    },
+}
+
+NODE_PARAM = {
+    "name": "node_id",
+    "in": "path",
+    "required": True,
+    "description": "node id or name",
+    "schema": STRING,
+}
+NODE_INSTALL_BODY = {
+    "type": "object",
+    "properties": {"backend": BACKEND_ID, "uri": STRING, "name": NAME, "alias": NAME},
+}
+NODE_BACKEND_BODY = {
+    "type": "object",
+    "required": ["backend"],
+    "properties": {"backend": BACKEND_ID},
+}
+REGISTER_BODY = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": NAME,
+        "hardware": {"type": "object"},
+        "backends_path": STRING,
+    },
+}
+
 NAME_PARAM = {
     "name": "name",
     "in": "path",
@@ -234,8 +316,12 @@ def route(
     params: tuple[dict[str, Any], ...] = (),
     body: dict[str, Any] | None = None,
     query: tuple[dict[str, Any], ...] = (),
+    status: int = 200,
+    conflict: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
+        "status": status,
+        "conflict": conflict,
         "method": method,
         "path": path,
         "summary": summary,
@@ -278,6 +364,8 @@ ROUTES: list[dict[str, Any]] = [
         ref("JobStarted"),
         errors=(400, 404, 409),
         body=APPLY_BODY,
+        # In distributed mode the 409 may be LocalAI's fan-out refusal instead.
+        conflict=ref("FanOutRefused"),
     ),
     route(
         "post",
@@ -343,6 +431,64 @@ ROUTES: list[dict[str, Any]] = [
         ref("ExternalJobStarted"),
         errors=(400, 404, 409),
         body=EXTERNAL_BODY,
+    ),
+    route("get", "/api/nodes", "Nodes (distributed mode)", array_of("Node")),
+    route(
+        "get",
+        "/api/nodes/{node_id}",
+        "One node",
+        ref("Node"),
+        errors=(404,),
+        params=(NODE_PARAM,),
+    ),
+    route(
+        "get",
+        "/api/nodes/{node_id}/backends",
+        "Backends installed on a node",
+        array_of("NodeBackend"),
+        errors=(404,),
+        params=(NODE_PARAM,),
+    ),
+    *(
+        route(
+            "post",
+            f"/api/nodes/{{node_id}}/backends/{action}",
+            f"{action.capitalize()} a backend on one node (a job)",
+            ref("NodeJobStarted"),
+            errors=(400, 404, 409),
+            params=(NODE_PARAM,),
+            body=NODE_INSTALL_BODY if action == "install" else NODE_BACKEND_BODY,
+            status=202,
+        )
+        for action in ("install", "upgrade", "delete")
+    ),
+    *(
+        route(
+            "post",
+            f"/api/nodes/{{node_id}}/{action}",
+            f"{action.capitalize()} a node",
+            ref("Node"),
+            errors=(404,),
+            params=(NODE_PARAM,),
+        )
+        for action in ("drain", "resume")
+    ),
+    route(
+        "post",
+        "/api/node/register",
+        "Agents: register a node (registration token)",
+        ref("Node"),
+        errors=(400,),
+        body=REGISTER_BODY,
+        status=201,
+    ),
+    route(
+        "post",
+        "/api/node/{node_id}/heartbeat",
+        "Agents: heartbeat (registration token)",
+        {"type": "object", "properties": {"status": STRING}},
+        errors=(404,),
+        params=({**NODE_PARAM, "schema": {"type": "integer"}},),
     ),
     route("get", "/api/openapi.json", "This document", {"type": "object"}),
 ]

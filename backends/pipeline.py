@@ -156,6 +156,8 @@ def finish(job: Job, state: str, message: str, error: str = "") -> None:
             "phase": "done",
         }
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(**fields)
+    if job.parent_id:
+        Job.objects.settle_parent(job.parent_id)
 
 
 def reconcile(node: Node | None) -> None:

@@ -8,6 +8,7 @@ install time. The result is cached on the InstalledBackend rows.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from django.utils import timezone
@@ -69,16 +70,47 @@ def evaluate(
     return (not row.digest or digest != row.digest), "", digest
 
 
-def upgrade_info(node: Node) -> dict[str, dict[str, Any]]:
-    """LocalAI's ``GET /backends/upgrades`` map: name -> UpgradeInfo."""
+def upgrade_info() -> dict[str, dict[str, Any]]:
+    """LocalAI's ``GET /backends/upgrades`` map: name -> UpgradeInfo.
+
+    Across nodes, the installed version and digest are the majority's, and ``node_drift``
+    lists the nodes that differ from it (which is itself a reason to upgrade).
+    """
+    by_name: dict[str, list[InstalledBackend]] = {}
+    for row in InstalledBackend.objects.select_related("node").filter(is_system=False):
+        by_name.setdefault(row.name, []).append(row)
     info = {}
-    for row in InstalledBackend.objects.filter(node=node, upgrade_available=True):
-        info[row.name] = {
-            "backend_name": row.name,
-            "installed_version": row.version,
-            "available_version": row.available_version,
-            "installed_digest": row.digest,
-            "available_digest": row.available_digest,
-            "node_drift": [],
+    for name, rows in sorted(by_name.items()):
+        version = majority(row.version for row in rows)
+        digest = majority(row.digest for row in rows)
+        drift = [
+            {
+                "node_id": str(row.node_id),
+                "node_name": row.node.name,
+                "version": row.version,
+                "digest": row.digest,
+            }
+            for row in rows
+            if row.version != version or row.digest != digest
+        ]
+        flagged = [row for row in rows if row.upgrade_available]
+        if not flagged and not drift:
+            continue
+        first = flagged[0] if flagged else rows[0]
+        info[name] = {
+            "backend_name": name,
+            "installed_version": version,
+            "available_version": first.available_version,
+            "installed_digest": digest,
+            "available_digest": first.available_digest,
+            "node_drift": drift,
         }
     return info
+
+
+def majority(values: Any) -> str:
+    counts = Counter(values)
+    if not counts:
+        return ""
+    # Most common; ties go to the first value seen, so the answer is stable.
+    return counts.most_common(1)[0][0]

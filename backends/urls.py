@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from backends import api, views
+from backends import api, api_nodes, views
 
 app_name = "backends"
 
@@ -71,5 +71,36 @@ urlpatterns = [
         "api/backends/install-external",
         api.install_external,
         name="api-install-external",
+    ),
+    # Distributed mode: agents (registration token) and the admin's node routes
+    path("api/node/register", api_nodes.register, name="agent-register"),
+    path(
+        "api/node/<int:node_id>/heartbeat", api_nodes.heartbeat, name="agent-heartbeat"
+    ),
+    path("api/nodes", api_nodes.node_list, name="api-nodes"),
+    path("api/nodes/<str:node_id>", api_nodes.node_detail, name="api-node"),
+    path(
+        "api/nodes/<str:node_id>/backends",
+        api_nodes.node_backends,
+        name="api-node-backends",
+    ),
+    path(
+        "api/nodes/<str:node_id>/backends/install",
+        api_nodes.node_install,
+        name="api-node-install",
+    ),
+    path(
+        "api/nodes/<str:node_id>/backends/upgrade",
+        api_nodes.node_upgrade,
+        name="api-node-upgrade",
+    ),
+    path(
+        "api/nodes/<str:node_id>/backends/delete",
+        api_nodes.node_delete,
+        name="api-node-delete",
+    ),
+    path("api/nodes/<str:node_id>/drain", api_nodes.node_drain, name="api-node-drain"),
+    path(
+        "api/nodes/<str:node_id>/resume", api_nodes.node_resume, name="api-node-resume"
     ),
 ]

@@ -26,7 +26,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
 from backends import gallery as gallery_format
@@ -250,14 +250,16 @@ def _filter(entries: list[Entry], form: CatalogueQueryForm) -> list[Entry]:
     return entries
 
 
-def _sort(rows: list[EntryRow], sort: str) -> list[EntryRow]:
+def _sort(
+    entries: list[Entry], sort: str, on_disk: Mapping[str, object]
+) -> list[Entry]:
     if sort == "name":
-        rows.sort(key=lambda r: r.entry.name.lower())
+        entries.sort(key=lambda e: e.name.lower())
     elif sort == "-name":
-        rows.sort(key=lambda r: r.entry.name.lower(), reverse=True)
+        entries.sort(key=lambda e: e.name.lower(), reverse=True)
     elif sort == "installed":
-        rows.sort(key=lambda r: (not r.installed, r.entry.name.lower()))
-    return rows  # "gallery": the order the galleries list them in
+        entries.sort(key=lambda e: (e.name not in on_disk, e.name.lower()))
+    return entries  # "gallery": the order the galleries list them in
 
 
 def _tags(entries: Iterable[Entry]) -> list[str]:
@@ -284,14 +286,19 @@ def catalogue(request: HtmxHttpRequest) -> HttpResponse:
     on_disk = local_disk(capability)
     concretes = _concretes_by_name(entries)
     jobs = _active_jobs()
-    rows = [
-        _describe(e, capability, concretes, on_disk, jobs)
-        for e in _filter(entries, form)
-    ]
+
+    def describe(entry: Entry) -> EntryRow:
+        return _describe(entry, capability, concretes, on_disk, jobs)
+
+    shown = _sort(_filter(entries, form), form.value("sort", "name"), on_disk)
+    number = form.value("page", 1)
     if form.value("runs_here"):
-        rows = [row for row in rows if row.runs_here]
-    rows = _sort(rows, form.value("sort", "name"))
-    page = Paginator(rows, PAGE_SIZE).get_page(form.value("page", 1))
+        # Only a described row knows whether it runs here: describe every match.
+        rows = [row for row in map(describe, shown) if row.runs_here]
+        page = Paginator(rows, PAGE_SIZE).get_page(number)
+    else:
+        page = Paginator(shown, PAGE_SIZE).get_page(number)
+        page.object_list = [describe(entry) for entry in page.object_list]
     context = {
         "form": form,
         "page": page,
@@ -389,6 +396,7 @@ class InstalledRow:
     size: int
     used_by: list[str] = field(default_factory=list)  # metas pointing at this build
     job: Job | None = None
+    build: InstalledRow | None = None  # for a meta: the build it points at
 
     @property
     def name(self) -> str:
@@ -471,7 +479,8 @@ def _installed_rows(
     for row in rows:
         target = row.metadata.meta_backend_for if row.disk.is_meta else ""
         if target in by_name:
-            by_name[target].used_by.append(row.name)
+            row.build = by_name[target]
+            row.build.used_by.append(row.name)
     return rows
 
 
@@ -589,6 +598,7 @@ def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
     return redirect("backends:installed")
 
 
+@require_http_methods(["GET", "POST"])
 @staff_required
 def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
     """GET: the confirmation naming every folder that goes; POST: start the delete."""

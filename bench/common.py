@@ -24,7 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-GALLERY_FIXTURE = REPO / ".." / "shared" / "fixtures" / "galleries" / "localai-index.yaml"
+GALLERY_FIXTURE = (
+    REPO / ".." / "shared" / "fixtures" / "galleries" / "localai-index.yaml"
+)
 RESULTS_DIR = REPO / "bench" / "results"
 # The server that holds the throw-away benchmark database (created and dropped per run).
 POSTGRES_ADMIN_URL = os.getenv(
@@ -94,7 +96,15 @@ class Figure:
             f"baseline {num(self.baseline):>7} {self.unit:<6} ratio {ratio:>6}  "
             f"target {self.target:<22} met {met}"
         )
-        tail = [s for s in (self.status if self.status != "ok" else "", *self.violations, self.detail) if s]
+        tail = [
+            s
+            for s in (
+                self.status if self.status != "ok" else "",
+                *self.violations,
+                self.detail,
+            )
+            if s
+        ]
         return head + (f"  [{'; '.join(tail)}]" if tail else "")
 
     def to_json(self) -> dict[str, Any]:
@@ -108,7 +118,9 @@ class Figure:
             "met": self.met,
             "unit": self.unit,
             "status": self.status,
-            "detail": "; ".join([*self.violations, self.detail] if self.detail else self.violations),
+            "detail": "; ".join(
+                [*self.violations, self.detail] if self.detail else self.violations
+            ),
             "extra": self.extra,
             "samples": {k: [_round(x) for x in v] for k, v in self.samples.items()},
         }
@@ -173,7 +185,10 @@ def django_env(
 
 
 def run_worker(
-    module: str, args: dict[str, Any], env: dict[str, str] | None = None, timeout: float = 600
+    module: str,
+    args: dict[str, Any],
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
 ) -> dict[str, Any]:
     """Run ``python -m <module> --worker <json>`` and return the JSON it reports."""
     proc = subprocess.run(
@@ -194,7 +209,9 @@ def run_worker(
 def worker_main(handlers: dict[str, Callable[[dict[str, Any]], Any]]) -> None:
     """Entry point of a worker: ``--worker '{"task": ..., ...}'``; prints the result."""
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
-        sys.exit(f"usage: python -m {sys.argv[0]} --worker '<json>' (run by python -m bench)")
+        sys.exit(
+            f"usage: python -m {sys.argv[0]} --worker '<json>' (run by python -m bench)"
+        )
     args = json.loads(sys.argv[2])
     result = handlers[args["task"]](args)
     print(RESULT_MARK + json.dumps(result), flush=True)
@@ -229,14 +246,18 @@ def postgres_database(tag: str) -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        raise Unavailable(f"PostgreSQL unavailable at {parts.hostname}:{parts.port}") from exc
+        raise Unavailable(
+            f"PostgreSQL unavailable at {parts.hostname}:{parts.port}"
+        ) from exc
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        with psycopg.connect(
+            POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5
+        ) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -253,7 +274,9 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+            raise RuntimeError(
+                f"{proc.args[0]} exited with {proc.returncode} before listening"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return

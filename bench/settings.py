@@ -14,4 +14,8 @@ from pathlib import Path
 from localai_admin.settings import *  # noqa: F403
 from localai_admin.settings import STATIC_ROOT as _STATIC_ROOT
 
-STATIC_ROOT = Path(os.environ["BENCH_STATIC_ROOT"]) if os.getenv("BENCH_STATIC_ROOT") else _STATIC_ROOT
+STATIC_ROOT = (
+    Path(os.environ["BENCH_STATIC_ROOT"])
+    if os.getenv("BENCH_STATIC_ROOT")
+    else _STATIC_ROOT
+)

@@ -10,3 +10,5 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("backends.urls")),
 ]
+
+handler404 = "backends.http.not_found"

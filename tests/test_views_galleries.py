@@ -26,7 +26,7 @@ class GalleryListTestCase(BaseTestCase):
         r = self.client.get("/galleries/")
         self.assertContains(r, '<td class="num">6</td>', html=True)
         self.assertContains(r, ">OK</span>")
-        self.assertContains(r, "ago</time>")
+        self.assertContains(r, "just now</time>")
 
     def test_it_shows_the_last_error_and_the_problems(self) -> None:
         self.gallery.sync()

@@ -54,6 +54,11 @@ class InstalledTestCase(BaseTestCase):
         self.assertContains(r, size)
         self.assertContains(r, "2026-01-02 03:04")
 
+    def test_a_meta_shows_the_version_and_digest_of_its_build(self) -> None:
+        r = self.client.get("/installed/")
+        self.assertContains(r, "<td>1.2.3</td>", count=2, html=True)
+        self.assertContains(r, "sha256:0123456789ab…", count=2)
+
     def test_it_shows_upgrades_from_the_last_check(self) -> None:
         InstalledBackend.objects.create(
             node=self.node,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django import template
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 register = template.Library()
 
@@ -46,3 +50,23 @@ def duration(seconds: float | None) -> str:
 def is_web_url(url: str) -> bool:
     """Only http(s) links from a gallery become clickable (never ``javascript:``)."""
     return isinstance(url, str) and url.lower().startswith(("https://", "http://"))
+
+
+@register.filter
+def ago(when: datetime | None) -> str:
+    """``just now`` under a minute, else Django's ``timesince`` with "ago"."""
+    if when is None:
+        return ""
+    if (timezone.now() - when).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(when)} ago"
+
+
+@register.filter
+def took(job: object) -> str:
+    """How long a finished job ran, to the second (``timesince`` stops at minutes)."""
+    started = getattr(job, "started_at", None)
+    finished = getattr(job, "finished_at", None)
+    if started is None or finished is None:
+        return ""
+    return duration((finished - started).total_seconds())

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from backends import hardware, nodes, pipeline
+from backends.install import Installer
+from backends.models import Job, Node
+
+log = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = (
+        "Run this host as a worker node: register with the controller, heartbeat, and "
+        "run the install jobs queued for this node (distributed mode)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--controller", required=True, help="the dashboard's base URL"
+        )
+        parser.add_argument("--workers", type=int, default=2, help="jobs run at once")
+
+    def handle(self, *args: Any, controller: str, workers: int, **options: Any) -> None:
+        if not settings.DISTRIBUTED:
+            raise CommandError(
+                "an agent needs distributed mode: DATABASE_URL on PostgreSQL and HUEY_REDIS_URL"
+            )
+        token = settings.LOCALAI_ADMIN_REGISTRATION_TOKEN
+        if not token and not settings.LOCALAI_ADMIN_ALLOW_EMPTY_TOKEN:
+            raise CommandError(
+                "LOCALAI_ADMIN_REGISTRATION_TOKEN is empty: set it (the same value as on the "
+                "controller), or set LOCALAI_ADMIN_ALLOW_EMPTY_TOKEN=True on both sides"
+            )
+        client = httpx.Client(
+            base_url=controller.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        node = self.register(client)
+        self.recover(node)
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self.heartbeat, args=(client, node, stop), daemon=True
+        )
+        beat.start()
+        queue, _task = nodes.node_queue(nodes.queue_name(node.name))
+        self.stdout.write(
+            f"agent {node.name} ({node.capability}) consuming {queue.name}"
+        )
+        try:
+            queue.create_consumer(workers=workers, worker_type="thread").run()
+        finally:
+            stop.set()
+
+    def register(self, client: httpx.Client) -> Node:
+        report = hardware.probe(
+            settings.LOCALAI_ADMIN_PROBE_ROOT,
+            forced=settings.LOCALAI_FORCE_META_BACKEND_CAPABILITY,
+        )
+        body = {
+            "name": settings.NODE_NAME,
+            "hardware": report.to_dict(),
+            "backends_path": str(settings.LOCALAI_BACKENDS_PATH),
+        }
+        try:
+            response = client.post("/api/node/register", json=body)
+        except httpx.HTTPError as exc:
+            raise CommandError(f"cannot reach the controller: {exc}") from None
+        if response.status_code >= 400:
+            raise CommandError(
+                f"registration refused ({response.status_code}): {response.text}"
+            )
+        return Node.objects.get(pk=response.json()["id"])
+
+    def recover(self, node: Node) -> None:
+        """After a restart: fail this node's orphaned jobs, tidy the folder, reconcile."""
+        from django.utils import timezone
+
+        failed = Job.objects.fail_interrupted(node, timezone.now())
+        for job in Job.objects.filter(
+            node=node, state=Job.State.FAILED, parent__isnull=False
+        ):
+            if job.parent_id and job.parent.is_active:
+                Job.objects.settle_parent(job.parent_id)
+        actions = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).recover()
+        pipeline.reconcile(node)
+        if failed or actions:
+            log.warning(
+                "agent %s recovered: %d job(s) failed; %s", node.name, failed, actions
+            )
+
+    def heartbeat(
+        self, client: httpx.Client, node: Node, stop: threading.Event
+    ) -> None:
+        while not stop.wait(settings.NODE_HEARTBEAT_SECONDS):
+            try:
+                client.post(f"/api/node/{node.pk}/heartbeat")
+            except httpx.HTTPError as exc:
+                log.warning("heartbeat failed: %s", exc)
