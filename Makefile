@@ -34,15 +34,21 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Once on SQLite (everything but distributed mode, which needs PostgreSQL), then on
+# PostgreSQL + Redis (everything but the single-node browser tests).
 test: $(BIN)/.installed system-deps
 	$(BIN)/pytest
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -m "not browser"
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -m "not browser or distributed"
 
 test-sqlite: $(BIN)/.installed system-deps
 	$(BIN)/pytest
 
 test-postgres: $(BIN)/.installed system-deps
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -m "not browser"
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -m "not browser or distributed"
+
+# A PNG of every page, with data from the fixture gallery, into docs/screenshots/.
+screenshots: $(BIN)/.installed system-deps
+	SCREENSHOTS=1 $(BIN)/pytest tests/browser/test_screenshots.py -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
