@@ -200,33 +200,27 @@ def _fan_out(
 
 @api_view(("POST",))
 def delete(request: HttpRequest, name: str) -> JsonResponse:
-    try:
-        target = _backend_id(name)
-    except BadRequest as exc:
-        return json_error(400, str(exc))
-    bare = target.rpartition("@")[2]
-    on_disk = catalogue.local_disk()
-    row = on_disk.get(bare)
-    if row is None:
-        return json_error(404, f"backend {bare!r} is not installed")
-    if row.is_system:
-        return json_error(409, f"system backend {bare!r} cannot be deleted")
-    return _start(request, Job.Kind.DELETE, bare)
+    return _installed_job(request, name, Job.Kind.DELETE)
 
 
 @api_view(("POST",))
 def upgrade(request: HttpRequest, name: str) -> JsonResponse:
+    return _installed_job(request, name, Job.Kind.UPGRADE)
+
+
+def _installed_job(request: HttpRequest, name: str, kind: str) -> JsonResponse:
+    """A delete or an upgrade: the backend must be installed here, and not a system one."""
     try:
-        target = _backend_id(name)
+        bare = _backend_id(name).rpartition("@")[2]
     except BadRequest as exc:
         return json_error(400, str(exc))
-    bare = target.rpartition("@")[2]
     row = catalogue.local_disk().get(bare)
     if row is None:
         return json_error(404, f"backend {bare!r} is not installed")
     if row.is_system:
-        return json_error(409, f"system backend {bare!r} cannot be upgraded")
-    return _start(request, Job.Kind.UPGRADE, bare)
+        verb = "deleted" if kind == Job.Kind.DELETE else "upgraded"
+        return json_error(409, f"system backend {bare!r} cannot be {verb}")
+    return _start(request, kind, bare)
 
 
 @api_view(("POST",))

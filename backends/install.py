@@ -122,17 +122,13 @@ class Installer:
         target = self.backends_path / name
         if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise InstallError(f"{target} exists and is not a folder; remove it first")
-        staging = self._fresh(target.with_name(name + STAGING_SUFFIX))
-        try:
+
+        def fill(staging: Path) -> None:
             metadata.digest = self.fetch(source, staging)
             self._check_run_file(staging)
             metadata.name = metadata.name or name
-            metadata.installed_at = datetime.now(UTC).isoformat(timespec="seconds")
-            write_metadata(staging, metadata)
-            self._swap(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return metadata
+
+        return self._stage(target, fill, metadata)
 
     def install_meta(
         self, meta_name: str, concrete: str, metadata: Metadata
@@ -145,10 +141,17 @@ class Installer:
             raise InstallError(
                 f"{meta_name} is installed as a concrete build; delete it first"
             )
-        staging = self._fresh(target.with_name(meta_name + STAGING_SUFFIX))
+        metadata.name = meta_name
+        metadata.meta_backend_for = concrete
+        return self._stage(target, lambda staging: None, metadata)
+
+    def _stage(
+        self, target: Path, fill: Callable[[Path], None], metadata: Metadata
+    ) -> Metadata:
+        """Fill a staging folder beside ``target``, add the metadata, swap it in."""
+        staging = self._fresh(target.with_name(target.name + STAGING_SUFFIX))
         try:
-            metadata.name = meta_name
-            metadata.meta_backend_for = concrete
+            fill(staging)
             metadata.installed_at = datetime.now(UTC).isoformat(timespec="seconds")
             write_metadata(staging, metadata)
             self._swap(staging, target)
