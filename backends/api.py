@@ -171,30 +171,14 @@ def apply(request: HttpRequest) -> JsonResponse:
             raise BadRequest("force must be true or false")
     except BadRequest as exc:
         return json_error(400, str(exc))
-    entry = GalleryBackend.objects.find(target)
-    if settings.DISTRIBUTED:
-        return _fan_out(request, target, entry, force)
-    if entry is None:
-        return json_error(404, f'no backend found with name "{target}"')
-    return _start(request, Job.Kind.INSTALL, target, force=force, dedup_key=entry.name)
-
-
-def _fan_out(
-    request: HttpRequest, target: str, entry: GalleryBackend | None, force: bool
-) -> JsonResponse:
-    """Distributed mode: a meta goes to every online node, each picking its own build."""
-    if (refusal := nodes.fan_out_guard(target)) is not None:
-        return JsonResponse(refusal, status=409)
     try:
-        job = nodes.start_fan_out(
-            Job.Kind.INSTALL,
-            target,
-            dedup_key=entry.name if entry else target,
-            force=force,
-            requested_by=request.user.get_username(),
+        job = nodes.start_install(
+            target, force=force, requested_by=request.user.get_username()
         )
-    except nodes.NoNodes as exc:
-        return json_error(409, str(exc))
+    except nodes.InstallRefused as exc:
+        if exc.body is not None:
+            return JsonResponse(exc.body, status=exc.status)
+        return json_error(exc.status, str(exc))
     return _started(request, job)
 
 

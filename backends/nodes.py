@@ -21,7 +21,7 @@ from django.utils import timezone
 from huey import RedisHuey
 
 from backends import pipeline
-from backends.models import GalleryBackend, Job, Node
+from backends.models import GalleryBackend, Job, JobConflict, Node
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,52 @@ def online_nodes() -> list[Node]:
 
 class NoNodes(Exception):
     pass
+
+
+class InstallRefused(Exception):
+    """An install request that starts no job: ``status`` is the HTTP status to answer."""
+
+    def __init__(
+        self, status: int, message: str, body: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def start_install(target: str, *, force: bool = False, requested_by: str = "") -> Job:
+    """Install a gallery backend, the same way from the API and the dashboard.
+
+    Single node: a job on the local node. Distributed mode: the fan-out guard, then a
+    parent job with a child per online node.
+    """
+    entry = GalleryBackend.objects.find(target)
+    dedup_key = entry.name if entry else target
+    if settings.DISTRIBUTED:
+        if (refusal := fan_out_guard(target)) is not None:
+            raise InstallRefused(409, refusal["error"], refusal)
+        try:
+            return start_fan_out(
+                Job.Kind.INSTALL,
+                target,
+                dedup_key=dedup_key,
+                force=force,
+                requested_by=requested_by,
+            )
+        except NoNodes as exc:
+            raise InstallRefused(409, str(exc)) from None
+    if entry is None:
+        raise InstallRefused(404, f'no backend found with name "{target}"')
+    try:
+        return Job.objects.start(
+            Job.Kind.INSTALL,
+            target,
+            force=force,
+            requested_by=requested_by,
+            dedup_key=dedup_key,
+        )
+    except JobConflict as exc:
+        raise InstallRefused(409, str(exc)) from None
 
 
 def start_fan_out(kind: str, target: str, *, dedup_key: str, **fields: Any) -> Job:
