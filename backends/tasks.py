@@ -74,13 +74,13 @@ def sync_galleries_periodically() -> list[str]:
 
 @db_task()
 def check_upgrades() -> int:
-    return upgrades.check(Node.objects.local())
+    return upgrades.check_all()
 
 
 @db_periodic_task(every_n_minutes(settings.UPGRADE_CHECK_HOURS * 60))
 @lock_task("check-upgrades-lock")
 def check_upgrades_periodically() -> int:
-    return upgrades.check(Node.objects.local())
+    return upgrades.check_all()
 
 
 def sync_all(force: bool = False) -> list[str]:

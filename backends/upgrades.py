@@ -24,8 +24,13 @@ DEV_SUFFIX = "-development"
 
 
 def check(node: Node, client: oci.RegistryClient | None = None) -> int:
-    """Re-evaluate every installed backend of ``node``; returns how many can be upgraded."""
-    reconcile(node)
+    """Re-evaluate every installed backend of ``node``; returns how many can be upgraded.
+
+    This host's own node is reconciled from its disk first; an agent's rows are kept
+    current by the agent itself.
+    """
+    if node.is_local:
+        reconcile(node)
     rows = list(InstalledBackend.objects.filter(node=node, is_system=False))
     names = {row.name for row in rows}
     client = client or registry_client()
