@@ -38,9 +38,10 @@ class ConcurrentInstallTestCase(TransactionTestCase):
                     content_type="application/json",
                     headers={"Authorization": f"Bearer {self.token}"},
                 )
-                ids.append(r.json()["id"]) if r.status_code == 200 else errors.append(
-                    r.content
-                )
+                if r.status_code == 200:
+                    ids.append(r.json()["id"])
+                else:
+                    errors.append(r.content)
             finally:
                 connection.close()
 
