@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from backends import catalogue, nodes, tasks, upgrades
@@ -131,9 +132,16 @@ def job_list(request: HttpRequest) -> JsonResponse:
 
 def _get_job(job_id: str) -> Job | None:
     try:
-        return Job.objects.filter(pk=uuid.UUID(job_id)).first()
+        key = uuid.UUID(job_id)
     except ValueError:
         return None
+    # The status route is what scripts and the dashboard poll: one fixed SELECT, without
+    # the ORM building the query on every request (docs/performance.md).
+    pk = Job._meta.pk.get_db_prep_value(key, connection)
+    return next(iter(Job.objects.raw(JOB_BY_ID, [pk])), None)
+
+
+JOB_BY_ID = f"SELECT * FROM {Job._meta.db_table} WHERE id = %s"
 
 
 @api_view()
