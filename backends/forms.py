@@ -7,7 +7,8 @@ from typing import Any
 
 from django import forms
 
-from backends.models import Job
+from backends.gallery import validate_name
+from backends.models import GalleryBackend, Job
 
 
 def _choices(values: Iterable[str], everything: str) -> list[tuple[str, str]]:
@@ -100,3 +101,25 @@ class InstallForm(forms.Form):
     """Install a catalogue entry; ``force`` reinstalls one that is already there."""
 
     force = forms.BooleanField(required=False)
+
+
+class NodeInstallForm(forms.Form):
+    """Install a gallery backend on one node: a name, or ``gallery@name``."""
+
+    backend = forms.CharField(max_length=255, label="Backend")
+
+    def clean_backend(self) -> GalleryBackend:
+        value = str(self.cleaned_data["backend"]).strip()
+        gallery, _, name = value.rpartition("@")
+        try:
+            validate_name(name)
+            if gallery:
+                validate_name(gallery, "gallery name")
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        entry = GalleryBackend.objects.find(value)
+        if entry is None:
+            raise forms.ValidationError(
+                f"No backend named {value} in the enabled galleries."
+            )
+        return entry

@@ -145,15 +145,13 @@ def _subfolders(path: Path | None) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def scan(
-    backends_path: Path, system_path: Path | None = None, capability: str = "default"
+def folders(
+    backends_path: Path, system_path: Path | None = None
 ) -> dict[str, DiskBackend]:
-    """Everything installed, keyed the way LocalAI registers backends.
+    """Each installed folder once: system builds, builds, and metas under their name.
 
-    Keys are folder names of concrete builds, names of meta backends, and aliases (an
-    alias resolves to the build this host prefers among those sharing it). Unlike
-    LocalAI, one unreadable ``metadata.json`` does not hide every other backend: the
-    folder is listed under its own name with the problem attached.
+    Unlike LocalAI, one unreadable ``metadata.json`` does not hide every other backend:
+    the folder is listed under its own name with the problem attached.
     """
     found: dict[str, DiskBackend] = {}
     for folder in _subfolders(system_path):
@@ -162,8 +160,6 @@ def scan(
             found[folder.name] = DiskBackend(
                 folder.name, str(run), is_system=True, folder=folder
             )
-
-    aliases: dict[str, list[DiskBackend]] = {}
     for folder in _subfolders(backends_path):
         problems = []
         try:
@@ -174,16 +170,13 @@ def scan(
             metadata = None
         run = folder / RUN_FILE
         if run.exists():
-            row = DiskBackend(
+            found[folder.name] = DiskBackend(
                 folder.name,
                 str(run),
                 metadata=metadata or Metadata(name=folder.name),
                 folder=folder,
                 problems=problems,
             )
-            found[folder.name] = row
-            if metadata and metadata.alias:
-                aliases.setdefault(metadata.alias, []).append(row)
         elif metadata and metadata.meta_backend_for:
             key = metadata.name or folder.name
             found[key] = DiskBackend(
@@ -198,7 +191,28 @@ def scan(
             found[folder.name] = DiskBackend(
                 folder.name, "", folder=folder, problems=problems
             )
+    return found
 
+
+def scan(
+    backends_path: Path, system_path: Path | None = None, capability: str = "default"
+) -> dict[str, DiskBackend]:
+    """Everything installed, keyed the way LocalAI registers backends.
+
+    The folders (see ``folders``), plus each alias, which resolves to the build this host
+    prefers among those sharing it and, as in LocalAI, takes the place of a meta or build
+    of the same name.
+    """
+    found = folders(backends_path, system_path)
+    aliases: dict[str, list[DiskBackend]] = {}
+    for row in list(found.values()):
+        if (
+            not row.is_meta
+            and not row.is_system
+            and row.metadata
+            and row.metadata.alias
+        ):
+            aliases.setdefault(row.metadata.alias, []).append(row)
     tokens = preference_tokens(capability)
     for alias, group in aliases.items():
         chosen = next(

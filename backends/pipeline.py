@@ -163,7 +163,10 @@ def finish(job: Job, state: str, message: str, error: str = "") -> None:
 def reconcile(node: Node | None) -> None:
     """Refresh the node's InstalledBackend rows from its backends folder."""
     node = node or Node.objects.local()
-    rows = catalogue.local_disk(node.capability or "default")
+    # Each folder once: an alias must not stand in for the meta of the same name here.
+    rows = installed.folders(
+        Path(settings.LOCALAI_BACKENDS_PATH), settings.LOCALAI_BACKENDS_SYSTEM_PATH
+    )
     sizes = {
         name: installed.folder_size(row.folder)
         for name, row in rows.items()

@@ -55,6 +55,18 @@ def check(node: Node, client: oci.RegistryClient | None = None) -> int:
     return found
 
 
+def check_all(client: oci.RegistryClient | None = None) -> int:
+    """Every node that has backends: the local one, and the agents in distributed mode."""
+    client = client or registry_client()
+    local = Node.objects.local()
+    found = check(local, client)
+    for node in (
+        Node.objects.exclude(pk=local.pk).filter(installed__isnull=False).distinct()
+    ):
+        found += check(node, client)
+    return found
+
+
 def evaluate(
     row: InstalledBackend, client: oci.RegistryClient
 ) -> tuple[bool, str, str]:

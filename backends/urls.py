@@ -52,6 +52,11 @@ urlpatterns = [
     path("galleries/<int:pk>/sync/", views.gallery_sync, name="gallery-sync"),
     path("hardware/", views.hardware, name="hardware"),
     path("hardware/probe/", views.hardware_probe, name="hardware-probe"),
+    path("nodes/", views.node_list, name="nodes"),
+    path("nodes/<int:pk>/", views.node_detail, name="node-detail"),
+    path("nodes/<int:pk>/install/", views.node_install, name="node-install"),
+    path("nodes/<int:pk>/drain/", views.node_drain, name="node-drain"),
+    path("nodes/<int:pk>/resume/", views.node_resume, name="node-resume"),
     # LocalAI-compatible JSON API: /backends/...
     path("backends", api.installed_list, name="api-installed"),
     path("backends/available", api.available_list, name="api-available"),

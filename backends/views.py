@@ -26,19 +26,22 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
+from django.utils.text import slugify
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
 from backends import gallery as gallery_format
-from backends import installed, resolve, tasks
+from backends import installed, nodes, resolve, tasks
 from backends.catalogue import known_backends, local_disk
 from backends.forms import (
     CatalogueQueryForm,
     InstallForm,
     JobHistoryForm,
     KnownFilterForm,
+    NodeInstallForm,
 )
 from backends.http import HtmxHttpRequest
+from backends.install import Installer, InstallError, NotFoundError
 from backends.models import (
     Gallery,
     GalleryBackend,
@@ -177,6 +180,8 @@ class EntryRow:
     resolution: resolve.Resolution | None = None
     problem: str = ""  # why it cannot run here; "" when it can
     job: Job | None = None
+    # Distributed mode: the agents that have it installed.
+    on_nodes: list[str] = field(default_factory=list)
 
     @property
     def runs_here(self) -> bool:
@@ -215,9 +220,11 @@ def _describe(
     concretes: Mapping[str, Entry],
     on_disk: Mapping[str, installed.DiskBackend],
     jobs: Mapping[str, Job],
+    on_nodes: Mapping[str, list[str]] | None = None,
 ) -> EntryRow:
     row = EntryRow(entry, installed=entry.name in on_disk)
     row.job = jobs.get(entry.name.lower())
+    row.on_nodes = (on_nodes or {}).get(entry.name, [])
     if entry.is_meta:
         builds = [
             build
@@ -231,6 +238,18 @@ def _describe(
     else:
         row.problem = resolve.why_incompatible(entry.name, entry.uri, capability)
     return row
+
+
+def _installed_on_agents() -> dict[str, list[str]]:
+    """Distributed mode: backend name -> the agent nodes that have it installed."""
+    found: dict[str, list[str]] = {}
+    if settings.DISTRIBUTED:
+        rows = InstalledBackend.objects.filter(node__is_local=False).order_by(
+            "node__name"
+        )
+        for name, node_name in rows.values_list("name", "node__name"):
+            found.setdefault(name, []).append(node_name)
+    return found
 
 
 def _search_text(entry: Entry) -> str:
@@ -286,9 +305,10 @@ def catalogue(request: HtmxHttpRequest) -> HttpResponse:
     on_disk = local_disk(capability)
     concretes = _concretes_by_name(entries)
     jobs = _active_jobs()
+    on_nodes = _installed_on_agents()
 
     def describe(entry: Entry) -> EntryRow:
-        return _describe(entry, capability, concretes, on_disk, jobs)
+        return _describe(entry, capability, concretes, on_disk, jobs, on_nodes)
 
     shown = _sort(_filter(entries, form), form.value("sort", "name"), on_disk)
     number = form.value("page", 1)
@@ -307,6 +327,7 @@ def catalogue(request: HtmxHttpRequest) -> HttpResponse:
         "tags": _tags(entries),
         "tag_query": _tag_link_query(request),
         "catalogue_url": reverse("backends:catalogue"),
+        "distributed": settings.DISTRIBUTED,
     }
     return _render(
         request,
@@ -324,20 +345,28 @@ def _get_entry(gallery: str, name: str) -> GalleryBackend:
     )
 
 
-def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> EntryRow:
-    """One entry described on its own (the row fragment and the entry page)."""
-    capability = node.current_capability()
+def _describe_one(
+    entry: GalleryBackend,
+    capability: str,
+    on_disk: Mapping[str, installed.DiskBackend],
+    jobs: Mapping[str, Job],
+    on_nodes: Mapping[str, list[str]] | None = None,
+) -> EntryRow:
+    """One entry described on its own, reading only the builds a meta can pick."""
     (light,) = _entries(GalleryBackend.objects.filter(pk=entry.pk))
     builds = GalleryBackend.objects.enabled().filter(
         is_meta=False, name__in=list(entry.capabilities.values())
     )
+    concretes = _concretes_by_name(_entries(builds))
+    return _describe(light, capability, concretes, on_disk, jobs, on_nodes)
+
+
+def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> EntryRow:
+    """The row fragment and the entry page: the entry as this node sees it."""
+    capability = node.current_capability()
     jobs = _active_jobs([job]) if job else _active_jobs()
-    return _describe(
-        light,
-        capability,
-        _concretes_by_name(_entries(builds)),
-        local_disk(capability),
-        jobs,
+    return _describe_one(
+        entry, capability, local_disk(capability), jobs, _installed_on_agents()
     )
 
 
@@ -357,13 +386,7 @@ def catalogue_install(
     entry = _get_entry(gallery, name)
     form = InstallForm(request.POST)
     force = form.is_valid() and form.cleaned_data["force"]
-    job = _start_job(
-        request,
-        Job.Kind.INSTALL,
-        entry.id_in_gallery,
-        force=force,
-        dedup_key=entry.name,
-    )
+    job = _start_install(request, entry, force)
     if job is not None:
         verb = "Reinstall" if force else "Install"
         messages.success(request, f"{verb} of {entry.name} started.")
@@ -382,6 +405,38 @@ def catalogue_install(
         context,
         fragment="backends/partials/_catalogue_row.html",
     )
+
+
+def _start_install(
+    request: HtmxHttpRequest, entry: GalleryBackend, force: bool
+) -> Job | None:
+    """Install as the API does: here, or in distributed mode on every online agent,
+    each resolving its own build. None, with a message saying why, when nothing starts.
+    """
+    try:
+        return nodes.start_install(
+            entry.id_in_gallery,
+            force=force,
+            requested_by=request.user.get_username(),
+        )
+    except nodes.InstallRefused as exc:
+        if exc.body and exc.body.get("code") == "concrete_backend_requires_target":
+            # The API's wording names routes; a dashboard user needs the page instead.
+            advice = "install it on chosen nodes from the Nodes page"
+            if meta := exc.body.get("meta_alternative"):
+                advice += (
+                    f", or install {meta}, which picks the right build on each node"
+                )
+            message = (
+                f"{entry.name} is a hardware-specific build and would not run on every "
+                f"node; {advice}"
+            )
+        else:
+            message = str(exc)
+        messages.error(request, f"Not started: {message}.")
+    except JobConflict as exc:
+        messages.error(request, f"Not started: {exc}.")
+    return None
 
 
 # --- installed -----------------------------------------------------------------------------
@@ -489,7 +544,9 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     on_disk = local_disk(node.current_capability())
     records = {r.name: r for r in InstalledBackend.objects.filter(node=node)}
-    rows = _installed_rows(on_disk, records, _active_jobs())
+    # This node's jobs only: an install fanned out to the agents is not about this disk.
+    jobs = _active_jobs(Job.objects.active().filter(node=node).order_by("created_at"))
+    rows = _installed_rows(on_disk, records, jobs)
     context = {
         "rows": rows,
         "node": node,
@@ -534,8 +591,13 @@ def removal_plan(
 ) -> tuple[list[Removal], list[str]]:
     """What deleting ``disk`` removes, and warnings about what it leaves broken.
 
-    A meta takes the build it points at with it, unless another meta still uses it.
+    The folders are the installer's own plan, the one the delete job carries out, so
+    the confirmation cannot promise something else. A meta takes its build with it
+    unless another meta still uses it: when the build is not in the plan, say who does.
     """
+    plan = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).plan_delete(
+        disk.name, settings.LOCALAI_BACKENDS_SYSTEM_PATH
+    )
     # meta name -> the build it points at, for every meta on disk
     pointers = {
         key: row.metadata.meta_backend_for
@@ -543,27 +605,24 @@ def removal_plan(
         if row.is_meta and row.metadata and row.metadata.meta_backend_for
     }
     label = f"meta backend {disk.name}" if disk.is_meta else disk.name
-    removals = [Removal(label, disk.folder)]
-    warnings: list[str] = []
-    if disk.name in pointers:
-        target = pointers[disk.name]
+    removals = [Removal(label, plan[0])]
+    removals += [Removal(f"build {folder.name}", folder) for folder in plan[1:]]
+    target = pointers.get(disk.name, "")
+    if target and target not in {folder.name for folder in plan}:
         others = sorted(
             k for k, t in pointers.items() if t == target and k != disk.name
         )
-        build = folders.get(target)
         if others:
             removals.append(
                 Removal(f"build {target}", None, f"still used by {', '.join(others)}")
             )
-        elif build is not None and build.folder is not None:
-            removals.append(Removal(f"build {target}", build.folder))
-    else:
-        users = sorted(k for k, t in pointers.items() if t == disk.name)
-        if users:
-            warnings.append(
-                f"Meta backend {', '.join(users)} points at this build and will stop "
-                "working until it is installed again."
-            )
+    warnings: list[str] = []
+    users = sorted(k for k, t in pointers.items() if t == disk.name)
+    if users and not disk.is_meta:
+        warnings.append(
+            f"Meta backend {', '.join(users)} points at this build and will stop "
+            "working until it is installed again."
+        )
     return removals, warnings
 
 
@@ -611,7 +670,13 @@ def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
             return redirect("backends:installed")
         messages.success(request, f"Delete of {name} started.")
         return redirect("backends:job-detail", job.pk)
-    removals, warnings = removal_plan(disk, folders)
+    try:
+        removals, warnings = removal_plan(disk, folders)
+    except NotFoundError:
+        raise Http404(f"{name} is not installed") from None
+    except InstallError as exc:
+        messages.error(request, f"{name} cannot be deleted: {exc}.")
+        return redirect("backends:installed")
     context = {"disk": disk, "removals": removals, "warnings": warnings}
     return render(request, "backends/installed_delete.html", context)
 
@@ -669,7 +734,12 @@ def known_list(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _job_history(form: JobHistoryForm) -> Any:
-    jobs = Job.objects.exclude(state__in=Job.ACTIVE_STATES).select_related("node")
+    # A fanned-out job's parts show inside its parent's card, not as jobs of their own.
+    jobs = (
+        Job.objects.filter(parent=None)
+        .exclude(state__in=Job.ACTIVE_STATES)
+        .select_related("node")
+    )
     if state := form.value("state"):
         jobs = jobs.filter(state=state)
     if kind := form.value("kind"):
@@ -685,7 +755,7 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
     history = Paginator(_job_history(form), HISTORY_PAGE_SIZE).get_page(
         form.value("page", 1)
     )
-    active = Job.objects.active().select_related("node")
+    active = Job.objects.active().filter(parent=None).select_related("node")
     context = {"form": form, "active": active, "history": history}
     return _render(
         request,
@@ -722,9 +792,11 @@ def _job_fragment(request: HtmxHttpRequest, job: Job) -> HttpResponse:
 
 @login_required
 def job_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
-    return _job_fragment(
-        request, get_object_or_404(Job.objects.select_related("node"), pk=pk)
-    )
+    job = get_object_or_404(Job.objects.select_related("node", "parent"), pk=pk)
+    if job.is_active and settings.DISTRIBUTED and nodes.mark_offline_nodes():
+        # An agent died: its part of the job has just failed.
+        job.refresh_from_db()
+    return _job_fragment(request, job)
 
 
 @require_POST
@@ -742,6 +814,19 @@ def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     return redirect("backends:job-detail", job.pk)
 
 
+def _retry(job: Job) -> Job:
+    """The same work again; a fanned-out job goes to every node that is online now."""
+    if job.node_id is None and settings.DISTRIBUTED and job.children.exists():
+        return nodes.start_fan_out(
+            job.kind,
+            job.target,
+            dedup_key=job.dedup_key,
+            force=job.force,
+            requested_by=job.requested_by,
+        )
+    return Job.objects.retry(job)
+
+
 @require_POST
 @staff_required
 def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
@@ -753,14 +838,250 @@ def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         )
     else:
         try:
-            retry = Job.objects.retry(job)
+            retry = _retry(job)
             messages.success(request, f"Retrying the {retry.kind} of {retry.target}.")
-        except JobConflict as exc:
+        except (JobConflict, nodes.NoNodes) as exc:
             messages.error(request, f"Not retried: {exc}.")
     shown = retry or job
     if _wants_fragment(request):
         return _job_fragment(request, shown)
     return redirect("backends:job-detail", shown.pk)
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeBackend:
+    """A backend on a node's disk, as the Nodes page lists it."""
+
+    name: str
+    alias: str = ""
+    version: str = ""
+    meta_backend_for: str = ""
+    is_meta: bool = False
+    is_system: bool = False
+
+
+@dataclass
+class NodeCard:
+    """A node with what the Nodes page shows about it."""
+
+    node: Node
+    backends: list[NodeBackend]
+    jobs: list[Job]
+    form: NodeInstallForm = field(default_factory=NodeInstallForm)
+
+    @property
+    def takes_work(self) -> bool:
+        return self.node.status == Node.Status.ONLINE
+
+    @property
+    def choices_id(self) -> str:
+        return _choices_id(self.node.capability)
+
+
+def _choices_id(capability: str) -> str:
+    return f"backends-for-{slugify(capability or 'default')}"
+
+
+def _local_backends() -> list[NodeBackend]:
+    # The local folder is readable here, and the disk is the truth: read it, like the
+    # Installed page, rather than the table that is reconciled after each job.
+    rows = []
+    for name, disk in sorted(installed_folders(local_disk()).items()):
+        meta = disk.metadata or installed.Metadata()
+        rows.append(
+            NodeBackend(
+                name,
+                meta.alias,
+                meta.version,
+                meta.meta_backend_for,
+                disk.is_meta,
+                disk.is_system,
+            )
+        )
+    return rows
+
+
+def _node_cards(shown: Iterable[Node]) -> list[NodeCard]:
+    shown = list(shown)
+    on_agents: dict[int, list[NodeBackend]] = {}
+    for row in InstalledBackend.objects.filter(node__in=shown, node__is_local=False):
+        on_agents.setdefault(row.node_id, []).append(
+            NodeBackend(
+                row.name,
+                row.alias,
+                row.version,
+                row.meta_backend_for,
+                row.is_meta,
+                row.is_system,
+            )
+        )
+    jobs: dict[int, list[Job]] = {}
+    for job in Job.objects.active().filter(node__in=shown).order_by("created_at"):
+        jobs.setdefault(job.node_id, []).append(job)
+    return [
+        NodeCard(
+            node,
+            _local_backends() if node.is_local else on_agents.get(node.pk, []),
+            jobs.get(node.pk, []),
+        )
+        for node in shown
+    ]
+
+
+def _choices(cards: Iterable[NodeCard]) -> dict[str, list[resolve.Candidate]]:
+    """Per capability, the gallery entries it can run: the install forms' suggestions."""
+    capabilities = {card.node.capability or "default" for card in cards}
+    if not capabilities:
+        return {}
+    entries: dict[str, Entry] = {}
+    for entry in _entries(GalleryBackend.objects.enabled()):
+        entries.setdefault(entry.name.lower(), entry)  # the first gallery wins a name
+    return {
+        _choices_id(capability): resolve.available(entries.values(), capability)
+        for capability in sorted(capabilities)
+    }
+
+
+def _node_fragment(
+    request: HtmxHttpRequest, node: Node, form: NodeInstallForm | None = None
+) -> HttpResponse:
+    """A node's card, after a change made from it (its install form, drain, resume)."""
+    card = _node_cards([node])[0]
+    if form is not None:
+        card.form = form
+    context = {"card": card, "distributed": settings.DISTRIBUTED}
+    return _render(
+        request,
+        "backends/node_detail.html",
+        context,
+        fragment="backends/partials/_node.html",
+    )
+
+
+@login_required
+def node_list(request: HtmxHttpRequest) -> HttpResponse:
+    nodes.mark_offline_nodes()
+    Node.objects.local().current_capability()  # probes a local node never probed
+    cards = _node_cards(Node.objects.all())
+    staff = request.user.is_staff
+    context = {
+        "cards": cards,
+        "distributed": settings.DISTRIBUTED,
+        "offline_after": settings.NODE_OFFLINE_SECONDS,
+        "choices": _choices(c for c in cards if c.takes_work) if staff else {},
+    }
+    return render(request, "backends/nodes.html", context)
+
+
+@login_required
+def node_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """A node's page; for htmx, the part of it that changes by itself (its state)."""
+    nodes.mark_offline_nodes()
+    node = get_object_or_404(Node, pk=pk)
+    card = _node_cards([node])[0]
+    context: dict[str, Any] = {"card": card, "distributed": settings.DISTRIBUTED}
+    if not _wants_fragment(request):  # the state polls every few seconds: keep it light
+        context["recent"] = Job.objects.filter(node=node).select_related("node")[:10]
+        if request.user.is_staff and card.takes_work:
+            context["choices"] = _choices([card])
+    return _render(
+        request,
+        "backends/node_detail.html",
+        context,
+        fragment="backends/partials/_node_state.html",
+    )
+
+
+def _refuse_new_work(request: HtmxHttpRequest, node: Node) -> bool:
+    if node.status != Node.Status.ONLINE:
+        messages.error(
+            request, f"Not started: {node.name} is {node.status}: it takes no new work."
+        )
+        return True
+    if not node.is_local and not settings.DISTRIBUTED:
+        messages.error(
+            request,
+            f"Not started: distributed mode is off, so the agent of {node.name} "
+            "cannot receive jobs.",
+        )
+        return True
+    return False
+
+
+@require_POST
+@staff_required
+def node_install(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    nodes.mark_offline_nodes()
+    node = get_object_or_404(Node, pk=pk)
+    form = NodeInstallForm(request.POST)
+    if not _refuse_new_work(request, node) and form.is_valid():
+        entry = form.cleaned_data["backend"]
+        capability = node.capability or "default"
+        if problem := _describe_one(entry, capability, {}, {}).problem:
+            form.add_error(
+                "backend", f"{entry.name} does not run on {node.name}: {problem}"
+            )
+        elif _start_job(
+            request,
+            Job.Kind.INSTALL,
+            entry.id_in_gallery,
+            node=node,
+            dedup_key=entry.name,
+        ):
+            messages.success(
+                request, f"Install of {entry.name} on {node.name} started."
+            )
+            form = NodeInstallForm()
+    if not _wants_fragment(request):
+        for error in form.errors.get("backend", []):
+            messages.error(request, f"Not started: {error}")
+        return redirect(f"{reverse('backends:nodes')}#node-{node.pk}")
+    return _node_fragment(request, node, form)
+
+
+def _set_node_status(
+    request: HtmxHttpRequest, pk: int, was: str, becomes: str, done: str
+) -> HttpResponse:
+    node = get_object_or_404(Node, pk=pk)
+    if node.is_local:
+        messages.error(
+            request, f"{node.name} is this host: it is never drained (stop its worker)."
+        )
+    elif Node.objects.filter(pk=node.pk, status=was).update(status=becomes):
+        node.status = becomes
+        messages.success(request, f"{node.name} {done}.")
+    else:
+        messages.error(request, f"{node.name} is {node.status}: nothing changed.")
+    if _wants_fragment(request):
+        return _node_fragment(request, node)
+    return redirect(f"{reverse('backends:nodes')}#node-{node.pk}")
+
+
+@require_POST
+@staff_required
+def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    return _set_node_status(
+        request,
+        pk,
+        Node.Status.ONLINE,
+        Node.Status.DRAINING,
+        "is draining: its running jobs finish, it takes no new work",
+    )
+
+
+@require_POST
+@staff_required
+def node_resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    return _set_node_status(
+        request,
+        pk,
+        Node.Status.DRAINING,
+        Node.Status.ONLINE,
+        "takes new work again",
+    )
 
 
 # --- galleries and hardware ---------------------------------------------------------------

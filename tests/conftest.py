@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from huey.contrib.djhuey import HUEY
 
-pytest_plugins = ["tests.registry_fixtures"]
+pytest_plugins = ["tests.registry_fixtures", "tests.cluster"]
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,17 @@ class ApplyTestCase(PipelineTestCase):
         self.assertTrue((self.backends / "foo" / "metadata.json").exists())
         self.assertFalse((self.backends / "localai@foo").exists())
 
+    def test_the_installed_table_keeps_a_meta_and_its_aliased_build_apart(self) -> None:
+        from backends.models import InstalledBackend
+
+        self.status(self.apply("foo"))
+        meta = InstalledBackend.objects.get(name="foo")
+        self.assertTrue(meta.is_meta)
+        self.assertEqual(meta.meta_backend_for, "cpu-foo")
+        build = InstalledBackend.objects.get(name="cpu-foo")
+        self.assertEqual(build.alias, "foo")
+        self.assertGreater(build.size_bytes, 0)
+
     def test_it_records_the_install_as_installed(self) -> None:
         self.status(self.apply("cpu-bar"))
         names = {row["Name"] for row in self.api_get("/backends").json()}

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from backends.models import Gallery, GalleryBackend, Job
+from backends.models import Gallery, GalleryBackend, InstalledBackend, Job, Node
 from tests.base import REAL_GALLERY, BaseTestCase
 
 HTMX = {"HX-Request": "true"}
@@ -261,3 +263,62 @@ class CatalogueInstallTestCase(BaseTestCase):
         self.assertTrue(body.lstrip().startswith('<tr id="entry-localai-cpu-whisper"'))
         self.assertIn('id="messages"', body)
         self.assertIn('hx-swap-oob="true"', body)
+
+
+@override_settings(DISTRIBUTED=True)
+class CatalogueFanOutTestCase(BaseTestCase):
+    """Distributed mode: the dashboard installs the way ``POST /backends/apply`` does."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        now = timezone.now()
+        self.gpu, self.cpu = (
+            Node.objects.create(name=name, capability=cap, last_heartbeat=now)
+            for name, cap in (("gpu-node", "nvidia-cuda-12"), ("cpu-node", "default"))
+        )
+        self.client.force_login(self.alice)
+
+    def test_a_meta_goes_to_every_online_node(self) -> None:
+        r = self.client.post("/catalogue/localai/llama-cpp/install/", headers=HTMX)
+        parent = Job.objects.get(parent=None)
+        self.assertIsNone(parent.node)
+        self.assertEqual(
+            sorted(parent.children.values_list("node__name", flat=True)),
+            ["cpu-node", "gpu-node"],
+        )
+        self.assertContains(r, f'id="job-{parent.pk}"')
+        self.assertContains(
+            r, '<li class="node-part" data-node="gpu-node">', html=False
+        )
+        self.assertContains(r, "Install of llama-cpp started.")
+
+    def test_a_build_for_one_kind_of_hardware_is_refused(self) -> None:
+        r = self.client.post(
+            "/catalogue/localai/cuda12-llama-cpp/install/", follow=True
+        )
+        self.assertContains(
+            r,
+            "Not started: cuda12-llama-cpp is a hardware-specific build and would not "
+            "run on every node; install it on chosen nodes from the Nodes page, or "
+            "install llama-cpp, which picks the right build on each node.",
+        )
+        self.assertFalse(Job.objects.exists())
+
+    def test_it_says_so_when_no_node_is_online(self) -> None:
+        Node.objects.filter(is_local=False).update(status=Node.Status.DRAINING)
+        r = self.client.post("/catalogue/localai/llama-cpp/install/", follow=True)
+        self.assertContains(r, "Not started: no online node to install on")
+        self.assertFalse(Job.objects.exists())
+
+    def test_it_shows_the_nodes_a_backend_is_installed_on(self) -> None:
+        InstalledBackend.objects.create(node=self.gpu, name="llama-cpp", is_meta=True)
+        InstalledBackend.objects.create(node=self.cpu, name="llama-cpp", is_meta=True)
+        r = self.client.get("/?q=llama-cpp")
+        row = (
+            r.content.decode()
+            .split('id="entry-localai-llama-cpp"')[1]
+            .split("</tr>")[0]
+        )
+        self.assertIn("On 2 nodes", row)
+        self.assertIn("cpu-node, gpu-node", row)

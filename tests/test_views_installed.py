@@ -5,6 +5,7 @@ import json
 from django.template.defaultfilters import filesizeformat
 from django.test import override_settings
 
+from backends.install import Installer
 from backends.installed import folder_size
 from backends.models import InstalledBackend, Job, Node
 from tests.base import BaseTestCase
@@ -104,9 +105,26 @@ class InstalledTestCase(BaseTestCase):
             kind=Job.Kind.UPGRADE,
             target="cpu-llama-cpp",
             dedup_key="cpu-llama-cpp",
+            node=self.node,
             state=Job.State.RUNNING,
         )
         self.assertContains(self.client.get("/installed/"), f'hx-get="/jobs/{job.pk}/"')
+
+    def test_it_leaves_out_jobs_on_other_nodes(self) -> None:
+        agent = Node.objects.create(name="gpu-node")
+        parent = Job.objects.create(
+            kind=Job.Kind.INSTALL, target="cpu-llama-cpp", dedup_key="cpu-llama-cpp"
+        )
+        child = Job.objects.create(
+            kind=Job.Kind.INSTALL,
+            target="cpu-llama-cpp",
+            dedup_key="cpu-llama-cpp",
+            node=agent,
+            parent=parent,
+        )
+        r = self.client.get("/installed/")
+        self.assertNotContains(r, f'id="job-{parent.pk}"')
+        self.assertNotContains(r, f'id="job-{child.pk}"')
 
     def test_it_returns_the_rows_for_htmx(self) -> None:
         r = self.client.get("/installed/", headers=HTMX)
@@ -251,6 +269,14 @@ class InstalledDeleteTestCase(BaseTestCase):
             r, "build cpu-llama-cpp is kept: still used by llama-cpp-development"
         )
         self.assertNotContains(r, f"<code>{self.build}</code>", html=True)
+
+    def test_it_lists_exactly_the_folders_the_installer_removes(self) -> None:
+        other_meta = self.install_on_disk("whisper", meta_for="cpu-whisper")
+        plan = Installer(self.build.parent).plan_delete("whisper")
+        self.assertEqual(plan, [other_meta])  # its build is not there to remove
+        r = self.client.get("/installed/whisper/delete/")
+        self.assertContains(r, f"<code>{other_meta}</code>", html=True)
+        self.assertEqual(r.content.decode().count("<code>"), 1)
 
     def test_it_warns_that_deleting_a_build_breaks_its_meta(self) -> None:
         r = self.client.get("/installed/cpu-llama-cpp/delete/")

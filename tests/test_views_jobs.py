@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.test import override_settings
 from django.utils import timezone
 
 from backends.models import Job, Node
@@ -200,3 +203,146 @@ class JobRetryTestCase(BaseTestCase):
         job = make_job(state=Job.State.FAILED)
         self.client.force_login(self.bob)
         self.assertEqual(self.client.post(f"/jobs/{job.pk}/retry/").status_code, 403)
+
+
+def make_fan_out(state: str = Job.State.RUNNING) -> tuple[Job, Job, Job]:
+    """A parent job fanned out to two agents, as ``nodes.start_fan_out`` leaves it."""
+    now = timezone.now()
+    gpu, cpu = (
+        Node.objects.create(name=name, capability=cap, last_heartbeat=now)
+        for name, cap in (("gpu-node", "nvidia-cuda-12"), ("cpu-node", "default"))
+    )
+    parent = Job.objects.create(
+        kind=Job.Kind.INSTALL,
+        target="localai@foo",
+        dedup_key="foo",
+        state=state,
+        phase="fan-out",
+        message="install on 2 node(s)",
+    )
+    children = [
+        Job.objects.create(
+            kind=Job.Kind.INSTALL,
+            target="localai@foo",
+            dedup_key="foo",
+            node=node,
+            parent=parent,
+            **fields,
+        )
+        for node, fields in (
+            (
+                gpu,
+                {
+                    "state": Job.State.RUNNING,
+                    "progress": 40,
+                    "phase": "downloading",
+                    "current_bytes": 40 * 1024 * 1024,
+                    "total_bytes": 100 * 1024 * 1024,
+                },
+            ),
+            (cpu, {"state": Job.State.QUEUED}),
+        )
+    ]
+    return parent, children[0], children[1]
+
+
+class FanOutJobTestCase(BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.client.force_login(self.bob)
+        self.parent, self.gpu_job, self.cpu_job = make_fan_out()
+
+    def parts(self, body: str) -> dict[str, str]:
+        chunks = body.split('<li class="node-part" data-node="')[1:]
+        return {chunk.split('"')[0]: chunk.split("</li>")[0] for chunk in chunks}
+
+    def test_it_shows_one_bar_per_node_in_the_parents_card(self) -> None:
+        r = self.client.get(f"/jobs/{self.parent.pk}/", headers=HTMX)
+        self.assertEqual(r.status_code, 200)
+        parts = self.parts(r.content.decode())
+        self.assertEqual(list(parts), ["cpu-node", "gpu-node"])
+        self.assertIn(
+            '<span class="badge running">downloading</span>', parts["gpu-node"]
+        )
+        self.assertIn('<progress max="100" value="40.0"', parts["gpu-node"])
+        self.assertIn("40.0 MiB of 100.0 MiB", parts["gpu-node"])
+        self.assertIn('<span class="badge queued">queued</span>', parts["cpu-node"])
+        self.assertIn("<progress aria-label", parts["cpu-node"])  # no value: waiting
+        # The parent's own bar is the average of its parts.
+        self.assertContains(
+            r, 'value="20.0" aria-label="Install of localai@foo on every node"'
+        )
+        self.assertContains(r, 'hx-trigger="every 1s"')
+
+    def test_it_lists_the_parent_once_and_not_its_parts(self) -> None:
+        r = self.client.get("/jobs/")
+        body = r.content.decode()
+        self.assertEqual(
+            body.count(f'<a class="name" href="/jobs/{self.parent.pk}/"'), 1
+        )
+        self.assertNotIn(f'<a class="name" href="/jobs/{self.gpu_job.pk}/"', body)
+        self.assertIn("Install on every online node", body)
+        self.assertIn(f'<a class="node-name" href="/jobs/{self.gpu_job.pk}/">', body)
+
+    def test_it_keeps_polling_until_every_node_is_done_then_stops_with_286(
+        self,
+    ) -> None:
+        Job.objects.filter(pk=self.gpu_job.pk).update(
+            state=Job.State.COMPLETED, progress=100, phase="done"
+        )
+        r = self.client.get(f"/jobs/{self.parent.pk}/", headers=HTMX)
+        self.assertEqual(r.status_code, 200)
+        Job.objects.filter(pk=self.cpu_job.pk).update(
+            state=Job.State.FAILED, error="disk full", progress=30
+        )
+        Job.objects.settle_parent(self.parent.pk)
+        r = self.client.get(f"/jobs/{self.parent.pk}/", headers=HTMX)
+        self.assertEqual(r.status_code, 286)
+        self.assertIn("job-finished", r["HX-Trigger"])
+        parts = self.parts(r.content.decode())
+        self.assertIn('<span class="badge completed">success</span>', parts["gpu-node"])
+        self.assertIn('<progress max="100" value="100.0"', parts["gpu-node"])
+        self.assertIn('<span class="badge failed">error</span>', parts["cpu-node"])
+        self.assertIn('<p class="error">disk full</p>', parts["cpu-node"])
+        self.assertContains(r, "failed on 1 of 2 node(s), 1 completed", status_code=286)
+
+    @override_settings(DISTRIBUTED=True, NODE_OFFLINE_SECONDS=30)
+    def test_a_poll_notices_an_agent_that_went_silent(self) -> None:
+        Node.objects.filter(name="cpu-node").update(
+            last_heartbeat=timezone.now() - timedelta(minutes=5)
+        )
+        r = self.client.get(f"/jobs/{self.parent.pk}/", headers=HTMX)
+        parts = self.parts(r.content.decode())
+        self.assertIn("cpu-node went offline", parts["cpu-node"])
+        self.assertIn(
+            '<span class="badge running">downloading</span>', parts["gpu-node"]
+        )
+
+    def test_a_part_links_back_to_its_parent(self) -> None:
+        r = self.client.get(f"/jobs/{self.gpu_job.pk}/")
+        self.assertContains(r, f'<a href="/jobs/{self.parent.pk}/">', html=False)
+        self.assertContains(r, "on every node")
+
+    def test_cancel_of_the_parent_cancels_every_part(self) -> None:
+        self.client.force_login(self.alice)
+        self.client.post(f"/jobs/{self.parent.pk}/cancel/")
+        self.cpu_job.refresh_from_db()
+        self.gpu_job.refresh_from_db()
+        self.assertEqual(self.cpu_job.state, Job.State.CANCELLED)
+        self.assertTrue(self.gpu_job.cancel_requested)
+
+    @override_settings(DISTRIBUTED=True)
+    def test_retry_of_a_failed_fan_out_goes_to_every_online_node_again(self) -> None:
+        Job.objects.filter(parent=self.parent).update(
+            state=Job.State.FAILED, error="boom"
+        )
+        Job.objects.settle_parent(self.parent.pk)
+        self.client.force_login(self.alice)
+        r = self.client.post(f"/jobs/{self.parent.pk}/retry/")
+        retry = Job.objects.filter(parent=None).exclude(pk=self.parent.pk).get()
+        self.assertRedirects(r, f"/jobs/{retry.pk}/", fetch_redirect_response=False)
+        self.assertIsNone(retry.node)
+        self.assertEqual(
+            sorted(retry.children.values_list("node__name", flat=True)),
+            ["cpu-node", "gpu-node"],
+        )

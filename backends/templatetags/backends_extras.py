@@ -1,13 +1,18 @@
-"""Template filters for the dashboard: sizes, speeds, durations and short digests."""
+"""Template filters for the dashboard: sizes, speeds, durations, short digests, and
+the per-node parts of a fanned-out job."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django import template
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.timesince import timesince
+
+from backends.models import Job, Node
 
 register = template.Library()
 
@@ -62,6 +67,26 @@ def ago(when: datetime | None) -> str:
     return f"{timesince(when)} ago"
 
 
+VENDORS = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
+
+
+@register.filter
+def hardware_summary(node: Node) -> str:
+    """One line about a node's GPU: ``NVIDIA RTX 4090 · 24.0 GB VRAM · CUDA 12.4``."""
+    if not node.vendor:
+        return "No GPU: CPU builds"
+    gpus = node.hardware.get("gpus") or []
+    names = sorted({gpu.get("name", "") for gpu in gpus if gpu.get("name")})
+    facts = [", ".join(names) or VENDORS.get(node.vendor, node.vendor)]
+    if node.vram_bytes:
+        facts.append(f"{filesizeformat(node.vram_bytes)} VRAM")
+    if node.driver_version:
+        facts.append(f"driver {node.driver_version}")
+    if node.cuda_version:
+        facts.append(f"CUDA {node.cuda_version}")
+    return " · ".join(facts)
+
+
 @register.filter
 def took(job: object) -> str:
     """How long a finished job ran, to the second (``timesince`` stops at minutes)."""
@@ -70,3 +95,41 @@ def took(job: object) -> str:
     if started is None or finished is None:
         return ""
     return duration((finished - started).total_seconds())
+
+
+# A node's part of a fanned-out job, in LocalAI's words, drawn with the job state colours.
+PART_BADGES = {
+    "queued": Job.State.QUEUED,
+    "downloading": Job.State.RUNNING,
+    "success": Job.State.COMPLETED,
+    "error": Job.State.FAILED,
+    "cancelled": Job.State.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """A parent job seen through its children: one part per node, and their average."""
+
+    progress: float
+    parts: list[dict[str, Any]]
+
+
+@register.filter
+def fan_out(job: Job) -> FanOut | None:
+    """The per-node parts of a job fanned out to every node; None for any other job.
+
+    Only a parent has no node of its own, so every other job costs no query here.
+    """
+    if job.node_id is not None:
+        return None
+    children = list(job.children.select_related("node").order_by("node__name"))
+    if not children:
+        return None
+    parts = []
+    for child in children:
+        part = child.node_progress()
+        part["badge"] = PART_BADGES.get(part["status"], "")
+        parts.append(part)
+    progress = sum(child.progress for child in children) / len(children)
+    return FanOut(progress, parts)

@@ -1,7 +1,7 @@
 """Playwright driving Debian's chromium against pytest-django's live server.
 
-One browser for the whole session (starting chromium is the slow part); each test gets
-a fresh context, so cookies never leak between tests.
+One browser for all the browser tests (starting chromium is the slow part), closed after
+the last of them; each test gets a fresh context, so cookies never leak between tests.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +19,16 @@ import pytest
 from django.apps import apps as django_apps
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 
+from backends import pipeline, tasks
 from backends.models import Gallery, KnownBackend
 from tests.base import REAL_GALLERY
+from tests.imagebuild import file, make_layer
+from tests.registry_fixtures import RegistryProcess
 
-# Playwright's sync API runs an event loop in this thread; Django would then refuse ORM
-# calls from the test body, which are plain synchronous code.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -40,7 +42,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(
@@ -48,12 +50,24 @@ def browser() -> Iterator[Any]:
         )
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
+    # Playwright's sync API keeps an event loop running in this thread while the browser
+    # lives; Django would then refuse ORM calls from the tests, which are plain
+    # synchronous code. Allowed while the browser lives and no longer: the tests after
+    # these ones, and the processes they start, must run with Django's usual guard.
+    previous = os.environ.get(ASYNC_UNSAFE)
+    os.environ[ASYNC_UNSAFE] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            del os.environ[ASYNC_UNSAFE]
+        else:
+            os.environ[ASYNC_UNSAFE] = previous
 
 
 @dataclass
@@ -145,3 +159,100 @@ def real_gallery(db: None, tmp_path: Path) -> Gallery:
     gallery.sync()
     assert gallery.entry_count > 1000, gallery.last_error
     return gallery
+
+
+@pytest.fixture
+def job_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[threading.Thread]]:
+    """Run each job in a thread of its own, the way a Huey consumer would.
+
+    The tests run Huey in immediate mode, which runs a job inside the request that queues
+    it: the page would never see the job queued or running, and a cancel could never
+    reach it. Here the job still goes through ``Job.enqueue`` and the real pipeline; only
+    Huey's transport is swapped for a thread. Teardown waits for every job to end, so no
+    thread writes to the database once the test has flushed it.
+    """
+    threads: list[threading.Thread] = []
+
+    def work(job_id: str) -> None:
+        try:
+            pipeline.run_job(job_id)
+        finally:
+            connections.close_all()
+
+    def run_job(job_id: str) -> None:
+        thread = threading.Thread(target=work, args=(job_id,), daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    monkeypatch.setattr(tasks, "run_job", run_job)
+    yield threads
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a job never ended"
+
+
+# Records each state a job card shows in the element ``#<id>``, across htmx swaps: a
+# state that lasts less than Playwright's polling interval would otherwise be missed.
+WATCH_STATES = """(id) => {
+  window.seenStates = [];
+  const record = () => {
+    const badge = document.querySelector(`#${id} .job-progress .badge`);
+    const text = badge ? badge.textContent.trim() : "";
+    if (text && window.seenStates[window.seenStates.length - 1] !== text) {
+      window.seenStates.push(text);
+    }
+  };
+  record();
+  new MutationObserver(record).observe(document.body, {subtree: true, childList: true});
+}"""
+
+
+@pytest.fixture
+def watch_states() -> Callable[[Any, str], Callable[[], list[str]]]:
+    """``seen = watch_states(page, element_id)``; later ``seen()`` lists the job states."""
+
+    def watch(page: Any, element_id: str) -> Callable[[], list[str]]:
+        page.evaluate(WATCH_STATES, element_id)
+        return lambda: list(page.evaluate("window.seenStates"))
+
+    return watch
+
+
+@pytest.fixture
+def whisper_gallery(db: None) -> Callable[[str], Gallery]:
+    """``whisper_gallery(uri)``: a gallery listing whisper the way LocalAI's does, a meta
+    and its CPU build, whose image or tarball is at ``uri``."""
+
+    def make(uri: str) -> Gallery:
+        gallery = Gallery.objects.create(name="localai", url="file:///dev/null")
+        gallery.entries.create(
+            name="whisper",
+            is_meta=True,
+            description="Speech to text (meta)",
+            tags=["asr"],
+            capabilities={"default": "cpu-whisper"},
+        )
+        gallery.entries.create(
+            name="cpu-whisper",
+            alias="whisper",
+            uri=uri,
+            description="Speech to text, CPU build",
+            tags=["asr"],
+            position=1,
+        )
+        return gallery
+
+    return make
+
+
+@pytest.fixture
+def whisper_image(registry: RegistryProcess) -> str:
+    """A small backend image in the session's registry (a run.sh and 2 MiB of model)."""
+    layer = make_layer(
+        [
+            file("run.sh", "#!/bin/sh\necho whisper\n", 0o755),
+            file("lib/model.bin", os.urandom(2 << 20)),
+        ]
+    )
+    registry.push_image("browser/whisper", "cpu", [layer])
+    return registry.ref("browser/whisper", "cpu")

@@ -92,32 +92,6 @@ def test_a_meta_row_shows_the_build_it_resolves_to(
     expect(row.locator(".why")).to_contain_text("chosen for")
 
 
-def test_installing_from_the_catalogue_shows_the_job_in_place_and_cancel_ends_it(
-    new_page: Any, users: Any, real_gallery: Gallery, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # No registry here: keep the job queued so the row's live state can be watched.
-    monkeypatch.setattr(Job, "enqueue", lambda self: None)
-    page = new_page(users["alice"])
-    page.goto("/?q=cpu-whisper")
-    row = page.locator("tr#entry-localai-cpu-whisper")
-    row.get_by_role("button", name="Install cpu-whisper").click()
-
-    expect(row.locator(".job-progress")).to_contain_text("Install: queued")
-    expect(page.locator("#messages")).to_contain_text("Install of cpu-whisper started.")
-    expect(page).to_have_url(re.compile(r"\?q=cpu-whisper$"))  # no navigation happened
-
-    row.get_by_role("button", name="Cancel install of localai@cpu-whisper").click()
-    expect(page.locator("#messages")).to_contain_text("Cancelling install")
-    # The cancelled job ends the poller, which tells the table to refresh itself.
-    expect(page.locator("tr#entry-localai-cpu-whisper")).to_contain_text(
-        "Not installed"
-    )
-    expect(
-        page.get_by_role("button", name="Install cpu-whisper", exact=True)
-    ).to_be_visible()
-    assert Job.objects.get().state == Job.State.CANCELLED
-
-
 def test_a_running_job_updates_live_and_stops_polling_when_done(
     new_page: Any, users: Any
 ) -> None:

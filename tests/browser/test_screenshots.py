@@ -1,13 +1,17 @@
 """Write a PNG of every dashboard page to docs/screenshots/ (``make screenshots``).
 
 Skipped unless SCREENSHOTS=1: it is a documentation step, not a check. The pages show
-the real fixture gallery plus a few installed backends and jobs made up here.
+the real fixture gallery plus a few installed backends and jobs made up here, on a
+controller in distributed mode with two agents (their hardware probed from fake trees,
+as in tests/test_hardware.py) and a third one that went silent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,9 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from backends import hardware
 from backends.models import Gallery, InstalledBackend, Job, Node
+from tests.test_hardware import add_cuda_toolkit, jetson_host, linux_host, nvidia_host
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,6 +36,7 @@ OUT = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 MAX_FULL_HEIGHT = 2000
+SHOWN_ROOT = Path(tempfile.gettempdir()) / "localai-admin-screenshots"
 
 
 def install(name: str, **metadata: str) -> None:
@@ -44,6 +51,12 @@ def install(name: str, **metadata: str) -> None:
 
 def make_data(gallery: Gallery) -> Job:
     now = timezone.now()
+    # The fixture is a copy of the default gallery: show where it comes from, not the
+    # temporary file it was read from here.
+    gallery.url = settings.DEFAULT_BACKEND_GALLERIES[0]["url"]
+    gallery.mirrors = settings.DEFAULT_BACKEND_GALLERIES[0]["mirrors"]
+    gallery.source = gallery.url
+    gallery.save()
     install(
         "cpu-llama-cpp",
         alias="llama-cpp",
@@ -96,6 +109,7 @@ def make_data(gallery: Gallery) -> Job:
         total_bytes=304 * 1024 * 1024,
         bytes_per_second=18.4 * 1024 * 1024,
         requested_by="alice",
+        created_at=now - timedelta(seconds=12),
         started_at=now - timedelta(seconds=11),
     )
     Job.objects.create(
@@ -133,22 +147,120 @@ def make_data(gallery: Gallery) -> Job:
     return running
 
 
+def make_agent(name: str, root: Path, **fields: Any) -> Node:
+    fields.setdefault("last_heartbeat", timezone.now() - timedelta(seconds=2))
+    node = Node.objects.create(
+        name=name, backends_path="/var/lib/localai/backends", **fields
+    )
+    node.apply_hardware(hardware.probe(root))
+    return node
+
+
+def make_cluster(tmp_path: Path) -> tuple[Node, Job]:
+    """Two agents that answer, one that stopped, and an install fanned out to them."""
+    now = timezone.now()
+    gpu = make_agent("gpu-node", nvidia_host(tmp_path / "gpu"))
+    cpu = make_agent("cpu-node", linux_host(tmp_path / "cpu"))
+    jetson = jetson_host(tmp_path / "jetson")
+    add_cuda_toolkit(jetson, "cuda-12")
+    make_agent(
+        "edge-node", jetson, last_heartbeat=now - timedelta(hours=3)
+    )  # offline on the first read
+    for node, build, version in (
+        (gpu, "cuda12-llama-cpp", "v1.42.0"),
+        (cpu, "cpu-llama-cpp", "v1.42.0"),
+    ):
+        InstalledBackend.objects.create(
+            node=node,
+            name=build,
+            alias="llama-cpp",
+            version=version,
+            installed_at=now - timedelta(days=2),
+        )
+        InstalledBackend.objects.create(
+            node=node, name="llama-cpp", is_meta=True, meta_backend_for=build
+        )
+    InstalledBackend.objects.create(node=cpu, name="cpu-piper", version="v1.41.0")
+    parent = Job.objects.create(
+        kind=Job.Kind.INSTALL,
+        target="localai@whisper",
+        dedup_key="whisper",
+        state=Job.State.RUNNING,
+        phase="fan-out",
+        message="install on 2 node(s)",
+        requested_by="alice",
+        created_at=now - timedelta(seconds=21),
+        started_at=now - timedelta(seconds=20),
+    )
+    Job.objects.create(
+        kind=Job.Kind.INSTALL,
+        target="localai@whisper",
+        dedup_key="whisper",
+        node=gpu,
+        parent=parent,
+        state=Job.State.RUNNING,
+        progress=45.0,
+        phase="downloading",
+        file_name="sha256:7c1e0d… (layer 1 of 2)",
+        current_bytes=410 * 1024 * 1024,
+        total_bytes=911 * 1024 * 1024,
+        bytes_per_second=31 * 1024 * 1024,
+        message="downloading cuda12-whisper",
+        created_at=now - timedelta(seconds=21),
+        started_at=now - timedelta(seconds=19),
+    )
+    Job.objects.create(
+        kind=Job.Kind.INSTALL,
+        target="localai@whisper",
+        dedup_key="whisper",
+        node=cpu,
+        parent=parent,
+        state=Job.State.COMPLETED,
+        progress=100.0,
+        phase="done",
+        current_bytes=96 * 1024 * 1024,
+        total_bytes=96 * 1024 * 1024,
+        message="installed whisper as cpu-whisper",
+        created_at=now - timedelta(seconds=21),
+        started_at=now - timedelta(seconds=19),
+        finished_at=now - timedelta(seconds=6),
+    )
+    return gpu, parent
+
+
 def test_write_a_screenshot_of_every_page(
-    new_page: Any, users: Any, real_gallery: Gallery, known_backends: None
+    new_page: Any,
+    users: Any,
+    real_gallery: Gallery,
+    known_backends: None,
+    settings: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
+    settings.DISTRIBUTED = True
+    # Paths on the pages read like a host's, not like pytest's temporary folders.
+    shutil.rmtree(SHOWN_ROOT, ignore_errors=True)
+    settings.LOCALAI_BACKENDS_PATH = SHOWN_ROOT / "backends"
+    settings.LOCALAI_BACKENDS_PATH.mkdir(parents=True)
+    request.addfinalizer(lambda: shutil.rmtree(SHOWN_ROOT, ignore_errors=True))
     running = make_data(real_gallery)
+    gpu, fan_out = make_cluster(tmp_path)
     OUT.mkdir(parents=True, exist_ok=True)
     shots = [
         ("catalogue", "/"),
         ("catalogue-filtered", "/?q=llama&tag=llm&runs_here=on&sort=installed"),
+        ("catalogue-fan-out", "/?q=whisper&sort=installed"),
         ("catalogue-entry", "/catalogue/localai/llama-cpp/"),
         ("installed", "/installed/"),
         ("delete-confirmation", "/installed/llama-cpp/delete/"),
         ("known", "/known/"),
         ("jobs", "/jobs/"),
         ("job-detail", f"/jobs/{running.pk}/"),
+        ("job-fan-out", f"/jobs/{fan_out.pk}/"),
         ("galleries", "/galleries/"),
         ("hardware", "/hardware/"),
+        ("nodes", "/nodes/"),
+        ("node-detail", f"/nodes/{gpu.pk}/"),
     ]
     page = new_page(users["alice"], viewport=DESKTOP)
     for name, url in shots:
@@ -160,8 +272,10 @@ def test_write_a_screenshot_of_every_page(
     phone = new_page(users["alice"], viewport=PHONE, device_scale_factor=2)
     phone.goto("/?runs_here=on")
     phone.screenshot(path=str(OUT / "catalogue-phone.png"))
+    phone.goto("/nodes/")
+    phone.screenshot(path=str(OUT / "nodes-phone.png"))
 
     anonymous = new_page(viewport=DESKTOP)
     anonymous.goto("/accounts/login/")
     anonymous.screenshot(path=str(OUT / "login.png"))
-    assert len(list(OUT.glob("*.png"))) >= len(shots) + 2
+    assert len(list(OUT.glob("*.png"))) >= len(shots) + 3

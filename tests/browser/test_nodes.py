@@ -1,0 +1,118 @@
+"""The Nodes page, and an install fanned out to two real agents from the catalogue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from backends.models import Job, Node
+from tests.cluster import Cluster, make_gallery
+from tests.imagebuild import file, make_layer
+from tests.registry_fixtures import RegistryProcess
+from tests.test_hardware import linux_host, nvidia_host
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.mark.registry
+def test_the_nodes_page_installs_on_this_host_and_drains_an_agent(
+    new_page: Any,
+    users: Any,
+    whisper_image: str,
+    whisper_gallery: Any,
+    job_worker: Any,
+) -> None:
+    whisper_gallery(whisper_image)
+    agent = Node.objects.create(
+        name="gpu-node",
+        capability="nvidia-cuda-12",
+        capability_explanation="driver 550.54 supports CUDA 12.4",
+        vendor="nvidia",
+        last_heartbeat=timezone.now(),
+    )
+    page = new_page(users["alice"])
+    page.goto("/")
+    page.get_by_role("link", name="Nodes").click()
+    local = page.locator(f"#node-{Node.objects.local().pk}")
+    expect(local.locator(".capability-name")).to_have_text("default")
+    expect(local).to_contain_text("Nothing installed yet.")
+
+    local.get_by_label("Install on this node").fill("whisper")
+    local.get_by_role("button", name="Install on local").click()
+    expect(page.locator("#messages")).to_contain_text(
+        "Install of whisper on local started."
+    )
+    # The job shows in the card while it runs; once it ends the card lists the backend.
+    expect(local.locator(".node-backends")).to_contain_text("cpu-whisper")
+    expect(local.locator(".node-backends")).to_contain_text("→ cpu-whisper")
+    assert Job.objects.get().state == Job.State.COMPLETED
+
+    gpu = page.locator(f"#node-{agent.pk}")
+    expect(gpu.locator(".node-status .badge")).to_have_text("Online")
+    gpu.get_by_role("button", name="Drain gpu-node").click()
+    expect(gpu.locator(".node-status .badge")).to_have_text("Draining")
+    expect(gpu).to_contain_text("gpu-node is draining: it takes no new work")
+    gpu.get_by_role("button", name="Resume gpu-node").click()
+    expect(gpu.locator(".node-status .badge")).to_have_text("Online")
+    expect(gpu.get_by_label("Install on this node")).to_be_visible()
+
+
+@pytest.mark.distributed
+@pytest.mark.registry
+def test_a_meta_installed_from_the_catalogue_reaches_every_node(
+    new_page: Any, users: Any, cluster: Cluster, registry: RegistryProcess
+) -> None:
+    cpu = registry.push_image(
+        "browser/foo",
+        "cpu",
+        [make_layer([file("run.sh", "#!/bin/sh\necho cpu\n", 0o755)])],
+    )
+    gpu = registry.push_image(
+        "browser/foo",
+        "cuda12",
+        [make_layer([file("run.sh", "#!/bin/sh\necho cuda\n", 0o755)])],
+    )
+    make_gallery(cpu.ref(registry.host), gpu.ref(registry.host))
+    gpu_backends = cluster.start("gpu-node", nvidia_host)
+    cpu_backends = cluster.start("cpu-node", linux_host)
+
+    page = new_page(users["alice"])
+    page.goto("/?q=foo")
+    row = page.locator("tr#entry-localai-foo")
+    row.get_by_role("button", name="Install foo").click()
+
+    # One bar per node in the row's job card, polled until both are done.
+    expect(row.locator('.node-part[data-node="gpu-node"]')).to_be_visible()
+    expect(row.locator('.node-part[data-node="cpu-node"]')).to_be_visible()
+    expect(row.locator(".state")).to_contain_text("On 2 nodes", timeout=30_000)
+    expect(row.locator(".state")).to_contain_text("cpu-node, gpu-node")
+
+    parent = Job.objects.get(parent=None)
+    assert parent.state == Job.State.COMPLETED, (parent.message, parent.error)
+    assert "cuda" in (gpu_backends / "cuda12-foo" / "run.sh").read_text()
+    assert "cpu" in (cpu_backends / "cpu-foo" / "run.sh").read_text()
+
+    # The job's history card keeps the outcome on each node.
+    page.get_by_role("link", name="Jobs").click()
+    card = page.locator(f"#job-{parent.pk}")
+    expect(card).to_contain_text("Install: completed")
+    for node in ("gpu-node", "cpu-node"):
+        part = card.locator(f'.node-part[data-node="{node}"]')
+        expect(part.locator(".badge")).to_have_text("success")
+        expect(part.locator("progress")).to_have_attribute("value", "100.0")
+
+    # The Nodes page: both agents online, with their capability and what they now run.
+    page.get_by_role("link", name="Nodes").click()
+    expect(page.locator(".node")).to_have_count(3)  # this controller and two agents
+    for name, capability, build in (
+        ("gpu-node", "nvidia-cuda-12", "cuda12-foo"),
+        ("cpu-node", "default", "cpu-foo"),
+    ):
+        node = page.locator(".node", has=page.get_by_role("heading", name=name))
+        expect(node.locator(".node-status .badge")).to_have_text("Online")
+        expect(node.locator(".capability-name")).to_have_text(capability)
+        expect(node.locator(".why")).not_to_be_empty()
+        expect(node.locator(".node-backends li .name")).to_have_text([build, "foo"])

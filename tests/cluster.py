@@ -1,0 +1,156 @@
+"""A real cluster for distributed-mode tests: agents (``manage.py agent``) started as
+subprocesses against the live server, on PostgreSQL + Redis.
+
+Loaded as a plugin by tests/conftest.py. Fixture:
+
+* ``cluster`` (function): skips unless the database is PostgreSQL and Redis answers.
+  ``cluster.start(name, make_host)`` starts an agent with its own backends folder and a
+  fake hardware root built by ``make_host(root)`` (``tests.test_hardware.linux_host``,
+  ``nvidia_host``), waits until its node is online and returns its backends folder;
+  ``cluster.kill(name)`` kills it with SIGKILL; ``cluster.log(name)`` is its log file.
+
+Helpers: ``wait_for(predicate)`` polls until the predicate returns something true;
+``make_gallery(default_uri, cuda_uri)`` creates the gallery ``localai`` with the meta
+``foo`` and its builds ``cpu-foo`` (default) and ``cuda12-foo`` (nvidia-cuda-12).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection
+
+from backends.models import Gallery, Job, Node
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "agent-secret"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def services_available() -> bool:
+    if connection.vendor != "postgresql":
+        return False
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL).ping())
+    except redis.RedisError:
+        return False
+
+
+def wait_for(
+    predicate: Callable[[], Any], log: Path | None = None, timeout: float = 60
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    detail = log.read_text()[-3000:] if log and log.exists() else ""
+    jobs = [
+        (j.node.name if j.node else None, j.state, j.message, j.error)
+        for j in Job.objects.all()
+    ]
+    raise AssertionError(f"timed out\n{jobs}\n{detail}")
+
+
+def make_gallery(default_uri: str, cuda_uri: str) -> Gallery:
+    gallery = Gallery.objects.create(name="localai", url="file:///dev/null")
+    gallery.entries.create(
+        name="foo",
+        is_meta=True,
+        description="An auto-resolving test backend",
+        capabilities={"default": "cpu-foo", "nvidia-cuda-12": "cuda12-foo"},
+    )
+    gallery.entries.create(name="cpu-foo", uri=default_uri, alias="foo", position=1)
+    gallery.entries.create(name="cuda12-foo", uri=cuda_uri, alias="foo", position=2)
+    return gallery
+
+
+class Cluster:
+    """The agents of one test, each a process group of its own."""
+
+    def __init__(self, tmp: Path, controller: str, env: dict[str, str]) -> None:
+        self.tmp = tmp
+        self.controller = controller
+        self.env = env
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    def log(self, node: str) -> Path:
+        return self.tmp / node / "agent.log"
+
+    def start(self, node: str, make_host: Callable[[Path], Path]) -> Path:
+        home = self.tmp / node
+        root = make_host(home / "root")
+        env = self.env | {
+            "LOCALAI_ADMIN_NODE_NAME": node,
+            "LOCALAI_BACKENDS_PATH": str(home / "backends"),
+            "LOCALAI_ADMIN_DATA_DIR": str(home / "data"),
+            "LOCALAI_ADMIN_PROBE_ROOT": str(root),
+        }
+        with self.log(node).open("wb") as log:
+            self.agents[node] = subprocess.Popen(
+                [sys.executable, "manage.py", "agent", "--controller", self.controller],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: Node.objects.filter(name=node, status="online").exists(),
+            self.log(node),
+        )
+        return home / "backends"
+
+    def kill(self, node: str) -> None:
+        os.killpg(self.agents[node].pid, signal.SIGKILL)
+        self.agents[node].wait()
+
+    def stop(self) -> None:
+        for process in self.agents.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+@pytest.fixture
+def cluster(
+    settings: Any, live_server: Any, transactional_db: None, tmp_path: Path
+) -> Iterator[Cluster]:
+    if not services_available():
+        pytest.skip("distributed mode needs PostgreSQL (DATABASE_URL) and Redis")
+    # A queue name of its own: a leftover task from another run can never reach it.
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    settings.DISTRIBUTED = True
+    settings.HUEY_REDIS_URL = REDIS_URL
+    settings.HUEY = {**settings.HUEY, "name": name}
+    settings.LOCALAI_ADMIN_REGISTRATION_TOKEN = TOKEN
+    settings.NODE_OFFLINE_SECONDS = 3
+    db = connection.settings_dict
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALAI")} | {
+        "DEBUG": "True",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "HUEY_REDIS_URL": REDIS_URL,
+        "HUEY_NAME": name,
+        "LOCALAI_ADMIN_REGISTRATION_TOKEN": TOKEN,
+        "LOCALAI_ADMIN_HEARTBEAT_SECONDS": "1",
+    }
+    handle = Cluster(tmp_path, live_server.url, env)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        redis.Redis.from_url(REDIS_URL).flushdb()
