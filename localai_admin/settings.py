@@ -243,7 +243,9 @@ except json.JSONDecodeError as exc:
 UPGRADE_CHECK_HOURS = envint("LOCALAI_ADMIN_UPGRADE_CHECK_HOURS", "6")
 
 # Distributed mode: agents on several hosts share PostgreSQL and a Redis queue per node.
-DISTRIBUTED = bool(HUEY_REDIS_URL) and DATABASES["default"]["ENGINE"].endswith("postgresql")
+DISTRIBUTED = bool(HUEY_REDIS_URL) and DATABASES["default"]["ENGINE"].endswith(
+    "postgresql"
+)
 # The shared secret agents present to register and heartbeat (README, "Scale-out").
 LOCALAI_ADMIN_REGISTRATION_TOKEN = envsecret("LOCALAI_ADMIN_REGISTRATION_TOKEN") or ""
 LOCALAI_ADMIN_ALLOW_EMPTY_TOKEN = envbool("LOCALAI_ADMIN_ALLOW_EMPTY_TOKEN", "False")
