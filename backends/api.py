@@ -11,7 +11,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from backends import catalogue, nodes, tasks, upgrades
-from backends.gallery import validate_name
+from backends.gallery import validate_backend_id, validate_name
 from backends.http import api_view, json_error
 from backends.install import local_folder, looks_like_oci
 from backends.models import GalleryBackend, Job, JobConflict, Node
@@ -50,14 +50,10 @@ def _string(data: dict[str, Any], key: str, *, required: bool = False) -> str:
 
 def _backend_id(value: str) -> str:
     """Check a ``name`` or ``gallery@name`` reference; the names must be safe."""
-    gallery, _, name = value.rpartition("@")
     try:
-        validate_name(name)
-        if gallery:
-            validate_name(gallery, "gallery name")
+        return validate_backend_id(value)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return value
 
 
 def _started(request: HttpRequest, job: Job) -> JsonResponse:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 
-from backends.gallery import validate_name
+from backends.gallery import validate_backend_id
 from backends.models import GalleryBackend, Job
 
 
@@ -110,11 +110,8 @@ class NodeInstallForm(forms.Form):
 
     def clean_backend(self) -> GalleryBackend:
         value = str(self.cleaned_data["backend"]).strip()
-        gallery, _, name = value.rpartition("@")
         try:
-            validate_name(name)
-            if gallery:
-                validate_name(gallery, "gallery name")
+            validate_backend_id(value)
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
         entry = GalleryBackend.objects.find(value)

@@ -53,6 +53,15 @@ def validate_name(value: object, what: str = "backend name") -> str:
     return value
 
 
+def validate_backend_id(value: str) -> str:
+    """Return ``value`` if it is a safe ``name`` or ``gallery@name``, else ValueError."""
+    gallery, _, name = value.rpartition("@")
+    validate_name(name)
+    if gallery:
+        validate_name(gallery, "gallery name")
+    return value
+
+
 # --- entries ---------------------------------------------------------------------------
 
 _NO_CAPABILITIES: Mapping[str, str] = MappingProxyType({})

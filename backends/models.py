@@ -490,6 +490,17 @@ class JobManager(models.Manager["Job"]):
         return job
 
     def retry(self, job: Job) -> Job:
+        """The same work again; a fanned-out job goes to every node online now."""
+        if job.node_id is None and settings.DISTRIBUTED and job.children.exists():
+            from backends import nodes  # nodes imports this module
+
+            return nodes.start_fan_out(
+                job.kind,
+                job.target,
+                dedup_key=job.dedup_key,
+                force=job.force,
+                requested_by=job.requested_by,
+            )
         return self.start(
             job.kind,
             job.target,

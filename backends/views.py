@@ -814,19 +814,6 @@ def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     return redirect("backends:job-detail", job.pk)
 
 
-def _retry(job: Job) -> Job:
-    """The same work again; a fanned-out job goes to every node that is online now."""
-    if job.node_id is None and settings.DISTRIBUTED and job.children.exists():
-        return nodes.start_fan_out(
-            job.kind,
-            job.target,
-            dedup_key=job.dedup_key,
-            force=job.force,
-            requested_by=job.requested_by,
-        )
-    return Job.objects.retry(job)
-
-
 @require_POST
 @staff_required
 def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
@@ -838,7 +825,7 @@ def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         )
     else:
         try:
-            retry = _retry(job)
+            retry = Job.objects.retry(job)
             messages.success(request, f"Retrying the {retry.kind} of {retry.target}.")
         except (JobConflict, nodes.NoNodes) as exc:
             messages.error(request, f"Not retried: {exc}.")
