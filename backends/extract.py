@@ -38,9 +38,12 @@ regular files and directories its mode rule is applied inline, see ``_filtered_m
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import stat
+import struct
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -55,6 +58,10 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_READ = 16 << 20
+# The producer queues at most _QUEUE_PIECES pieces; decompressed ones are at most
+# _PIECE_SIZE bytes, so the queue adds about 2 MiB to the memory of a layer.
+_QUEUE_PIECES = 8
+_PIECE_SIZE = 256 << 10
 # Linux gives up after 40 symlink hops (ELOOP); a chain longer than that is hostile.
 _MAX_SYMLINK_HOPS = 40
 
@@ -68,16 +75,26 @@ class UnsafeArchiveError(ArchiveError):
 
 
 def extract_layer(
-    source: BinaryIO | Iterable[bytes], target: Path, *, whiteouts: bool = True
+    source: BinaryIO | Iterable[bytes],
+    target: Path,
+    *,
+    whiteouts: bool = True,
+    on_piece: Callable[[], None] | None = None,
 ) -> int:
-    """Apply one (compressed) layer on top of ``target``; return the number of entries."""
-    chunks = _raw_chunks(source)
-    tar_stream = _TarStream(_decompressed(chunks))
-    count = _LayerWriter(Path(target), whiteouts=whiteouts).apply(tar_stream)
-    # The tar end marker comes before the compression trailer and possible padding:
-    # read the rest so a verifying download sees every byte.
-    for _ in chunks:
-        pass
+    """Apply one (compressed) layer on top of ``target``; return the number of entries.
+
+    Reading ``source`` and decompressing happen in a producer thread (see
+    ``_Producer``), so ``source`` must not need the calling thread. ``on_piece`` is
+    called in the calling thread before each decompressed piece is written and once
+    at the end: the place for progress reports and cancel checks.
+    """
+    writer = _LayerWriter(Path(target), whiteouts=whiteouts)
+    with _Producer(_raw_chunks(source)) as producer:
+        count = writer.apply(_TarStream(producer.pieces(on_piece)))
+        # The producer reads the blob to its end (the tar end marker comes before the
+        # compression trailer and possible padding) so a verifying download sees every
+        # byte; wait for that, and for its error if any.
+        producer.finish(on_piece)
     return count
 
 
@@ -93,11 +110,105 @@ def _raw_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
     return iter(source)
 
 
+# --- producer thread -----------------------------------------------------------------
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Producer:
+    """Reads, decompresses and queues the tar bytes in a thread of its own.
+
+    Socket reads, hashing and inflating release the GIL, so they overlap with header
+    parsing and file writes in the consumer. The queue is bounded (at most
+    ``_QUEUE_PIECES`` pieces of <= CHUNK_SIZE bytes). The producer's exception is
+    forwarded to the consumer; when the consumer fails first it sets ``_stop``, which
+    the producer checks between pieces, and drains the queue until the thread ends,
+    so the raw iterator is never used by two threads at once.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_PIECES)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(
+            target=self._run, name="layer-producer", daemon=True
+        )
+
+    def __enter__(self) -> _Producer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            self._drain()
+            self._thread.join(0.05)
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _run(self) -> None:
+        stop = self._stop
+        put = self._queue.put
+        try:
+            try:
+                for piece in _decompressed(self._chunks):
+                    if stop.is_set():
+                        return
+                    put(piece)
+            except ArchiveError as exc:
+                # A corrupt download often breaks the decompressor before the digest
+                # can be checked: read the rest, so a mismatch is reported as what it is.
+                for _ in self._chunks:
+                    if stop.is_set():
+                        break
+                raise exc
+            for _ in self._chunks:
+                if stop.is_set():
+                    return
+            put(_END)
+        except BaseException as exc:
+            put(_Failure(exc))
+
+    def _get(self, on_piece: Callable[[], None] | None) -> object:
+        item = self._queue.get()
+        if on_piece is not None:
+            on_piece()
+        if item is _END:
+            self._done = True
+        elif isinstance(item, _Failure):
+            self._done = True
+            raise item.exc
+        return item
+
+    def pieces(self, on_piece: Callable[[], None] | None) -> Iterator[bytes]:
+        while not self._done:
+            item = self._get(on_piece)
+            if item is not _END:
+                yield item  # type: ignore[misc]
+
+    def finish(self, on_piece: Callable[[], None] | None) -> None:
+        while not self._done:
+            self._get(on_piece)
+
+
 # --- decompression -------------------------------------------------------------------
 
 
 def _decompressed(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Yield the uncompressed tar bytes, in pieces of at most CHUNK_SIZE."""
+    """Yield the uncompressed tar bytes, in pieces of at most _PIECE_SIZE (or the size
+    of the source's chunks for an uncompressed tar)."""
     head = b""
     for chunk in chunks:
         head += chunk
@@ -128,7 +239,7 @@ def _gunzip(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
                     if not data.startswith(_GZIP_MAGIC):
                         return  # padding after the last member, as gzip -d tolerates
                     decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
-                output = decompressor.decompress(data, CHUNK_SIZE)
+                output = decompressor.decompress(data, _PIECE_SIZE)
                 if output:
                     yield output
                 if decompressor.eof:
@@ -167,7 +278,7 @@ def _unzstd(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
         _ChunkReader(head, chunks), read_size=CHUNK_SIZE, read_across_frames=True
     )
     try:
-        while output := reader.read(CHUNK_SIZE):
+        while output := reader.read(_PIECE_SIZE):
             yield output
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"corrupt zstd data: {exc}") from exc
@@ -249,6 +360,73 @@ class _TarStream:
                 piece = piece[os.write(fd, piece) :]
 
 
+# --- tar headers ---------------------------------------------------------------------
+
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_FAST_TYPES = frozenset(
+    (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
+)
+
+
+def _octal(field: bytes) -> int:
+    # tarfile's nti() for the octal case; base-256 fields fail here (not ASCII digits)
+    # and so go to tarfile's own parser.
+    return int(field.partition(b"\0")[0].decode("ascii").strip() or "0", 8)
+
+
+def _text(field: bytes, encoding: str, errors: str) -> str:
+    return field.partition(b"\0")[0].decode(encoding, errors)
+
+
+class _FastTarInfo(tarfile.TarInfo):
+    """``TarInfo`` whose ``frombuf`` parses the common header in one ``struct`` call.
+
+    Only a plain ustar/GNU header of a regular file, directory or link with no prefix
+    field, octal numbers and an unsigned checksum takes the fast path; anything else
+    (pax, GNU long names, sparse, base-256, signed checksums, every error) goes to
+    tarfile's own ``frombuf``, which yields the same ``TarInfo`` for the common case.
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> _FastTarInfo:  # type: ignore[override]
+        if len(buf) == tarfile.BLOCKSIZE:
+            fields = _HEADER.unpack(buf)
+            kind = fields[7]
+            if kind in _FAST_TYPES and fields[14][0] == 0:
+                try:
+                    obj = cls._fast(buf, fields, encoding, errors)
+                except (ValueError, UnicodeDecodeError):
+                    obj = None
+                if obj is not None:
+                    return obj
+        return super().frombuf(buf, encoding, errors)  # type: ignore[return-value]
+
+    @classmethod
+    def _fast(
+        cls, buf: bytes, fields: tuple, encoding: str, errors: str
+    ) -> _FastTarInfo | None:
+        chksum = _octal(fields[6])
+        if chksum != 256 + sum(buf) - sum(buf[148:156]):
+            return None
+        obj = cls()
+        obj.name = _text(fields[0], encoding, errors)
+        obj.mode = _octal(fields[1])
+        obj.uid = _octal(fields[2])
+        obj.gid = _octal(fields[3])
+        obj.size = _octal(fields[4])
+        obj.mtime = _octal(fields[5])
+        obj.chksum = chksum
+        obj.type = fields[7]
+        obj.linkname = _text(fields[8], encoding, errors)
+        obj.uname = _text(fields[10], encoding, errors)
+        obj.gname = _text(fields[11], encoding, errors)
+        obj.devmajor = _octal(fields[12])
+        obj.devminor = _octal(fields[13])
+        if obj.type == tarfile.DIRTYPE:
+            obj.name = obj.name.rstrip("/")
+        return obj
+
+
 # --- writing entries -----------------------------------------------------------------
 
 
@@ -312,7 +490,7 @@ class _LayerWriter:
             return 0
         count = 0
         try:
-            with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="r:", tarinfo=_FastTarInfo) as tar:  # type: ignore[call-overload]
                 while (member := tar.next()) is not None:
                     # TarFile keeps every member it has seen; we stream, so forget them.
                     tar.members.clear()

@@ -39,6 +39,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -874,10 +875,20 @@ def pull_image(
         tracker.start_layer(
             f"layer {number}/{len(image.layers)} {layer.digest[:19]}", layer.size
         )
-        chunks = client.iter_blob(
-            ref, layer, on_bytes=tracker.received, should_cancel=should_cancel
-        )
-        _extract_verified(chunks, Path(dest), ref, layer)
+        # The download runs in extract_layer's producer thread; progress and cancel
+        # callbacks (which may use the database) stay in this thread: the producer
+        # only records chunk sizes, replayed here in order with a cancel check
+        # before each one, as iter_blob itself would do.
+        received: deque[int] = deque()
+        chunks = client.iter_blob(ref, layer, on_bytes=received.append)
+
+        def replay(received: deque[int] = received) -> None:
+            while received:
+                _check_cancel(should_cancel, ref)
+                tracker.received(received.popleft())
+
+        _extract_verified(chunks, Path(dest), ref, layer, replay)
+        replay()
     return PulledImage(
         ref,
         image.digest,
@@ -914,10 +925,14 @@ class _ProgressTracker:
 
 
 def _extract_verified(
-    chunks: Iterator[bytes], dest: Path, ref: Reference, layer: Descriptor
+    chunks: Iterator[bytes],
+    dest: Path,
+    ref: Reference,
+    layer: Descriptor,
+    on_piece: Callable[[], None] | None = None,
 ) -> None:
     try:
-        extract_layer(chunks, dest)
+        extract_layer(chunks, dest, on_piece=on_piece)
     except ArchiveError as exc:
         # A corrupt download often breaks the decompressor before the digest can be
         # checked: read the rest, so a mismatch is reported as what it is.
