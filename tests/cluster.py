@@ -154,3 +154,23 @@ def cluster(
     finally:
         handle.stop()
         redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def start_two_nodes(cluster: Any, registry: Any, repository: str) -> tuple[Path, Path]:
+    """Push a CPU and a CUDA 12 build, make the `foo` gallery, start a GPU and a CPU agent.
+
+    Returns the backends folders of the GPU node and of the CPU node.
+    """
+    from tests.imagebuild import file, make_layer
+    from tests.test_hardware import linux_host, nvidia_host
+
+    builds = {
+        tag: registry.push_image(
+            repository,
+            tag,
+            [make_layer([file("run.sh", f"#!/bin/sh\necho {tag}\n", 0o755)])],
+        )
+        for tag in ("cpu", "cuda12")
+    }
+    make_gallery(builds["cpu"].ref(registry.host), builds["cuda12"].ref(registry.host))
+    return cluster.start("gpu-node", nvidia_host), cluster.start("cpu-node", linux_host)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from backends.models import Job, Node
-from tests.cluster import Cluster, make_gallery, wait_for
+from tests.cluster import Cluster, make_gallery, start_two_nodes, wait_for
 from tests.imagebuild import file, make_layer
 from tests.registry_fixtures import RegistryProcess
 from tests.slowserver import slow_server, tarball
@@ -32,19 +32,7 @@ def finished(job_id: str) -> Job | None:
 def test_a_meta_lands_the_right_build_on_each_node(
     cluster: Cluster, registry: RegistryProcess, admin_client
 ) -> None:
-    cpu = registry.push_image(
-        "dist/foo",
-        "cpu",
-        [make_layer([file("run.sh", "#!/bin/sh\necho cpu\n", 0o755)])],
-    )
-    gpu = registry.push_image(
-        "dist/foo",
-        "cuda12",
-        [make_layer([file("run.sh", "#!/bin/sh\necho cuda\n", 0o755)])],
-    )
-    make_gallery(cpu.ref(registry.host), gpu.ref(registry.host))
-    gpu_backends = cluster.start("gpu-node", nvidia_host)
-    cpu_backends = cluster.start("cpu-node", linux_host)
+    gpu_backends, cpu_backends = start_two_nodes(cluster, registry, "dist/foo")
     assert Node.objects.get(name="gpu-node").capability == "nvidia-cuda-12"
     assert Node.objects.get(name="cpu-node").capability == "default"
 

@@ -9,10 +9,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from backends.models import Job, Node
-from tests.cluster import Cluster, make_gallery
-from tests.imagebuild import file, make_layer
+from tests.cluster import Cluster, start_two_nodes
 from tests.registry_fixtures import RegistryProcess
-from tests.test_hardware import linux_host, nvidia_host
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -65,19 +63,7 @@ def test_the_nodes_page_installs_on_this_host_and_drains_an_agent(
 def test_a_meta_installed_from_the_catalogue_reaches_every_node(
     new_page: Any, users: Any, cluster: Cluster, registry: RegistryProcess
 ) -> None:
-    cpu = registry.push_image(
-        "browser/foo",
-        "cpu",
-        [make_layer([file("run.sh", "#!/bin/sh\necho cpu\n", 0o755)])],
-    )
-    gpu = registry.push_image(
-        "browser/foo",
-        "cuda12",
-        [make_layer([file("run.sh", "#!/bin/sh\necho cuda\n", 0o755)])],
-    )
-    make_gallery(cpu.ref(registry.host), gpu.ref(registry.host))
-    gpu_backends = cluster.start("gpu-node", nvidia_host)
-    cpu_backends = cluster.start("cpu-node", linux_host)
+    gpu_backends, cpu_backends = start_two_nodes(cluster, registry, "browser/foo")
 
     page = new_page(users["alice"])
     page.goto("/?q=foo")
