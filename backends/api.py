@@ -11,6 +11,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from backends import catalogue, nodes, tasks, upgrades
+from backends.fixedsql import FixedSelect
 from backends.gallery import validate_backend_id, validate_name
 from backends.http import api_view, json_error
 from backends.install import local_folder, looks_like_oci
@@ -133,11 +134,11 @@ def _get_job(job_id: str) -> Job | None:
         return None
     # The status route is what scripts and the dashboard poll: one fixed SELECT, without
     # the ORM building the query on every request (docs/performance.md).
-    pk = Job._meta.pk.get_db_prep_value(key, connection)
-    return next(iter(Job.objects.raw(JOB_BY_ID, [pk])), None)
+    found = JOB_BY_ID.first([Job._meta.pk.get_db_prep_value(key, connection)])
+    return found[0] if found else None  # type: ignore[return-value]
 
 
-JOB_BY_ID = f"SELECT * FROM {Job._meta.db_table} WHERE id = %s"
+JOB_BY_ID = FixedSelect([(Job, "j")], f"FROM {Job._meta.db_table} j WHERE j.id = %s")
 
 
 @api_view()

@@ -7,6 +7,20 @@ from backends import api, api_nodes, views
 app_name = "backends"
 
 urlpatterns = [
+    # LocalAI-compatible JSON API: /backends/..., first because Django tries the
+    # patterns in order, and the job status route, which scripts poll, first of all.
+    path("backends/jobs/<str:job_id>", api.job_detail, name="api-job"),
+    path("backends", api.installed_list, name="api-installed"),
+    path("backends/available", api.available_list, name="api-available"),
+    path("backends/known", api.known_list, name="api-known"),
+    path("backends/galleries", api.gallery_list, name="api-galleries"),
+    path("backends/apply", api.apply, name="api-apply"),
+    path("backends/delete/<str:name>", api.delete, name="api-delete"),
+    path("backends/upgrade/<str:name>", api.upgrade, name="api-upgrade"),
+    path("backends/upgrades", api.upgrade_list, name="api-upgrades"),
+    path("backends/upgrades/check", api.upgrade_check, name="api-upgrades-check"),
+    path("backends/jobs", api.job_list, name="api-jobs"),
+    path("backends/jobs/<str:job_id>/cancel", api.job_cancel, name="api-job-cancel"),
     # Dashboard pages
     path("", views.catalogue, name="catalogue"),
     path(
@@ -57,19 +71,6 @@ urlpatterns = [
     path("nodes/<int:pk>/install/", views.node_install, name="node-install"),
     path("nodes/<int:pk>/drain/", views.node_drain, name="node-drain"),
     path("nodes/<int:pk>/resume/", views.node_resume, name="node-resume"),
-    # LocalAI-compatible JSON API: /backends/...
-    path("backends", api.installed_list, name="api-installed"),
-    path("backends/available", api.available_list, name="api-available"),
-    path("backends/known", api.known_list, name="api-known"),
-    path("backends/galleries", api.gallery_list, name="api-galleries"),
-    path("backends/apply", api.apply, name="api-apply"),
-    path("backends/delete/<str:name>", api.delete, name="api-delete"),
-    path("backends/upgrade/<str:name>", api.upgrade, name="api-upgrade"),
-    path("backends/upgrades", api.upgrade_list, name="api-upgrades"),
-    path("backends/upgrades/check", api.upgrade_check, name="api-upgrades-check"),
-    path("backends/jobs", api.job_list, name="api-jobs"),
-    path("backends/jobs/<str:job_id>", api.job_detail, name="api-job"),
-    path("backends/jobs/<str:job_id>/cancel", api.job_cancel, name="api-job-cancel"),
     # Our own JSON API: /api/...
     path("api/openapi.json", api.openapi, name="api-openapi"),
     path(

@@ -37,6 +37,19 @@ class ApiAuthTestCase(BaseTestCase):
         ApiToken.objects.update(revoked_at=timezone.now())
         self.assertEqual(self.api_get("/backends/known").status_code, 401)
 
+    def test_it_rejects_a_token_of_an_inactive_user(self) -> None:
+        self.alice.is_active = False
+        self.alice.save()
+        self.assertEqual(self.api_get("/backends/known").status_code, 401)
+
+    def test_the_token_acts_as_its_user(self) -> None:
+        token = ApiToken.objects.authenticate(self.token_value)
+        assert token is not None
+        self.assertEqual(token.user, self.alice)
+        self.assertEqual(token.user.date_joined, self.alice.date_joined)
+        self.assertFalse(token._state.adding)
+        self.assertIsNone(ApiToken.objects.authenticate(self.token_value + "x"))
+
     def test_it_rejects_a_token_of_a_non_staff_user(self) -> None:
         _token, value = ApiToken.objects.create_token(self.bob, "bob's")
         r = self.client.get(
