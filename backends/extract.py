@@ -331,6 +331,15 @@ class _TarStream:
             parts.append(piece)
         return b"".join(parts)
 
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end) without consuming them."""
+        if len(self._buffer) >= size:
+            return bytes(self._buffer[:size])
+        data = self.read(size)
+        self._buffer = memoryview(data + bytes(self._buffer))
+        self._position -= len(data)
+        return data
+
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if whence == os.SEEK_CUR:
             offset += self._position
@@ -363,15 +372,18 @@ class _TarStream:
 # --- tar headers ---------------------------------------------------------------------
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+# What tarfile.open(mode="r:") decodes names with.
+_ENCODING, _ERRORS = tarfile.ENCODING, "surrogateescape"
 _FAST_TYPES = frozenset(
     (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
 )
 
 
 def _octal(field: bytes) -> int:
-    # tarfile's nti() for the octal case; base-256 fields fail here (not ASCII digits)
-    # and so go to tarfile's own parser.
-    return int(field.partition(b"\0")[0].decode("ascii").strip() or "0", 8)
+    # tarfile's nti() for the octal case (int() takes bytes and ignores the spaces
+    # around the digits); base-256 and blank fields raise ValueError here and so go to
+    # tarfile's own parser.
+    return int(field.partition(b"\0")[0] or b"0", 8)
 
 
 def _text(field: bytes, encoding: str, errors: str) -> str:
@@ -389,42 +401,49 @@ class _FastTarInfo(tarfile.TarInfo):
 
     @classmethod
     def frombuf(cls, buf: bytes, encoding: str, errors: str) -> _FastTarInfo:  # type: ignore[override]
-        if len(buf) == tarfile.BLOCKSIZE:
-            fields = _HEADER.unpack(buf)
-            kind = fields[7]
-            if kind in _FAST_TYPES and fields[14][0] == 0:
-                try:
-                    obj = cls._fast(buf, fields, encoding, errors)
-                except (ValueError, UnicodeDecodeError):
-                    obj = None
-                if obj is not None:
-                    return obj
-        return super().frombuf(buf, encoding, errors)  # type: ignore[return-value]
+        obj = cls.plain(buf, encoding, errors)
+        if obj is None:
+            return super().frombuf(buf, encoding, errors)  # type: ignore[return-value]
+        return obj
 
     @classmethod
-    def _fast(
-        cls, buf: bytes, fields: tuple, encoding: str, errors: str
+    def plain(
+        cls, buf: bytes, encoding: str = _ENCODING, errors: str = _ERRORS
     ) -> _FastTarInfo | None:
-        chksum = _octal(fields[6])
-        if chksum != 256 + sum(buf) - sum(buf[148:156]):
+        """The entry of a plain header, or None when tarfile has to parse it."""
+        if len(buf) != tarfile.BLOCKSIZE:
             return None
-        obj = cls()
-        obj.name = _text(fields[0], encoding, errors)
-        obj.mode = _octal(fields[1])
-        obj.uid = _octal(fields[2])
-        obj.gid = _octal(fields[3])
-        obj.size = _octal(fields[4])
-        obj.mtime = _octal(fields[5])
-        obj.chksum = chksum
-        obj.type = fields[7]
-        obj.linkname = _text(fields[8], encoding, errors)
-        obj.uname = _text(fields[10], encoding, errors)
-        obj.gname = _text(fields[11], encoding, errors)
-        obj.devmajor = _octal(fields[12])
-        obj.devminor = _octal(fields[13])
+        fields = _HEADER.unpack(buf)
+        if fields[7] not in _FAST_TYPES or fields[14][0] != 0:
+            return None
+        try:
+            chksum = _octal(fields[6])
+            if chksum != 256 + sum(buf) - sum(fields[6]):
+                return None
+            obj = cls()
+            obj.name = _text(fields[0], encoding, errors)
+            obj.mode = _octal(fields[1])
+            obj.uid = _octal(fields[2])
+            obj.gid = _octal(fields[3])
+            obj.size = _octal(fields[4])
+            obj.mtime = _octal(fields[5])
+            obj.chksum = chksum
+            obj.type = fields[7]
+            obj.linkname = _text(fields[8], encoding, errors)
+            obj.uname = _text(fields[10], encoding, errors)
+            obj.gname = _text(fields[11], encoding, errors)
+            obj.devmajor = _octal(fields[12])
+            obj.devminor = _octal(fields[13])
+        except (ValueError, UnicodeDecodeError):
+            return None
         if obj.type == tarfile.DIRTYPE:
             obj.name = obj.name.rstrip("/")
         return obj
+
+
+def _padded(size: int) -> int:
+    """``size`` rounded up to whole tar blocks: where the next header starts."""
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 # --- writing entries -----------------------------------------------------------------
@@ -461,6 +480,19 @@ def _filtered_mode(member: tarfile.TarInfo, root: str) -> int:
     return filtered.mode if filtered.mode is not None else 0o644
 
 
+def _process_umask() -> int | None:
+    """The umask, read without setting it (os.umask would race with other threads);
+    None where /proc does not say."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
@@ -481,27 +513,69 @@ class _LayerWriter:
         self._dirs: set[str] = {""}
         # What this layer wrote, so its own whiteouts only hit lower layers.
         self._written: set[str] = {""}
+        # Files are created with their final mode; fchmod only when the umask interferes.
+        self._umask = _process_umask()
 
     def _abs(self, rel: str) -> str:
         return f"{self._root}/{rel}" if rel else self._root
 
     def apply(self, stream: _TarStream) -> int:
+        """Apply every entry of the stream; return how many there were.
+
+        Plain headers (nearly every entry of a real layer) are parsed here, one
+        ``struct`` call each; an entry tarfile must handle (pax, GNU long names,
+        sparse files, anything unusual, the end marker) is parsed by a TarFile opened
+        at that header, after which plain parsing resumes. Global pax headers apply to
+        every later entry, so from one on the TarFile parses the rest of the layer.
+        """
         if stream.at_eof():
             return 0
         count = 0
+        tar: tarfile.TarFile | None = None  # parses everything, once it must
         try:
-            with tarfile.open(fileobj=stream, mode="r:", tarinfo=_FastTarInfo) as tar:  # type: ignore[call-overload]
-                while (member := tar.next()) is not None:
+            while True:
+                if tar is not None:
+                    member, parser = tar.next(), tar
                     # TarFile keeps every member it has seen; we stream, so forget them.
                     tar.members.clear()
-                    self._apply_member(tar, stream, member)
-                    count += 1
+                else:
+                    member, parser = self._plain_member(stream), None
+                    if member is None:
+                        # Opening parses the entry at the stream's position.
+                        parser = tarfile.open(  # noqa: SIM115 (nothing to close)
+                            fileobj=stream, mode="r:", tarinfo=_FastTarInfo
+                        )  # type: ignore[call-overload]
+                        member, parser.firstmember = parser.firstmember, None
+                        if parser.pax_headers:
+                            tar = parser
+                        next_header = parser.offset
+                    else:
+                        next_header = member.offset_data + _padded(member.size)
+                if member is None:
+                    break
+                self._apply_member(parser, stream, member)
+                count += 1
+                if tar is None:
+                    stream.seek(next_header)
         except tarfile.TarError as exc:
             raise ArchiveError(f"unreadable tar data: {exc}") from exc
         return count
 
+    def _plain_member(self, stream: _TarStream) -> tarfile.TarInfo | None:
+        """The entry at the stream's position if its header is plain, else None (and
+        nothing consumed)."""
+        offset = stream.tell()
+        member = _FastTarInfo.plain(stream.peek(tarfile.BLOCKSIZE))
+        if member is not None:
+            stream.seek(offset + tarfile.BLOCKSIZE)
+            member.offset, member.offset_data = offset, offset + tarfile.BLOCKSIZE
+        return member
+
     def _apply_member(
-        self, tar: tarfile.TarFile, stream: _TarStream, member: tarfile.TarInfo
+        self,
+        tar: tarfile.TarFile | None,
+        stream: _TarStream,
+        member: tarfile.TarInfo,
     ) -> None:
         name = member.name
         parts = _split_name(name)
@@ -665,7 +739,7 @@ class _LayerWriter:
 
     def _write_file(
         self,
-        tar: tarfile.TarFile,
+        tar: tarfile.TarFile | None,
         stream: _TarStream,
         member: tarfile.TarInfo,
         mode: int,
@@ -674,13 +748,14 @@ class _LayerWriter:
     ) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, flags, mode)
         except FileExistsError:
             # Unlink rather than truncate: the old file may be hard-linked elsewhere.
             self._remove(rel, path)
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, flags, mode)
         try:
             if member.sparse is not None:
+                assert tar is not None  # only tarfile's parser yields sparse files
                 source = tar.extractfile(member)
                 assert source is not None
                 with os.fdopen(os.dup(fd), "wb") as out:
@@ -688,7 +763,8 @@ class _LayerWriter:
             else:
                 stream.seek(member.offset_data)
                 stream.copy_to(fd, member.size)
-            os.fchmod(fd, mode)
+            if self._umask is None or mode & self._umask:
+                os.fchmod(fd, mode)  # the umask took bits that open() was given
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)

@@ -4,6 +4,7 @@ import gzip
 import io
 import os
 import stat
+import subprocess
 import tarfile
 import tracemalloc
 from collections.abc import Iterator
@@ -102,6 +103,18 @@ def test_it_extracts_files_dirs_and_modes(tmp_path: Path, compression: str) -> N
     # data_filter: the owner can always read and write
     assert stat.S_IMODE((tmp_path / "README").stat().st_mode) == 0o600
     assert (tmp_path / "README").stat().st_mtime == 1_700_000_000
+
+
+def test_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
+    # Files are created with their mode and fchmod'ed only when the umask takes bits.
+    previous = os.umask(0o077)
+    try:
+        apply(tmp_path, [file("run.sh", "x", 0o755), file("lib/a.so", "x", 0o644)])
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE((tmp_path / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "lib/a.so").stat().st_mode) == 0o644
 
 
 def test_it_extracts_links_inside_the_target(tmp_path: Path) -> None:
@@ -460,3 +473,162 @@ def test_memory_stays_flat_for_a_huge_highly_compressible_file(tmp_path: Path) -
 
     assert (tmp_path / "zeros.bin").stat().st_size == size
     assert peak < 8 << 20
+
+
+def _header(info: tarfile.TarInfo, fmt: int, **fields: bytes) -> bytes:
+    """One 512-byte header, with raw ``fields`` (name -> bytes) patched in and the
+    checksum recomputed as tar writers do."""
+    offsets = {"mode": (100, 8), "uid": (108, 8), "size": (124, 12), "mtime": (136, 12)}
+    buf = bytearray(info.tobuf(fmt, "utf-8", "surrogateescape")[: tarfile.BLOCKSIZE])
+    for name, raw in fields.items():
+        start, length = offsets[name]
+        buf[start : start + length] = raw.ljust(length, b"\0")
+    buf[148:156] = b" " * 8
+    buf[148:155] = b"%06o\0" % sum(buf)
+    return bytes(buf)
+
+
+def _plain(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mode, info.mtime = kind, 4096, 0o644, 1_700_000_000
+    info.uname, info.gname = "root", "root"
+    if kind == tarfile.DIRTYPE:
+        info.size = 0
+    if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        info.size, info.linkname = 0, "target/file"
+    return info
+
+
+@pytest.mark.parametrize(
+    "buf",
+    [
+        _header(_plain("lib/libx.so"), tarfile.USTAR_FORMAT),
+        _header(_plain("lib/libx.so"), tarfile.GNU_FORMAT),
+        _header(_plain("share/", tarfile.DIRTYPE), tarfile.USTAR_FORMAT),
+        _header(_plain("lib/link", tarfile.SYMTYPE), tarfile.GNU_FORMAT),
+        _header(_plain("lib/hard", tarfile.LNKTYPE), tarfile.USTAR_FORMAT),
+        _header(_plain("ünïcode/fïle"), tarfile.USTAR_FORMAT),
+        # old writers: digits padded with spaces, a space before the NUL
+        _header(_plain("a"), tarfile.USTAR_FORMAT, mode=b"   644 \0"),
+        _header(_plain("a"), tarfile.USTAR_FORMAT, size=b"       10000"),
+        # a blank number field, and base-256 numbers (GNU, for huge values)
+        _header(_plain("a"), tarfile.GNU_FORMAT, uid=b"       \0"),
+        _header(_plain("a"), tarfile.GNU_FORMAT, uid=b"\x80" + b"\0" * 5 + b"\x01\x00"),
+        # the ustar prefix field, used for long names
+        _header(_plain("p" * 120 + "/file"), tarfile.USTAR_FORMAT),
+        _header(_plain("fifo", tarfile.FIFOTYPE), tarfile.USTAR_FORMAT),
+    ],
+)
+def test_the_fast_header_parser_agrees_with_tarfile(buf: bytes) -> None:
+    from backends.extract import _FastTarInfo
+
+    fast = _FastTarInfo.frombuf(buf, "utf-8", "surrogateescape")
+    slow = tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape")
+
+    assert fast.get_info() == slow.get_info()
+    assert fast.chksum == slow.chksum
+
+
+def test_the_fast_header_parser_refuses_a_bad_checksum() -> None:
+    from backends.extract import _FastTarInfo
+
+    buf = bytearray(_header(_plain("a"), tarfile.USTAR_FORMAT))
+    buf[0:1] = b"b"
+    with pytest.raises(tarfile.InvalidHeaderError):
+        _FastTarInfo.frombuf(bytes(buf), "utf-8", "surrogateescape")
+
+
+# --- header kinds: plain headers parsed here, the rest by tarfile ---------------------
+
+LONG = "site-packages/" + "very-long-package-name/" * 6 + "module.py"
+
+
+def _mixed_tar(global_headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
+    """Entries in every header kind, interleaved: plain ustar, ustar with a prefix
+    field, pax (a long name, a non-ASCII name), GNU long names and long link names."""
+    plan = [
+        (tarfile.USTAR_FORMAT, "run.sh", b"#!/bin/sh\n"),
+        (tarfile.PAX_FORMAT, LONG, b"pax long name"),
+        (tarfile.USTAR_FORMAT, "lib/plain-after-pax.so", b"x" * 700),
+        (tarfile.GNU_FORMAT, "gnu/" + "g" * 150, b"gnu long name"),
+        (tarfile.USTAR_FORMAT, "p" * 90 + "/" + "q" * 60, b"ustar prefix"),
+        (tarfile.PAX_FORMAT, "données/é.txt", b"non-ascii"),
+        (tarfile.GNU_FORMAT, "gnu/short", b"gnu short"),
+        (tarfile.USTAR_FORMAT, "lib/last.so", b"y" * 1025),
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(
+        fileobj=buffer,
+        mode="w",
+        format=tarfile.PAX_FORMAT,
+        pax_headers=global_headers,
+    ) as tar:
+        for fmt, name, data in plan:
+            tar.format = fmt
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+        tar.format = tarfile.GNU_FORMAT
+        link = tarfile.TarInfo("gnu/link-with-a-long-target")
+        link.type, link.linkname = tarfile.SYMTYPE, "../" + LONG
+        tar.addfile(link)
+    return buffer.getvalue(), {name: data for _, name, data in plan}
+
+
+@pytest.mark.parametrize("global_headers", [None, {"comment": "commit 0123abc"}])
+def test_it_extracts_every_header_kind_interleaved(
+    tmp_path: Path, global_headers: dict[str, str] | None
+) -> None:
+    data, files = _mixed_tar(global_headers)
+
+    count = extract_layer(io.BytesIO(gzip.compress(data)), tmp_path)
+
+    assert count == len(files) + 1
+    for name, content in files.items():
+        assert (tmp_path / name).read_bytes() == content, name
+        assert (tmp_path / name).stat().st_mtime == 1_700_000_000
+    assert os.readlink(tmp_path / "gnu/link-with-a-long-target") == "../" + LONG
+
+
+def test_a_global_pax_header_applies_to_the_entries_after_it(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(
+        fileobj=buffer,
+        mode="w",
+        format=tarfile.PAX_FORMAT,
+        pax_headers={"mtime": "1600000000"},
+    ) as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size, info.mtime = 1, 1_700_000_000
+        tar.addfile(info, io.BytesIO(b"a"))
+
+    extract_layer(io.BytesIO(buffer.getvalue()), tmp_path)
+
+    # tarfile's reading: the global header's mtime wins over the entry's own field
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as tar:
+        expected = tar.getmembers()[0].mtime
+    assert (tmp_path / "a.txt").stat().st_mtime == expected == 1_600_000_000
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_it_extracts_sparse_files_made_by_gnu_tar(tmp_path: Path, fmt: str) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    with open(source / "sparse.bin", "wb") as out:
+        out.truncate(1 << 20)
+        out.seek(300_000)
+        out.write(b"data in the middle")
+    (source / "after.txt").write_text("after the sparse file")
+    archive = tmp_path / "layer.tar"
+    subprocess.run(
+        ["tar", "--sparse", f"--format={fmt}", "-cf", archive, "-C", source, "."],
+        check=True,
+    )
+
+    count = extract_layer(archive.open("rb"), tmp_path / "out")
+
+    assert count == 3
+    assert (tmp_path / "out/sparse.bin").read_bytes() == (
+        source / "sparse.bin"
+    ).read_bytes()
+    assert (tmp_path / "out/after.txt").read_text() == "after the sparse file"
