@@ -62,6 +62,8 @@ _MAX_READ = 16 << 20
 # _PIECE_SIZE bytes, so the queue adds about 2 MiB to the memory of a layer.
 _QUEUE_PIECES = 8
 _PIECE_SIZE = 256 << 10
+# Files are always created anew, never through a symlink.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Linux gives up after 40 symlink hops (ELOOP); a chain longer than that is hostile.
 _MAX_SYMLINK_HOPS = 40
 
@@ -331,23 +333,22 @@ class _TarStream:
             parts.append(piece)
         return b"".join(parts)
 
-    def peek(self, size: int) -> bytes:
+    def peek(self, size: int) -> memoryview:
         """The next ``size`` bytes (fewer at the end) without consuming them."""
-        if len(self._buffer) >= size:
-            return bytes(self._buffer[:size])
-        data = self.read(size)
-        self._buffer = memoryview(data + bytes(self._buffer))
-        self._position -= len(data)
-        return data
+        if len(self._buffer) < size:
+            data = self.read(size)
+            self._buffer = memoryview(data + bytes(self._buffer))
+            self._position -= len(data)
+        return self._buffer[:size]
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if whence == os.SEEK_CUR:
             offset += self._position
         elif whence != os.SEEK_SET:
             raise OSError("the tar stream cannot seek from its end")
-        if offset < self._position:
-            raise OSError("the tar stream cannot seek backwards")
         skip = offset - self._position
+        if skip < 0:
+            raise OSError("the tar stream cannot seek backwards")
         while skip > 0:
             if not self._fill():
                 raise ArchiveError("unexpected end of archive data")
@@ -371,7 +372,10 @@ class _TarStream:
 
 # --- tar headers ---------------------------------------------------------------------
 
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+# The fields of a ustar/GNU header that extraction uses: name, mode, size, mtime,
+# checksum, type, link name, and the first byte of the ustar prefix (uid, gid, user
+# and group names and device numbers are skipped: ownership is never applied).
+_HEADER = struct.Struct("100s8s16x12s12s8sc100s88xc166x")
 # What tarfile.open(mode="r:") decodes names with.
 _ENCODING, _ERRORS = tarfile.ENCODING, "surrogateescape"
 _FAST_TYPES = frozenset(
@@ -386,59 +390,51 @@ def _octal(field: bytes) -> int:
     return int(field.partition(b"\0")[0] or b"0", 8)
 
 
-def _text(field: bytes, encoding: str, errors: str) -> str:
-    return field.partition(b"\0")[0].decode(encoding, errors)
+def _header_checksum(block: memoryview) -> int:
+    """tar's unsigned header checksum: the sum of the header's bytes with the checksum
+    field (148-156) counted as eight spaces.
 
-
-class _FastTarInfo(tarfile.TarInfo):
-    """``TarInfo`` whose ``frombuf`` parses the common header in one ``struct`` call.
-
-    Only a plain ustar/GNU header of a regular file, directory or link with no prefix
-    field, octal numbers and an unsigned checksum takes the fast path; anything else
-    (pax, GNU long names, sparse, base-256, signed checksums, every error) goes to
-    tarfile's own ``frombuf``, which yields the same ``TarInfo`` for the common case.
+    Summed in C: the low half of an Adler-32 is one plus the byte sum modulo 65521,
+    exact for pieces of up to 256 bytes, so the header is summed in three such pieces.
     """
+    return (
+        (zlib.adler32(block[:148]) & 0xFFFF)
+        + (zlib.adler32(block[156:356]) & 0xFFFF)
+        + (zlib.adler32(block[356:]) & 0xFFFF)
+        + 8 * 32
+        - 3
+    )
 
-    @classmethod
-    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> _FastTarInfo:  # type: ignore[override]
-        obj = cls.plain(buf, encoding, errors)
-        if obj is None:
-            return super().frombuf(buf, encoding, errors)  # type: ignore[return-value]
-        return obj
 
-    @classmethod
-    def plain(
-        cls, buf: bytes, encoding: str = _ENCODING, errors: str = _ERRORS
-    ) -> _FastTarInfo | None:
-        """The entry of a plain header, or None when tarfile has to parse it."""
-        if len(buf) != tarfile.BLOCKSIZE:
+def _plain_header(block: memoryview) -> tarfile.TarInfo | None:
+    """The entry of a plain header, or None when tarfile has to parse it.
+
+    Only a plain ustar/GNU header of a regular file, directory or link, with no prefix
+    field, octal numbers and an unsigned checksum is parsed here, into the TarInfo
+    tarfile would give for it (ownership fields left at their defaults); anything
+    else (pax, GNU long names, sparse, base-256, signed checksums, every error) is
+    left to tarfile.
+    """
+    if len(block) != tarfile.BLOCKSIZE:
+        return None
+    name, mode, size, mtime, chksum, kind, linkname, prefix = _HEADER.unpack(block)
+    if kind not in _FAST_TYPES or prefix != b"\0":
+        return None
+    try:
+        if _octal(chksum) != _header_checksum(block):
             return None
-        fields = _HEADER.unpack(buf)
-        if fields[7] not in _FAST_TYPES or fields[14][0] != 0:
-            return None
-        try:
-            chksum = _octal(fields[6])
-            if chksum != 256 + sum(buf) - sum(fields[6]):
-                return None
-            obj = cls()
-            obj.name = _text(fields[0], encoding, errors)
-            obj.mode = _octal(fields[1])
-            obj.uid = _octal(fields[2])
-            obj.gid = _octal(fields[3])
-            obj.size = _octal(fields[4])
-            obj.mtime = _octal(fields[5])
-            obj.chksum = chksum
-            obj.type = fields[7]
-            obj.linkname = _text(fields[8], encoding, errors)
-            obj.uname = _text(fields[10], encoding, errors)
-            obj.gname = _text(fields[11], encoding, errors)
-            obj.devmajor = _octal(fields[12])
-            obj.devminor = _octal(fields[13])
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if obj.type == tarfile.DIRTYPE:
-            obj.name = obj.name.rstrip("/")
-        return obj
+        member = tarfile.TarInfo(name.partition(b"\0")[0].decode(_ENCODING, _ERRORS))
+        member.mode = _octal(mode)
+        member.size = _octal(size)
+        member.mtime = _octal(mtime)
+        member.type = kind
+        if linkname[0]:
+            member.linkname = linkname.partition(b"\0")[0].decode(_ENCODING, _ERRORS)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if kind == tarfile.DIRTYPE:
+        member.name = member.name.rstrip("/")
+    return member
 
 
 def _padded(size: int) -> int:
@@ -543,8 +539,8 @@ class _LayerWriter:
                     if member is None:
                         # Opening parses the entry at the stream's position.
                         parser = tarfile.open(  # noqa: SIM115 (nothing to close)
-                            fileobj=stream, mode="r:", tarinfo=_FastTarInfo
-                        )  # type: ignore[call-overload]
+                            fileobj=stream, mode="r:"
+                        )
                         member, parser.firstmember = parser.firstmember, None
                         if parser.pax_headers:
                             tar = parser
@@ -565,7 +561,7 @@ class _LayerWriter:
         """The entry at the stream's position if its header is plain, else None (and
         nothing consumed)."""
         offset = stream.tell()
-        member = _FastTarInfo.plain(stream.peek(tarfile.BLOCKSIZE))
+        member = _plain_header(stream.peek(tarfile.BLOCKSIZE))
         if member is not None:
             stream.seek(offset + tarfile.BLOCKSIZE)
             member.offset, member.offset_data = offset, offset + tarfile.BLOCKSIZE
@@ -594,7 +590,9 @@ class _LayerWriter:
         assert parent is not None  # create=True always yields a directory
         rel = _join(parent, leaf)
         path = self._abs(rel)
-        if member.isdir():
+        if member.isreg():  # first: nearly every entry is a regular file
+            self._write_file(tar, stream, member, mode, rel, path)
+        elif member.isdir():
             self._make_dir(rel, path)
         elif member.issym():
             self._check_link_target(parent, member.linkname, name)
@@ -605,8 +603,6 @@ class _LayerWriter:
                 self._create(
                     rel, path, lambda: os.link(source, path, follow_symlinks=False)
                 )
-        elif member.isreg():
-            self._write_file(tar, stream, member, mode, rel, path)
         else:  # data_filter refuses these already; keep the guarantee local too
             raise UnsafeArchiveError(f"refusing {name!r}: unsupported entry type")
         self._mark_written(rel)
@@ -746,13 +742,12 @@ class _LayerWriter:
         rel: str,
         path: str,
     ) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags, mode)
+            fd = os.open(path, _NEW_FILE, mode)
         except FileExistsError:
             # Unlink rather than truncate: the old file may be hard-linked elsewhere.
             self._remove(rel, path)
-            fd = os.open(path, flags, mode)
+            fd = os.open(path, _NEW_FILE, mode)
         try:
             if member.sparse is not None:
                 assert tar is not None  # only tarfile's parser yields sparse files

@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -303,21 +304,28 @@ class Installer:
                         uri,
                     )
             else:
-                client = self.http or httpx.Client(follow_redirects=True, timeout=60)
-                with client.stream("GET", uri) as response:
-                    if response.status_code >= 400:
-                        raise InstallError(
-                            f"{uri} answered HTTP {response.status_code}"
-                        )
-                    total = int(response.headers.get("Content-Length") or 0)
-                    self._check_free_space(total)
-                    self._copy_stream(response.iter_bytes(), tmp, digest, total, uri)
+                with (
+                    nullcontext(self.http)
+                    if self.http
+                    else httpx.Client(
+                        verify=oci.tls_context(), follow_redirects=True, timeout=60
+                    )
+                ) as client:
+                    self._download(client, uri, tmp, digest)
             if sha256 and digest.hexdigest() != sha256.lower():
                 raise InstallError(
                     f"sha256 mismatch for {uri}: expected {sha256}, got {digest.hexdigest()}"
                 )
             tmp.flush()
             extract.extract_tarball(Path(tmp.name), staging)
+
+    def _download(self, client: httpx.Client, uri: str, out, digest) -> None:  # type: ignore[no-untyped-def]
+        with client.stream("GET", uri) as response:
+            if response.status_code >= 400:
+                raise InstallError(f"{uri} answered HTTP {response.status_code}")
+            total = int(response.headers.get("Content-Length") or 0)
+            self._check_free_space(total)
+            self._copy_stream(response.iter_bytes(), out, digest, total, uri)
 
     def _copy_stream(self, chunks, out, digest, total: int, label: str) -> None:  # type: ignore[no-untyped-def]
         done = 0

@@ -433,12 +433,16 @@ def _install(args: dict[str, Any]) -> dict[str, Any]:
     import resource
 
     try:
+        from backends import oci
         from backends.install import Installer, Source
         from backends.installed import Metadata
     except ImportError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     backends = Path(args["backends"])
     installer = Installer(backends)
+    # Built once per process, like the imports: a long-running worker has it from its
+    # first job on (this child process only ever runs one).
+    oci.tls_context()
     # Interpreter + imports, before a byte is fetched.
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

@@ -188,7 +188,8 @@ def _measure(
         f"(CPU-implied ratio {cpu[1] / cpu[0]:.2f}); "
         f"p99 {p99[0]:.1f} ms vs {p99[1]:.1f} ms; non-2xx {bad[0]}/{total[0]} vs "
         f"{bad[1]}/{total[1]}; unauthenticated trivial {anonymous['rps']:.0f} req/s "
-        f"(p99 {anonymous['p99_ms']:.1f} ms); gunicorn {GUNICORN_ARGS}; {DATABASE}; "
+        f"(p99 {anonymous['p99_ms']:.1f} ms, status/unauthenticated "
+        f"{figure.value / anonymous['rps']:.2f}); gunicorn {GUNICORN_ARGS}; {DATABASE}; "
         f"wrk -t{WRK_THREADS} -c{CONNECTIONS} -d{duration}s"
     )
     figure.extra = {
