@@ -53,8 +53,14 @@ TARGET = 0.70
 CONNECTIONS = 100
 WRK_THREADS = 2
 # gthread: threads keep the 100 keep-alive connections open and overlap database waits;
-# 2 processes for 2 cores (wrk needs CPU too). Override with BENCH_GUNICORN_ARGS.
-GUNICORN_ARGS = os.getenv("BENCH_GUNICORN_ARGS", "-w 2 -k gthread --threads 4")
+# 2 processes for 2 cores (wrk needs CPU too), each holding at most half of the
+# connections: uncapped, one process sometimes accepts all 100 and serves them alone at
+# a third of the rate (docs/performance.md). Override with BENCH_GUNICORN_ARGS.
+WORKERS = 2
+GUNICORN_ARGS = os.getenv(
+    "BENCH_GUNICORN_ARGS",
+    f"-w {WORKERS} -k gthread --threads 4 --worker-connections {CONNECTIONS // WORKERS}",
+)
 DATABASE = os.getenv("BENCH_POLLING_DB", "sqlite")
 STATUS_PATH = "/backends/jobs/{job}"
 TRIVIAL_PATH = "/bench/trivial"

@@ -10,9 +10,10 @@ is the bare view, printed for information only.
 from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
-from django.urls import include, path
+from django.urls import path
 
 from backends.http import api_view
+from localai_admin import urls as product
 
 
 def trivial_anonymous(request: HttpRequest) -> JsonResponse:
@@ -21,8 +22,11 @@ def trivial_anonymous(request: HttpRequest) -> JsonResponse:
 
 trivial = api_view(("GET",))(trivial_anonymous)
 
+# The product's patterns themselves, not an include() of them: the product's routes
+# resolve at the depth they have in the product, not one level deeper.
 urlpatterns = [
     path("bench/trivial", trivial),
     path("bench/trivial-anonymous", trivial_anonymous),
-    path("", include("localai_admin.urls")),
+    *product.urlpatterns,
 ]
+handler404 = product.handler404
