@@ -756,7 +756,8 @@ class _LayerWriter:
                 with os.fdopen(os.dup(fd), "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK_SIZE)
             else:
-                stream.seek(member.offset_data)
+                if tar is not None:  # parsed by tarfile: be sure of where the data is
+                    stream.seek(member.offset_data)
                 stream.copy_to(fd, member.size)
             if self._umask is None or mode & self._umask:
                 os.fchmod(fd, mode)  # the umask took bits that open() was given
