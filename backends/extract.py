@@ -127,7 +127,7 @@ class _Producer:
 
     Socket reads, hashing and inflating release the GIL, so they overlap with header
     parsing and file writes in the consumer. The queue is bounded (at most
-    ``_QUEUE_PIECES`` pieces of <= CHUNK_SIZE bytes). The producer's exception is
+    ``_QUEUE_PIECES`` pieces of <= _PIECE_SIZE bytes). The producer's exception is
     forwarded to the consumer; when the consumer fails first it sets ``_stop``, which
     the producer checks between pieces, and drains the queue until the thread ends,
     so the raw iterator is never used by two threads at once.
@@ -346,9 +346,9 @@ class _TarStream:
             offset += self._position
         elif whence != os.SEEK_SET:
             raise OSError("the tar stream cannot seek from its end")
-        skip = offset - self._position
-        if skip < 0:
+        if offset < self._position:
             raise OSError("the tar stream cannot seek backwards")
+        skip = offset - self._position
         while skip > 0:
             if not self._fill():
                 raise ArchiveError("unexpected end of archive data")
