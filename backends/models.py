@@ -13,10 +13,10 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
-from backends import gallery as gallery_format
-from backends import hardware
+from backends.core import gallery as gallery_format
+from backends.core import hardware
+from backends.core.installed import DiskBackend, human_size
 from backends.fixedsql import FixedSelect
-from backends.installed import DiskBackend, human_size
 
 
 class GalleryManager(models.Manager["Gallery"]):
@@ -495,7 +495,7 @@ class JobManager(models.Manager["Job"]):
     def retry(self, job: Job) -> Job:
         """The same work again; a fanned-out job goes to every node online now."""
         if job.node_id is None and settings.DISTRIBUTED and job.children.exists():
-            from backends import nodes  # nodes imports this module
+            from backends.services import nodes  # nodes imports this module
 
             return nodes.start_fan_out(
                 job.kind,
@@ -649,7 +649,8 @@ class Job(models.Model):
         return max(self.total_bytes - self.current_bytes, 0) / self.bytes_per_second
 
     def enqueue(self) -> None:
-        from backends import nodes, tasks  # both import this module
+        from backends import tasks  # both import this module
+        from backends.services import nodes
 
         if settings.DISTRIBUTED and self.node is not None and not self.node.is_local:
             nodes.enqueue_on_node(self)

@@ -12,9 +12,9 @@ from django.conf import settings
 from django.utils import timezone
 from huey.contrib.djhuey import db_periodic_task, db_task, lock_task, on_startup
 
-from backends import pipeline, upgrades
-from backends.install import Installer
+from backends.core.install import Installer
 from backends.models import Gallery, Job, Node
+from backends.services import pipeline, upgrades
 
 log = logging.getLogger(__name__)
 

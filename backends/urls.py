@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from backends import api, api_nodes, views
+from backends.api import backends as api
+from backends.api import nodes as api_nodes
+from backends.web import views
 
 app_name = "backends"
 

@@ -12,7 +12,7 @@ stream (tar -> gzip level 1 -> file, hashed on the way), never held in memory:
 
 Baseline: ``curl -s <blob URL> | tar -xz -C <empty dir>`` timed in the parent.
 Ours: a child process (``--worker``) that times
-``backends.install.Installer(<backends>).install(name, Source("127.0.0.1:<port>/<repo>:<tag>"), Metadata())``
+``backends.core.install.Installer(<backends>).install(name, Source("127.0.0.1:<port>/<repo>:<tag>"), Metadata())``
 (resolve, pull, sha256 verify while streaming, safe extraction, run.sh check, metadata,
 atomic rename) and reports its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``:
 that process alone, interpreter and imports included). Runs alternate baseline / ours;
@@ -433,9 +433,9 @@ def _install(args: dict[str, Any]) -> dict[str, Any]:
     import resource
 
     try:
-        from backends import oci
-        from backends.install import Installer, Source
-        from backends.installed import Metadata
+        from backends.core import oci
+        from backends.core.install import Installer, Source
+        from backends.core.installed import Metadata
     except ImportError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     backends = Path(args["backends"])

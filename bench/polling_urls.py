@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from backends.http import api_view
+from backends.api.http import api_view
 from localai_admin import urls as product
 
 

@@ -11,4 +11,4 @@ urlpatterns = [
     path("", include("backends.urls")),
 ]
 
-handler404 = "backends.http.not_found"
+handler404 = "backends.api.http.not_found"

@@ -140,7 +140,7 @@ class ApplyTestCase(PipelineTestCase):
 
 class RecoveryTestCase(PipelineTestCase):
     def test_after_a_kill_staging_is_removed_and_a_lost_swap_restored(self) -> None:
-        from backends.install import Installer
+        from backends.core.install import Installer
 
         make_build(self.backends / "cpu-bar.install-tmp")
         make_build(self.backends / "cpu-foo.install-backup", "old")

@@ -65,7 +65,7 @@ class CancelTestCase(PipelineTestCase):
         status = self.api_get(f"/backends/jobs/{job_id}").json()
         self.assertTrue(status["cancelled"])
         self.assertTrue(status["processed"])
-        from backends.pipeline import run_job
+        from backends.services.pipeline import run_job
 
         self.assertEqual(run_job(job_id), "cancelled")
         self.assertFalse((self.backends / "cpu-bar").exists())

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import TransactionTestCase
 
-from backends import pipeline
 from backends.models import Gallery, Job
+from backends.services import pipeline
 from tests.base import make_build
 from tests.slowserver import slow_server, tarball
 

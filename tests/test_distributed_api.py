@@ -5,8 +5,8 @@ from datetime import timedelta
 from django.test import override_settings
 from django.utils import timezone
 
-from backends import nodes
 from backends.models import InstalledBackend, Job, Node
+from backends.services import nodes
 from tests.base import PipelineTestCase
 
 DISTRIBUTED = {

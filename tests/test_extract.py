@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.extract import (
+from backends.core.extract import (
     ArchiveError,
     UnsafeArchiveError,
     extract_layer,
@@ -531,7 +531,7 @@ EXTRACTION_FIELDS = ("name", "mode", "size", "mtime", "type", "linkname")
     ],
 )
 def test_the_fast_header_parser_agrees_with_tarfile(buf: bytes, plain: bool) -> None:
-    from backends.extract import _plain_header
+    from backends.core.extract import _plain_header
 
     fast = _plain_header(memoryview(buf))
     slow = tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape")
@@ -548,7 +548,7 @@ def test_the_fast_header_parser_agrees_with_tarfile(buf: bytes, plain: bool) -> 
 def test_a_header_with_a_bad_checksum_is_left_to_tarfile_which_refuses_it(
     tmp_path: Path,
 ) -> None:
-    from backends.extract import _plain_header
+    from backends.core.extract import _plain_header
 
     buf = bytearray(_header(_plain("a"), tarfile.USTAR_FORMAT))
     buf[0:1] = b"b"

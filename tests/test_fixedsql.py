@@ -6,7 +6,7 @@ from django.db import connection
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from backends.api import JOB_BY_ID
+from backends.api.backends import JOB_BY_ID
 from backends.models import Job, Node
 from tests.base import BaseTestCase
 

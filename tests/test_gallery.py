@@ -15,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from backends import gallery
-from backends.gallery import (
+from backends.core import gallery
+from backends.core.gallery import (
     GalleryEntry,
     GalleryError,
     GalleryFetchError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.hardware import (
+from backends.core.hardware import (
     GIB,
     HardwareReport,
     normalise_machine,

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends import oci
-from backends.extract import UnsafeArchiveError
-from backends.oci import (
+from backends.core import oci
+from backends.core.extract import UnsafeArchiveError
+from backends.core.oci import (
     AllSourcesFailedError,
     AuthenticationError,
     Cancelled,

@@ -14,8 +14,8 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
+from backends.api.openapi import ROUTES, openapi_document
 from backends.models import ApiToken
-from backends.openapi import ROUTES, openapi_document
 
 schema = schemathesis.openapi.from_dict(openapi_document("/"))
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from backends import oci
+from backends.core import oci
 from backends.models import InstalledBackend
 from tests.base import PipelineTestCase
 from tests.imagebuild import file, make_layer
@@ -217,7 +217,7 @@ class DiskSpaceTestCase(PipelineTestCase):
     def test_an_image_larger_than_the_free_space_is_refused_before_download(
         self,
     ) -> None:
-        from backends.install import Installer, InstallError
+        from backends.core.install import Installer, InstallError
 
         with self.assertRaisesMessage(InstallError, "not enough disk space"):
             Installer(self.backends)._check_free_space(1 << 60)

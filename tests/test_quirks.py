@@ -9,7 +9,7 @@ import uuid
 from huey.contrib.djhuey import HUEY
 from huey.storage import MemoryStorage
 
-from backends import oci, resolve
+from backends.core import oci, resolve
 from backends.models import Job
 from tests.base import PipelineTestCase, make_build
 
@@ -131,6 +131,6 @@ class PipelineQuirksTestCase(PipelineTestCase):
 
 
 def resolve_meta_entry(capabilities: dict[str, str]):  # type: ignore[no-untyped-def]
-    from backends.gallery import GalleryEntry
+    from backends.core.gallery import GalleryEntry
 
     return GalleryEntry(name="x", capabilities=capabilities)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backends.resolve import (
+from backends.core.resolve import (
     NoBuildError,
     available,
     fallback_chain,

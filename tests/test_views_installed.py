@@ -5,8 +5,8 @@ import json
 from django.template.defaultfilters import filesizeformat
 from django.test import override_settings
 
-from backends.install import Installer
-from backends.installed import folder_size
+from backends.core.install import Installer
+from backends.core.installed import folder_size
 from backends.models import InstalledBackend, Job, Node
 from tests.base import BaseTestCase
 

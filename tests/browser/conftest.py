@@ -22,8 +22,9 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.test import Client
 
-from backends import pipeline, tasks
+from backends import tasks
 from backends.models import Gallery, KnownBackend
+from backends.services import pipeline
 from tests.base import REAL_GALLERY
 from tests.imagebuild import file, make_layer
 from tests.registry_fixtures import RegistryProcess

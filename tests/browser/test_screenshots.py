@@ -20,7 +20,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from backends import hardware
+from backends.core import hardware
 from backends.models import Gallery, InstalledBackend, Job, Node
 from tests.test_hardware import add_cuda_toolkit, jetson_host, linux_host, nvidia_host
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from backends import pipeline
-from backends.installed import human_size
+from backends.core.installed import human_size
 from backends.models import Job, JobConflict
+from backends.services import pipeline
 
 
 class JobCommand(BaseCommand):

@@ -9,9 +9,10 @@ import httpx
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from backends import hardware, nodes, pipeline
-from backends.install import Installer
+from backends.core import hardware
+from backends.core.install import Installer
 from backends.models import Job, Node
+from backends.services import nodes, pipeline
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from backends import catalogue, extract, installed, oci, resolve
-from backends.gallery import validate_name
-from backends.install import (
+from backends.core import extract, installed, oci, resolve
+from backends.core.gallery import validate_name
+from backends.core.install import (
     Installer,
     InstallError,
     Source,
@@ -27,6 +27,7 @@ from backends.install import (
     looks_like_oci,
 )
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
+from backends.services import catalogue
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from backends import nodes
-from backends.api import BadRequest, _backend_id, _json_body, _string
-from backends.gallery import validate_name
-from backends.http import api_view, json_error
+from backends.api.backends import BadRequest, _backend_id, _json_body, _string
+from backends.api.http import api_view, json_error
+from backends.core.gallery import validate_name
 from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
+from backends.services import nodes
 
 
 def agent_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 
-from backends import installed, resolve
+from backends.core import installed, resolve
 from backends.models import (
     Gallery,
     GalleryBackend,

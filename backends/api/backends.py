@@ -10,13 +10,14 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from backends import catalogue, nodes, tasks, upgrades
+from backends import tasks
+from backends.api.http import api_view, json_error
+from backends.api.openapi import openapi_document
+from backends.core.gallery import validate_backend_id, validate_name
+from backends.core.install import local_folder, looks_like_oci
 from backends.fixedsql import FixedSelect
-from backends.gallery import validate_backend_id, validate_name
-from backends.http import api_view, json_error
-from backends.install import local_folder, looks_like_oci
 from backends.models import GalleryBackend, Job, JobConflict, Node
-from backends.openapi import openapi_document
+from backends.services import catalogue, nodes, upgrades
 
 MAX_BODY = 64 * 1024
 JOB_LIST_LIMIT = 200

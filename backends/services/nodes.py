@@ -20,8 +20,8 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 from huey import RedisHuey
 
-from backends import pipeline
 from backends.models import GalleryBackend, Job, JobConflict, Node
+from backends.services import pipeline
 
 log = logging.getLogger(__name__)
 

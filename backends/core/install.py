@@ -27,9 +27,9 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from backends import extract, oci
-from backends.gallery import validate_name
-from backends.installed import (
+from backends.core import extract, oci
+from backends.core.gallery import validate_name
+from backends.core.installed import (
     RUN_FILE,
     DiskBackend,
     Metadata,

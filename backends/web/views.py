@@ -30,18 +30,11 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
-from backends import gallery as gallery_format
-from backends import installed, nodes, resolve, tasks
-from backends.catalogue import known_backends, local_disk
-from backends.forms import (
-    CatalogueQueryForm,
-    InstallForm,
-    JobHistoryForm,
-    KnownFilterForm,
-    NodeInstallForm,
-)
-from backends.http import HtmxHttpRequest
-from backends.install import Installer, InstallError, NotFoundError
+from backends import tasks
+from backends.api.http import HtmxHttpRequest
+from backends.core import gallery as gallery_format
+from backends.core import installed, resolve
+from backends.core.install import Installer, InstallError, NotFoundError
 from backends.models import (
     Gallery,
     GalleryBackend,
@@ -49,6 +42,15 @@ from backends.models import (
     Job,
     JobConflict,
     Node,
+)
+from backends.services import nodes
+from backends.services.catalogue import known_backends, local_disk
+from backends.web.forms import (
+    CatalogueQueryForm,
+    InstallForm,
+    JobHistoryForm,
+    KnownFilterForm,
+    NodeInstallForm,
 )
 
 PAGE_SIZE = 50

@@ -13,10 +13,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from backends import oci
-from backends.install import looks_like_oci
+from backends.core import oci
+from backends.core.install import looks_like_oci
 from backends.models import GalleryBackend, InstalledBackend, Node
-from backends.pipeline import reconcile, registry_client
+from backends.services.pipeline import reconcile, registry_client
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Public API:
   header only ever goes to the registry itself. ``resolve()`` turns a reference into the
   layer list for a platform, ``head_digest()`` answers upgrade checks, ``iter_blob()`` /
   ``stream_blob()`` stream a blob while hashing it and resume a cut transfer with Range.
-* ``pull_image(ref, dest, ...)`` streams every layer through ``backends.extract`` into
+* ``pull_image(ref, dest, ...)`` streams every layer through ``backends.core.extract`` into
   ``dest`` (a staging folder), ``pull_first(refs, dest, ...)`` tries mirrors in order.
 * Errors: ``OCIError`` and its subclasses, each message naming the reference;
   ``Cancelled`` (not an OCIError) when ``should_cancel`` says so.
@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from backends.extract import ArchiveError, extract_layer
+from backends.core.extract import ArchiveError, extract_layer
 
 logger = logging.getLogger(__name__)
 

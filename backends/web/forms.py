@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 
-from backends.gallery import validate_backend_id
+from backends.core.gallery import validate_backend_id
 from backends.models import GalleryBackend, Job
 
 

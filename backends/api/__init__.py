@@ -1,0 +1,1 @@
+"""The JSON API: LocalAI's ``/backends/*`` routes, the node routes and the agents' routes."""
