@@ -5,7 +5,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -275,7 +275,16 @@ class GalleryBackend(models.Model):
         }
 
 
-class NodeManager(models.Manager["Node"]):
+class NodeRefused(Exception):
+    """A node rule says no (drain the local node, new work for a draining node...)."""
+
+
+def offline_cutoff() -> datetime:
+    """Agents whose last heartbeat is older than this are offline."""
+    return timezone.now() - timedelta(seconds=settings.NODE_OFFLINE_SECONDS)
+
+
+class NodeQuerySet(models.QuerySet["Node"]):
     def local(self) -> Node:
         node, _ = self.get_or_create(
             name=settings.NODE_NAME,
@@ -285,6 +294,25 @@ class NodeManager(models.Manager["Node"]):
             },
         )
         return node
+
+    def taking_work(self) -> NodeQuerySet:
+        """Agents that take new jobs now: online, and heard from within the window."""
+        return self.filter(
+            is_local=False,
+            status=Node.Status.ONLINE,
+            last_heartbeat__gte=offline_cutoff(),
+        )
+
+    def silent(self) -> NodeQuerySet:
+        """Agents past the offline window that are not marked offline yet."""
+        return (
+            self.filter(is_local=False)
+            .filter(
+                models.Q(last_heartbeat__lt=offline_cutoff())
+                | models.Q(last_heartbeat__isnull=True)
+            )
+            .exclude(status=Node.Status.OFFLINE)
+        )
 
 
 class Node(models.Model):
@@ -314,13 +342,69 @@ class Node(models.Model):
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = NodeManager()
+    objects = NodeQuerySet.as_manager()
 
     class Meta:
         ordering = ("-is_local", "name")
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_silent(self) -> bool:
+        """An agent not heard from within the offline window (the local node never is)."""
+        if self.is_local:
+            return False
+        return self.last_heartbeat is None or self.last_heartbeat < offline_cutoff()
+
+    @property
+    def current_status(self) -> str:
+        """The status as of now: derived on read, so a dead agent shows offline at once,
+        before the periodic sweep has written it and failed its jobs."""
+        if self.status != Node.Status.OFFLINE and self.is_silent:
+            return Node.Status.OFFLINE
+        return self.status
+
+    @property
+    def current_status_label(self) -> str:
+        return str(Node.Status(self.current_status).label)
+
+    @property
+    def accepts_work(self) -> bool:
+        # An agent's queue is only read in distributed mode.
+        return self.current_status == Node.Status.ONLINE and (
+            self.is_local or settings.DISTRIBUTED
+        )
+
+    def why_no_work(self) -> str:
+        """Why this node takes no new job, as a sentence; "" when it does."""
+        status = self.current_status
+        if status != Node.Status.ONLINE:
+            return f"{self.name} is {status}: it takes no new work"
+        if not self.is_local and not settings.DISTRIBUTED:
+            return (
+                f"distributed mode is off, so the agent of {self.name} cannot "
+                "receive jobs"
+            )
+        return ""
+
+    def drain(self) -> None:
+        """Stop giving this agent new work; its running jobs finish."""
+        if self.is_local:
+            raise NodeRefused(
+                f"{self.name} is this host: it is never drained (stop its worker)"
+            )
+        self._move(Node.Status.ONLINE, Node.Status.DRAINING)
+
+    def resume(self) -> None:
+        """A drained agent takes new work again."""
+        self._move(Node.Status.DRAINING, Node.Status.ONLINE)
+
+    def _move(self, was: str, becomes: str) -> None:
+        if not Node.objects.filter(pk=self.pk, status=was).update(status=becomes):
+            self.refresh_from_db(fields=("status",))
+            raise NodeRefused(f"{self.name} is {self.status}: nothing changed")
+        self.status = becomes
 
     def probe_local_hardware(self) -> None:
         """Probe this machine (through the configured probe root) and store the report."""
@@ -425,6 +509,11 @@ def _parse_time(value: str) -> datetime | None:
         return None
 
 
+def mean_progress(jobs: list[Job]) -> float:
+    """A fanned-out job's progress: the mean of its parts."""
+    return sum(job.progress for job in jobs) / len(jobs) if jobs else 0.0
+
+
 class JobConflict(Exception):
     """Another kind of job is already working on the same backend on the same node."""
 
@@ -439,23 +528,21 @@ class JobManager(models.Manager["Job"]):
     def active(self) -> models.QuerySet[Job]:
         return self.filter(state__in=Job.ACTIVE_STATES)
 
-    def start(
+    def open(
         self,
         kind: str,
         target: str,
         *,
         node: Node | None = None,
-        force: bool = False,
-        requested_by: str = "",
         dedup_key: str = "",
-        enqueue: bool = True,
         **fields: Any,
-    ) -> Job:
-        """Create a job and queue it, or return the job already doing the same thing.
+    ) -> tuple[Job, bool]:
+        """Create a queued job, or return the active job already doing the same thing.
 
         One active job per backend per node: a partial unique index makes this hold
         under concurrent requests too. A request for the same kind of work gets the
-        active job back; a different kind (a delete during an install) is a conflict.
+        active job back (``created`` is False); a different kind (a delete during an
+        install) is a conflict. Queueing it is the caller's business (services.dispatch).
         """
         node = node or Node.objects.local()
         key = (dedup_key or target).lower()
@@ -465,8 +552,6 @@ class JobManager(models.Manager["Job"]):
                     kind=kind,
                     target=target,
                     node=node,
-                    force=force,
-                    requested_by=requested_by,
                     dedup_key=key,
                     message="queued",
                     phase="queued",
@@ -475,46 +560,11 @@ class JobManager(models.Manager["Job"]):
         except IntegrityError:
             active = self.active().filter(node=node, dedup_key=key).first()
             if active is None:  # it finished in between: try once more
-                return self.start(
-                    kind,
-                    target,
-                    node=node,
-                    force=force,
-                    requested_by=requested_by,
-                    dedup_key=key,
-                    enqueue=enqueue,
-                    **fields,
-                )
+                return self.open(kind, target, node=node, dedup_key=key, **fields)
             if active.kind != kind:
                 raise JobConflict(active) from None
-            return active
-        if enqueue:
-            transaction.on_commit(job.enqueue)
-        return job
-
-    def retry(self, job: Job) -> Job:
-        """The same work again; a fanned-out job goes to every node online now."""
-        if job.node_id is None and settings.DISTRIBUTED and job.children.exists():
-            from backends.services import nodes  # nodes imports this module
-
-            return nodes.start_fan_out(
-                job.kind,
-                job.target,
-                dedup_key=job.dedup_key,
-                force=job.force,
-                requested_by=job.requested_by,
-            )
-        return self.start(
-            job.kind,
-            job.target,
-            node=job.node,
-            force=job.force,
-            requested_by=job.requested_by,
-            dedup_key=job.dedup_key,
-            external_uri=job.external_uri,
-            external_name=job.external_name,
-            external_alias=job.external_alias,
-        )
+            return active, False
+        return job, True
 
     def settle_parent(self, parent_id: Any) -> None:
         """Finish a fanned-out parent job once none of its children is active."""
@@ -541,10 +591,23 @@ class JobManager(models.Manager["Job"]):
             state=state,
             message=message,
             error=error or ("" if state != Job.State.FAILED else message),
-            progress=sum(child.progress for child in children) / len(children),
+            progress=mean_progress(children),
             cancellable=False,
             finished_at=timezone.now(),
         )
+
+    def fail_active(self, node: Node, message: str) -> None:
+        """Fail every unfinished job of ``node`` and settle their fanned-out parents."""
+        jobs = list(self.active().filter(node=node).values_list("pk", "parent_id"))
+        self.filter(pk__in=[pk for pk, _ in jobs], state__in=Job.ACTIVE_STATES).update(
+            state=Job.State.FAILED,
+            error=message,
+            message=f"error: {message}",
+            cancellable=False,
+            finished_at=timezone.now(),
+        )
+        for parent_id in {parent for _, parent in jobs if parent}:
+            self.settle_parent(parent_id)
 
     def fail_interrupted(self, node: Node, started_before: datetime) -> int:
         """Fail the jobs a killed worker left running on ``node``.
@@ -648,41 +711,20 @@ class Job(models.Model):
             return None
         return max(self.total_bytes - self.current_bytes, 0) / self.bytes_per_second
 
-    def enqueue(self) -> None:
-        from backends import tasks  # both import this module
-        from backends.services import nodes
-
-        if settings.DISTRIBUTED and self.node is not None and not self.node.is_local:
-            nodes.enqueue_on_node(self)
-            return
-        result = tasks.run_job(str(self.pk))
-        task_id = getattr(result, "id", "")
-        if task_id:
-            Job.objects.filter(pk=self.pk, task_id="").update(task_id=task_id)
-
-    def request_cancel(self) -> bool:
-        """Cancel a queued job now, or ask a running one to stop. False if too late."""
-        children = list(self.children.all())
-        if children:
-            asked = [child.request_cancel() for child in children]
-            Job.objects.settle_parent(self.pk)
-            self.refresh_from_db()
-            return any(asked)
-        now = timezone.now()
+    def cancel_if_queued(self) -> bool:
+        """Cancel the job if no worker has taken it yet; False if one has."""
         cancelled = Job.objects.filter(pk=self.pk, state=Job.State.QUEUED).update(
             state=Job.State.CANCELLED,
             message="cancelled",
             cancellable=False,
             cancel_requested=True,
-            finished_at=now,
+            finished_at=timezone.now(),
         )
-        if cancelled:
-            from huey.contrib.djhuey import HUEY
+        self.refresh_from_db()
+        return bool(cancelled)
 
-            if self.task_id:
-                HUEY.revoke_by_id(self.task_id)
-            self.refresh_from_db()
-            return True
+    def ask_to_stop(self) -> bool:
+        """Ask the worker running this job to stop; False if it cannot be cancelled."""
         asked = Job.objects.filter(
             pk=self.pk, state=Job.State.RUNNING, cancellable=True
         ).update(cancel_requested=True, message="cancelling")
@@ -696,7 +738,7 @@ class Job(models.Model):
         )
         progress = self.progress
         if children and self.is_active:
-            progress = sum(child.progress for child in children) / len(children)
+            progress = mean_progress(children)
         status: dict[str, Any] = {
             "deletion": self.kind == Job.Kind.DELETE,
             "file_name": self.file_name,

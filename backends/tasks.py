@@ -10,11 +10,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
+from huey import crontab
 from huey.contrib.djhuey import db_periodic_task, db_task, lock_task, on_startup
 
 from backends.core.install import Installer
 from backends.models import Gallery, Job, Node
-from backends.services import pipeline, upgrades
+from backends.services import nodes, pipeline, upgrades
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,13 @@ def check_upgrades() -> int:
 @lock_task("check-upgrades-lock")
 def check_upgrades_periodically() -> int:
     return upgrades.check_all()
+
+
+@db_periodic_task(crontab(minute="*"))
+@lock_task("sweep-offline-nodes-lock")
+def sweep_offline_nodes() -> list[str]:
+    """Every minute: agents silent past the offline window go offline, their jobs fail."""
+    return nodes.sweep_offline()
 
 
 def sync_all(force: bool = False) -> list[str]:

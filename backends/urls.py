@@ -4,7 +4,11 @@ from django.urls import path
 
 from backends.api import backends as api
 from backends.api import nodes as api_nodes
-from backends.web import views
+from backends.web import catalogue as catalogue_pages
+from backends.web import installed as installed_pages
+from backends.web import jobs as jobs_pages
+from backends.web import nodes as nodes_pages
+from backends.web import pages as pages_pages
 
 app_name = "backends"
 
@@ -24,55 +28,57 @@ urlpatterns = [
     path("backends/jobs", api.job_list, name="api-jobs"),
     path("backends/jobs/<str:job_id>/cancel", api.job_cancel, name="api-job-cancel"),
     # Dashboard pages
-    path("", views.catalogue, name="catalogue"),
+    path("", catalogue_pages.catalogue, name="catalogue"),
     path(
         "catalogue/<slug:gallery>/<str:name>/",
-        views.catalogue_entry,
+        catalogue_pages.catalogue_entry,
         name="catalogue-entry",
     ),
     path(
         "catalogue/<slug:gallery>/<str:name>/install/",
-        views.catalogue_install,
+        catalogue_pages.catalogue_install,
         name="catalogue-install",
     ),
-    path("installed/", views.installed_list, name="installed"),
+    path("installed/", installed_pages.installed_list, name="installed"),
     path(
         "installed/upgrade-all/",
-        views.installed_upgrade_all,
+        installed_pages.installed_upgrade_all,
         name="installed-upgrade-all",
     ),
     path(
         "installed/check-upgrades/",
-        views.installed_check_upgrades,
+        installed_pages.installed_check_upgrades,
         name="installed-check-upgrades",
     ),
     path(
         "installed/<str:name>/upgrade/",
-        views.installed_upgrade,
+        installed_pages.installed_upgrade,
         name="installed-upgrade",
     ),
     path(
         "installed/<str:name>/reinstall/",
-        views.installed_reinstall,
+        installed_pages.installed_reinstall,
         name="installed-reinstall",
     ),
     path(
-        "installed/<str:name>/delete/", views.installed_delete, name="installed-delete"
+        "installed/<str:name>/delete/",
+        installed_pages.installed_delete,
+        name="installed-delete",
     ),
-    path("known/", views.known_list, name="known"),
-    path("jobs/", views.job_list, name="jobs"),
-    path("jobs/<uuid:pk>/", views.job_detail, name="job-detail"),
-    path("jobs/<uuid:pk>/cancel/", views.job_cancel, name="job-cancel"),
-    path("jobs/<uuid:pk>/retry/", views.job_retry, name="job-retry"),
-    path("galleries/", views.gallery_list, name="galleries"),
-    path("galleries/<int:pk>/sync/", views.gallery_sync, name="gallery-sync"),
-    path("hardware/", views.hardware, name="hardware"),
-    path("hardware/probe/", views.hardware_probe, name="hardware-probe"),
-    path("nodes/", views.node_list, name="nodes"),
-    path("nodes/<int:pk>/", views.node_detail, name="node-detail"),
-    path("nodes/<int:pk>/install/", views.node_install, name="node-install"),
-    path("nodes/<int:pk>/drain/", views.node_drain, name="node-drain"),
-    path("nodes/<int:pk>/resume/", views.node_resume, name="node-resume"),
+    path("known/", pages_pages.known_list, name="known"),
+    path("jobs/", jobs_pages.job_list, name="jobs"),
+    path("jobs/<uuid:pk>/", jobs_pages.job_detail, name="job-detail"),
+    path("jobs/<uuid:pk>/cancel/", jobs_pages.job_cancel, name="job-cancel"),
+    path("jobs/<uuid:pk>/retry/", jobs_pages.job_retry, name="job-retry"),
+    path("galleries/", pages_pages.gallery_list, name="galleries"),
+    path("galleries/<int:pk>/sync/", pages_pages.gallery_sync, name="gallery-sync"),
+    path("hardware/", pages_pages.hardware, name="hardware"),
+    path("hardware/probe/", pages_pages.hardware_probe, name="hardware-probe"),
+    path("nodes/", nodes_pages.node_list, name="nodes"),
+    path("nodes/<int:pk>/", nodes_pages.node_detail, name="node-detail"),
+    path("nodes/<int:pk>/install/", nodes_pages.node_install, name="node-install"),
+    path("nodes/<int:pk>/drain/", nodes_pages.node_drain, name="node-drain"),
+    path("nodes/<int:pk>/resume/", nodes_pages.node_resume, name="node-resume"),
     # Our own JSON API: /api/...
     path("api/openapi.json", api.openapi, name="api-openapi"),
     path(

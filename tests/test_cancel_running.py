@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.test import TransactionTestCase
 
 from backends.models import Gallery, Job
-from backends.services import pipeline
+from backends.services import jobs, pipeline
 from tests.base import make_build
 from tests.slowserver import slow_server, tarball
 
@@ -26,7 +26,7 @@ class CancelRunningTestCase(TransactionTestCase):
     def start(self, url: str) -> Job:
         gallery = Gallery.objects.create(name="localai", url="file:///dev/null")
         gallery.entries.create(name="cpu-slow", uri=url)
-        return Job.objects.start("install", "cpu-slow", force=True, enqueue=False)
+        return Job.objects.open("install", "cpu-slow", force=True)[0]
 
     def run_in_thread(self, job: Job) -> threading.Thread:
         thread = threading.Thread(target=pipeline.run_job, args=(str(job.pk),))
@@ -48,7 +48,7 @@ class CancelRunningTestCase(TransactionTestCase):
             job = self.start(url)
             thread = self.run_in_thread(job)
             self.wait_for(job, lambda j: j.current_bytes > 0)
-            self.assertTrue(job.request_cancel())
+            self.assertTrue(jobs.cancel(job))
             thread.join(20)
         job.refresh_from_db()
         self.assertEqual(job.state, Job.State.CANCELLED)

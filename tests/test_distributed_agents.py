@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from backends import tasks
 from backends.models import Job, Node
 from tests.cluster import Cluster, make_gallery, start_two_nodes, wait_for
 from tests.imagebuild import file, make_layer
@@ -70,9 +71,13 @@ def test_a_killed_agent_fails_only_its_own_part(
         cpu_child = Job.objects.get(parent_id=parent_id, node__name="cpu-node")
         wait_for(lambda: Job.objects.get(pk=cpu_child.pk).current_bytes > 0)
         cluster.kill("cpu-node")
-        # The controller notices on its next read once the heartbeats stop.
+        # The controller's worker sweeps every minute; here the test is its clock.
         parent = wait_for(
-            lambda: admin_client.get("/api/nodes") and finished(parent_id), timeout=30
+            lambda: (
+                tasks.sweep_offline_nodes.call_local() is not None
+                and finished(parent_id)
+            ),
+            timeout=30,
         )
     assert parent.state == "failed"
     assert "cpu-node went offline" in parent.error

@@ -53,9 +53,11 @@ class FanOutTestCase(PipelineTestCase):
         )
         self.assertEqual({n["status"] for n in status["nodes"]}, {"queued"})
 
-    def test_an_unknown_name_is_let_through_like_localai(self) -> None:
+    def test_an_unknown_name_is_404_as_on_a_single_node(self) -> None:
+        # LocalAI lets it through and starts a job that fails on every node.
         r = self.api_post("/backends/apply", {"id": "nope"})
-        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.status_code, 404)
+        self.assertFalse(Job.objects.exists())
 
     def test_draining_and_offline_nodes_get_no_new_work(self) -> None:
         self.api_post(f"/api/nodes/{self.cpu.pk}/drain")
@@ -83,7 +85,7 @@ class FanOutTestCase(PipelineTestCase):
         Node.objects.filter(pk=self.cpu.pk).update(
             last_heartbeat=timezone.now() - timedelta(hours=1)
         )
-        self.assertEqual(nodes.mark_offline_nodes(), ["cpu-node"])
+        self.assertEqual(nodes.sweep_offline(), ["cpu-node"])
         cpu_child = parent.children.get(node=self.cpu)
         self.assertEqual(cpu_child.state, "failed")
         self.assertIn("cpu-node went offline", cpu_child.error)

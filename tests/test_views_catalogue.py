@@ -110,7 +110,7 @@ class CatalogueTestCase(BaseTestCase):
 
     def test_it_paginates_and_keeps_the_query_in_page_links(self) -> None:
         with self.settings():
-            from backends.web import views
+            from backends.web import catalogue as views
 
             original, views.PAGE_SIZE = views.PAGE_SIZE, 2
             try:

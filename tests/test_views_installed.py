@@ -210,7 +210,7 @@ class InstalledMutationsTestCase(BaseTestCase):
         (system / "piper" / "run.sh").write_text("#!/bin/sh\n")
         with override_settings(LOCALAI_BACKENDS_SYSTEM_PATH=system):
             r = self.client.post("/installed/piper/upgrade/", follow=True)
-        self.assertContains(r, "piper is a system backend")
+        self.assertContains(r, "system backend &#x27;piper&#x27; cannot be")
         self.assertFalse(Job.objects.exists())
 
     def test_upgrade_all_starts_a_job_per_upgradable_backend(self) -> None:

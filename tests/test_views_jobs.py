@@ -5,6 +5,7 @@ from datetime import timedelta
 from django.test import override_settings
 from django.utils import timezone
 
+from backends import tasks
 from backends.models import Job, Node
 from tests.base import BaseTestCase
 
@@ -196,7 +197,9 @@ class JobRetryTestCase(BaseTestCase):
     def test_it_refuses_a_job_that_did_not_fail(self) -> None:
         job = make_job(state=Job.State.COMPLETED)
         r = self.client.post(f"/jobs/{job.pk}/retry/", follow=True)
-        self.assertContains(r, "Only failed or cancelled jobs can be retried")
+        self.assertContains(
+            r, "Not retried: only failed or cancelled jobs can be retried"
+        )
         self.assertEqual(Job.objects.count(), 1)
 
     def test_it_is_forbidden_to_non_staff(self) -> None:
@@ -307,10 +310,11 @@ class FanOutJobTestCase(BaseTestCase):
         self.assertContains(r, "failed on 1 of 2 node(s), 1 completed", status_code=286)
 
     @override_settings(DISTRIBUTED=True, NODE_OFFLINE_SECONDS=30)
-    def test_a_poll_notices_an_agent_that_went_silent(self) -> None:
+    def test_a_poll_after_the_sweep_shows_the_silent_agents_part_failed(self) -> None:
         Node.objects.filter(name="cpu-node").update(
             last_heartbeat=timezone.now() - timedelta(minutes=5)
         )
+        tasks.sweep_offline_nodes.call_local()
         r = self.client.get(f"/jobs/{self.parent.pk}/", headers=HTMX)
         parts = self.parts(r.content.decode())
         self.assertIn("cpu-node went offline", parts["cpu-node"])

@@ -96,8 +96,8 @@ def test_a_killed_worker_fails_its_job_and_the_previous_install_survives(
             env,
             "shell",
             "-c",
-            "from backends.models import Job; "
-            "print(Job.objects.start('install', 'cpu-slow', force=True).pk)",
+            "from backends.services import jobs; "
+            "print(jobs.start('install', 'cpu-slow', force=True).pk)",
         ).split()[-1]
 
         first = consumer(env, log)

@@ -13,11 +13,10 @@ from django.http import HttpRequest, JsonResponse
 from backends import tasks
 from backends.api.http import api_view, json_error
 from backends.api.openapi import openapi_document
-from backends.core.gallery import validate_backend_id, validate_name
-from backends.core.install import local_folder, looks_like_oci
+from backends.core.gallery import validate_backend_id
 from backends.fixedsql import FixedSelect
-from backends.models import GalleryBackend, Job, JobConflict, Node
-from backends.services import catalogue, nodes, upgrades
+from backends.models import Job, Node
+from backends.services import catalogue, jobs, upgrades
 
 MAX_BODY = 64 * 1024
 JOB_LIST_LIMIT = 200
@@ -65,14 +64,17 @@ def _started(request: HttpRequest, job: Job) -> JsonResponse:
     )
 
 
-def _start(request: HttpRequest, kind: str, target: str, **fields: Any) -> JsonResponse:
-    try:
-        job = Job.objects.start(
-            kind, target, requested_by=request.user.get_username(), **fields
+def refused(exc: jobs.Refused) -> JsonResponse:
+    """A service's refusal as JSON: the error envelope, plus its code and details.
+
+    The fan-out guard keeps LocalAI's own shape (``error`` is the message itself).
+    """
+    if exc.code == "concrete_backend_requires_target":
+        return JsonResponse(
+            {"error": str(exc), "code": exc.code, **exc.extra}, status=exc.status
         )
-    except JobConflict as exc:
-        return json_error(409, str(exc), job_id=str(exc.active.pk))
-    return _started(request, job)
+    extra = {"code": exc.code} if exc.code else {}
+    return json_error(exc.status, str(exc), **extra, **exc.extra)
 
 
 # -- read ---------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def job_cancel(request: HttpRequest, job_id: str) -> JsonResponse:
     job = _get_job(job_id)
     if job is None:
         return json_error(404, f"could not find any job with id {job_id}")
-    if not job.request_cancel():
+    if not jobs.cancel(job):
         return json_error(
             409, f"job {job_id} is {job.state} and cannot be cancelled now"
         )
@@ -178,13 +180,11 @@ def apply(request: HttpRequest) -> JsonResponse:
     except BadRequest as exc:
         return json_error(400, str(exc))
     try:
-        job = nodes.start_install(
+        job = jobs.install(
             target, force=force, requested_by=request.user.get_username()
         )
-    except nodes.InstallRefused as exc:
-        if exc.body is not None:
-            return JsonResponse(exc.body, status=exc.status)
-        return json_error(exc.status, str(exc))
+    except jobs.Refused as exc:
+        return refused(exc)
     return _started(request, job)
 
 
@@ -200,17 +200,12 @@ def upgrade(request: HttpRequest, name: str) -> JsonResponse:
 
 def _installed_job(request: HttpRequest, name: str, kind: str) -> JsonResponse:
     """A delete or an upgrade: the backend must be installed here, and not a system one."""
+    start = jobs.delete if kind == Job.Kind.DELETE else jobs.upgrade
     try:
-        bare = _backend_id(name).rpartition("@")[2]
-    except BadRequest as exc:
-        return json_error(400, str(exc))
-    row = catalogue.local_disk().get(bare)
-    if row is None:
-        return json_error(404, f"backend {bare!r} is not installed")
-    if row.is_system:
-        verb = "deleted" if kind == Job.Kind.DELETE else "upgraded"
-        return json_error(409, f"system backend {bare!r} cannot be {verb}")
-    return _start(request, kind, bare)
+        job = start(name, requested_by=request.user.get_username())
+    except jobs.Refused as exc:
+        return refused(exc)
+    return _started(request, job)
 
 
 @api_view(("POST",))
@@ -221,46 +216,19 @@ def install_external(request: HttpRequest) -> JsonResponse:
         name = _string(data, "name")
         alias = _string(data, "alias")
         force = bool(data.get("force", False))
-        if name:
-            validate_name(name)
-        if alias:
-            validate_name(alias, "alias")
-        is_local = uri.startswith("file://") or local_folder(uri) is not None
-        is_url = uri.startswith(("http://", "https://"))
-        if not (is_local or is_url or looks_like_oci(uri)):
-            # Neither a URI nor a reference: LocalAI reads it as a gallery backend name.
-            if name or alias:
-                raise BadRequest(
-                    "specifying a name or alias is not supported for gallery backends"
-                )
-            request_id = _backend_id(uri)
-            entry = GalleryBackend.objects.find(request_id)
-            if entry is None:
-                return json_error(404, f'no backend found with name "{uri}"')
-            response = _start(
-                request, Job.Kind.INSTALL, request_id, force=force, dedup_key=entry.name
-            )
-            return _external_answer(response)
-        if uri.startswith("/") and local_folder(uri) is None:
-            raise BadRequest(f"{uri} is not a folder on this host")
-        if looks_like_oci(uri) and not name:
-            raise BadRequest("specifying a name is required for OCI images")
-        if is_url and not name:
-            raise BadRequest("specifying a name is required for downloads")
-    except (BadRequest, ValueError) as exc:
+    except BadRequest as exc:
         return json_error(400, str(exc))
-    folder_name = name or (local_folder(uri).name if local_folder(uri) else "")
-    response = _start(
-        request,
-        Job.Kind.INSTALL,
-        name or uri,
-        force=force,
-        dedup_key=folder_name or uri,
-        external_uri=uri,
-        external_name=name,
-        external_alias=alias,
-    )
-    return _external_answer(response)
+    try:
+        job = jobs.install_external(
+            uri,
+            name=name,
+            alias=alias,
+            force=force,
+            requested_by=request.user.get_username(),
+        )
+    except jobs.Refused as exc:
+        return refused(exc)
+    return _external_answer(_started(request, job))
 
 
 def _external_answer(response: JsonResponse) -> JsonResponse:

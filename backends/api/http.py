@@ -10,15 +10,10 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from django_htmx.middleware import HtmxDetails
 
 from backends.models import ApiToken
 
 View = Callable[..., HttpResponse]
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 ERROR_TYPES = {

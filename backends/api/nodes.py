@@ -10,11 +10,17 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from backends.api.backends import BadRequest, _backend_id, _json_body, _string
+from backends.api.backends import (
+    BadRequest,
+    _backend_id,
+    _json_body,
+    _string,
+    refused,
+)
 from backends.api.http import api_view, json_error
 from backends.core.gallery import validate_name
-from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
-from backends.services import nodes
+from backends.models import InstalledBackend, Job, Node, NodeRefused
+from backends.services import jobs, nodes
 
 
 def agent_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -41,7 +47,7 @@ def node_dict(node: Node) -> dict[str, Any]:
     return {
         "id": str(node.pk),
         "name": node.name,
-        "status": node.status,
+        "status": node.current_status,
         "is_local": node.is_local,
         "capability": node.capability,
         "capability_explanation": node.capability_explanation,
@@ -91,8 +97,7 @@ def heartbeat(request: HttpRequest, node_id: int) -> JsonResponse:
     node = Node.objects.filter(pk=node_id).first()
     if node is None:
         return json_error(404, f"no node {node_id}: register first")
-    nodes.heartbeat(node)
-    return JsonResponse({"status": Node.objects.get(pk=node_id).status})
+    return JsonResponse({"status": nodes.heartbeat(node)})
 
 
 # -- admin -----------------------------------------------------------------------------
@@ -100,13 +105,11 @@ def heartbeat(request: HttpRequest, node_id: int) -> JsonResponse:
 
 @api_view()
 def node_list(request: HttpRequest) -> JsonResponse:
-    nodes.mark_offline_nodes()
     return JsonResponse([node_dict(node) for node in Node.objects.all()], safe=False)
 
 
 @api_view()
 def node_detail(request: HttpRequest, node_id: str) -> JsonResponse:
-    nodes.mark_offline_nodes()
     node = _get_node(node_id)
     if node is None:
         return json_error(404, f"no node {node_id}")
@@ -136,27 +139,16 @@ def node_backends(request: HttpRequest, node_id: str) -> JsonResponse:
     return JsonResponse(rows, safe=False)
 
 
-def _node_job(
-    request: HttpRequest, node: Node, kind: str, target: str, **fields: Any
-) -> JsonResponse:
-    if node.status != Node.Status.ONLINE:
-        return json_error(
-            409, f"node {node.name} is {node.status}: it takes no new work"
-        )
-    try:
-        job = Job.objects.start(
-            kind, target, node=node, requested_by=request.user.get_username(), **fields
-        )
-    except JobConflict as exc:
-        return json_error(409, str(exc), job_id=str(exc.active.pk))
+def _node_started(request: HttpRequest, job: Job) -> JsonResponse:
     status_url = request.build_absolute_uri(f"/backends/jobs/{job.pk}")
+    kind = "installation" if job.kind == Job.Kind.INSTALL else job.kind
     return JsonResponse(
         {
             "jobID": str(job.pk),
             "id": str(job.pk),
             "status_url": status_url,
             "statusUrl": status_url,
-            "message": f"backend {'installation' if kind == 'install' else kind} started",
+            "message": f"backend {kind} started",
         },
         status=202,
     )
@@ -186,28 +178,22 @@ def node_install(request: HttpRequest, node_id: str) -> JsonResponse:
             validate_name(alias, "alias")
     except (BadRequest, ValueError) as exc:
         return json_error(400, str(exc))
-    if backend:
-        entry = GalleryBackend.objects.find(backend)
-        if entry is None:
-            return json_error(404, f'no backend found with name "{backend}"')
-        return _node_job(
-            request, node, Job.Kind.INSTALL, backend, force=force, dedup_key=entry.name
-        )
-    if not name:
-        return json_error(
-            400, "specifying a name is required for a uri install on a node"
-        )
-    return _node_job(
-        request,
-        node,
-        Job.Kind.INSTALL,
-        name,
-        force=force,
-        dedup_key=name,
-        external_uri=uri,
-        external_name=name,
-        external_alias=alias,
-    )
+    username = request.user.get_username()
+    try:
+        if backend:
+            job = jobs.install(backend, force=force, requested_by=username, node=node)
+        else:
+            job = jobs.install_external(
+                uri,
+                name=name,
+                alias=alias,
+                force=force,
+                requested_by=username,
+                node=node,
+            )
+    except jobs.Refused as exc:
+        return refused(exc)
+    return _node_started(request, job)
 
 
 def _backend_from_body(request: HttpRequest) -> str:
@@ -237,29 +223,30 @@ def _installed_backend_job(
         backend = _backend_from_body(request)
     except BadRequest as exc:
         return json_error(400, str(exc))
-    if not InstalledBackend.objects.filter(node=node, name=backend).exists() and not (
-        InstalledBackend.objects.filter(node=node, alias=backend).exists()
-    ):
-        return json_error(
-            404, f"backend {backend!r} is not installed on node {node.name}"
-        )
-    return _node_job(request, node, kind, backend)
+    start = jobs.delete if kind == Job.Kind.DELETE else jobs.upgrade
+    try:
+        job = start(backend, requested_by=request.user.get_username(), node=node)
+    except jobs.Refused as exc:
+        return refused(exc)
+    return _node_started(request, job)
 
 
 @api_view(("POST",))
 def node_drain(request: HttpRequest, node_id: str) -> JsonResponse:
-    return _set_status(node_id, Node.Status.DRAINING)
+    return _change_status(node_id, Node.drain)
 
 
 @api_view(("POST",))
 def node_resume(request: HttpRequest, node_id: str) -> JsonResponse:
-    return _set_status(node_id, Node.Status.ONLINE)
+    return _change_status(node_id, Node.resume)
 
 
-def _set_status(node_id: str, status: str) -> JsonResponse:
+def _change_status(node_id: str, change: Callable[[Node], None]) -> JsonResponse:
     node = _get_node(node_id)
     if node is None:
         return json_error(404, f"no node {node_id}")
-    node.status = status
-    node.save(update_fields=("status",))
+    try:
+        change(node)
+    except NodeRefused as exc:
+        return json_error(409, str(exc))
     return JsonResponse(node_dict(node))

@@ -38,6 +38,7 @@ from backends.core.installed import (
     scan,
     write_metadata,
 )
+from backends.core.sources import local_folder, looks_like_oci
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +76,6 @@ class Source:
             if uri and uri not in seen:
                 seen.append(uri)
         return seen
-
-
-def looks_like_oci(uri: str) -> bool:
-    """True for ``oci://...`` and Docker-style references such as ``quay.io/org/img:tag``.
-
-    A reference has a ``/`` and no URL scheme; a gallery name never contains ``/``.
-    """
-    if uri.startswith("oci://"):
-        return True
-    return (
-        "://" not in uri and "/" in uri and not uri.startswith(("/", "./", "../", "~"))
-    )
-
-
-def local_folder(uri: str) -> Path | None:
-    """The folder a ``file://`` URI or a plain absolute path names, if it is one."""
-    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
-    if path.is_absolute() and path.is_dir():
-        return path
-    return None
 
 
 @dataclass

@@ -151,7 +151,7 @@ def pick_build(
     resolution = resolve_meta(
         meta, capability, hardware_explanation=hardware_explanation
     )
-    return resolution, _checked_build(resolution, _concretes_by_name(entries))
+    return resolution, _checked_build(resolution, concretes_by_name(entries))
 
 
 def _checked_build(
@@ -169,8 +169,8 @@ def _checked_build(
     return build
 
 
-def _concretes_by_name(entries: Iterable[Candidate]) -> dict[str, Candidate]:
-    # Case-insensitive and first one wins, like LocalAI's lookup by name.
+def concretes_by_name(entries: Iterable[Candidate]) -> dict[str, Candidate]:
+    """Concrete builds by lower-cased name; the first one wins, like LocalAI's lookup."""
     found: dict[str, Candidate] = {}
     for entry in entries:
         if not entry.is_meta:
@@ -181,26 +181,45 @@ def _concretes_by_name(entries: Iterable[Candidate]) -> dict[str, Candidate]:
 # --- availability ----------------------------------------------------------------------
 
 
-def available(entries: Iterable[Candidate], capability: str) -> list[Candidate]:
-    """Entries a node with ``capability`` can install and run, in their input order.
+@dataclass(frozen=True)
+class Verdict:
+    """Whether an entry runs on a node, and for a meta the build it resolves to."""
 
-    A concrete build is kept when it is compatible. A meta is kept only when it resolves
-    to a build that is in ``entries`` and compatible too (LocalAI lists a meta as soon
-    as its map has a usable key, even when that key points at a build it hides).
+    resolution: Resolution | None = None
+    problem: str = ""  # why it cannot run here; "" when it can
+
+    @property
+    def runs_here(self) -> bool:
+        return not self.problem
+
+
+def verdict(
+    entry: Candidate, concretes: Mapping[str, Candidate], capability: str
+) -> Verdict:
+    """The one rule for "does this entry run on a node with ``capability``".
+
+    A concrete build runs when it is compatible. A meta runs only when it resolves to a
+    build that is in ``concretes`` and compatible too (LocalAI lists a meta as soon as
+    its map has a usable key, even when that key points at a build it hides).
     """
+    if not entry.is_meta:
+        return Verdict(problem=why_incompatible(entry.name, entry.uri, capability))
+    try:
+        resolution = resolve_meta(entry, capability)
+    except NoBuildError as exc:
+        return Verdict(problem=str(exc))
+    try:
+        _checked_build(resolution, concretes)
+    except NoBuildError as exc:
+        return Verdict(resolution=None, problem=str(exc))
+    return Verdict(resolution=resolution)
+
+
+def available(entries: Iterable[Candidate], capability: str) -> list[Candidate]:
+    """Entries a node with ``capability`` can install and run, in their input order."""
     entries = list(entries)
-    concretes = _concretes_by_name(entries)
-    kept = []
-    for entry in entries:
-        if entry.is_meta:
-            try:
-                _checked_build(resolve_meta(entry, capability), concretes)
-            except NoBuildError:
-                continue
-            kept.append(entry)
-        elif is_compatible(entry.name, entry.uri, capability):
-            kept.append(entry)
-    return kept
+    concretes = concretes_by_name(entries)
+    return [e for e in entries if verdict(e, concretes, capability).runs_here]
 
 
 # --- compatibility of a concrete build ---------------------------------------------------

@@ -1,23 +1,37 @@
-"""Read-side queries that combine the gallery tables, the disk and the node's hardware."""
+"""The read side: what the galleries offer, what a node can run, what is on its disk.
+
+The dashboard, the API and the job runner ask these questions here, so each answer
+(which build runs on which node, which gallery wins a name, what is installed) is
+computed by one function.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 
 from backends.core import installed, resolve
+from backends.core.install import Installer
 from backends.models import (
     Gallery,
     GalleryBackend,
     InstalledBackend,
+    Job,
     KnownBackend,
     Node,
 )
 
+# -- the disk --------------------------------------------------------------------------
+
 
 def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend]:
-    """The local node's installed backends, read from its folders."""
+    """This host's installed backends as LocalAI registers them (aliases included)."""
     if capability is None:
         capability = Node.objects.local().current_capability()
     return installed.scan(
@@ -27,30 +41,335 @@ def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend
     )
 
 
-def gallery_entries() -> list[GalleryBackend]:
-    """Every entry of the enabled galleries, galleries in order; the first name wins."""
+def _is_alias(key: str, row: installed.DiskBackend) -> bool:
+    # scan() also lists each alias under its own name, pointing at a build's folder.
+    return not row.is_meta and row.folder is not None and row.folder.name != key
+
+
+def installed_folders(
+    on_disk: Mapping[str, installed.DiskBackend] | None = None,
+) -> dict[str, installed.DiskBackend]:
+    """Every installed backend once, by its own name: the builds, metas and system ones.
+
+    ``scan`` keys backends the way LocalAI registers them, where an alias replaces a
+    meta of the same name: the usual layout (``cpu-llama-cpp`` aliased ``llama-cpp``
+    next to the meta ``llama-cpp``) would hide the meta. Read such metas back.
+    """
+    if on_disk is None:
+        on_disk = local_disk()
+    folders = {}
+    for key, row in on_disk.items():
+        if not _is_alias(key, row):
+            folders[key] = row
+        elif (meta := _meta_folder(key)) is not None:
+            folders[key] = meta
+    return folders
+
+
+def _meta_folder(name: str) -> installed.DiskBackend | None:
+    root = Path(settings.LOCALAI_BACKENDS_PATH)
+    folder = root / name
+    try:
+        metadata = installed.read_metadata(folder)
+    except ValueError:
+        return None
+    if metadata is None or not metadata.meta_backend_for:
+        return None
+    run_file = root / metadata.meta_backend_for / installed.RUN_FILE
+    return installed.DiskBackend(
+        name, str(run_file), is_meta=True, metadata=metadata, folder=folder
+    )
+
+
+# -- gallery entries -------------------------------------------------------------------
+
+
+def first_by_name[Named: resolve.Candidate](entries: Iterable[Named]) -> list[Named]:
+    """One entry per name, case-insensitively: the first gallery (in order) wins it."""
     seen: set[str] = set()
-    entries = []
-    for entry in GalleryBackend.objects.enabled().select_related("gallery"):
+    kept = []
+    for entry in entries:
         key = entry.name.lower()
         if key not in seen:
             seen.add(key)
-            entries.append(entry)
-    return entries
+            kept.append(entry)
+    return kept
+
+
+def gallery_entries() -> list[GalleryBackend]:
+    """Every entry of the enabled galleries, galleries in order; the first name wins."""
+    return first_by_name(GalleryBackend.objects.enabled().select_related("gallery"))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The fields of a gallery entry the catalogue shows and resolves with.
+
+    Read with ``values_list``: building 1,028 model instances, and decoding JSON the
+    page never uses (every build inherits its meta's capabilities map through YAML
+    merge keys), was most of the page's time. Fits ``resolve.Candidate``.
+    """
+
+    gallery: str
+    name: str
+    alias: str
+    description: str
+    uri: str
+    tags: list[str]
+    is_meta: bool
+    capabilities: dict[str, str]
+
+    @property
+    def id_in_gallery(self) -> str:
+        return f"{self.gallery}@{self.name}"
+
+
+def light_entries(entries: QuerySet[GalleryBackend]) -> list[Entry]:
+    """Light entries; only metas carry their capabilities map (nothing reads a build's)."""
+    maps = dict(entries.filter(is_meta=True).values_list("pk", "capabilities"))
+    fields = (
+        "pk",
+        "gallery__name",
+        "name",
+        "alias",
+        "description",
+        "uri",
+        "tags",
+        "is_meta",
+    )
+    return [
+        Entry(*values, maps.get(pk, {})) for pk, *values in entries.values_list(*fields)
+    ]
+
+
+@dataclass
+class EntryRow:
+    """A catalogue entry as this node sees it."""
+
+    entry: Entry
+    installed: bool
+    resolution: resolve.Resolution | None = None
+    problem: str = ""  # why it cannot run here; "" when it can
+    job: Job | None = None
+    # Distributed mode: the agents that have it installed.
+    on_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def runs_here(self) -> bool:
+        return not self.problem
+
+    @property
+    def can_install(self) -> bool:
+        # A meta with no build here has nothing to install; a concrete build can be
+        # installed anyway (the folder is shared with other hosts in some setups).
+        return not (self.entry.is_meta and self.resolution is None)
+
+
+def active_jobs(jobs: Iterable[Job] | None = None) -> dict[str, Job]:
+    """Active jobs by the lower-cased backend name they work on (their dedup key)."""
+    if jobs is None:
+        jobs = Job.objects.active().order_by("created_at")
+    found: dict[str, Job] = {}
+    for job in jobs:
+        key = job.dedup_key or job.target.rpartition("@")[2].lower()
+        found.setdefault(key, job)
+    return found
+
+
+def describe(
+    entry: Entry,
+    capability: str,
+    concretes: Mapping[str, resolve.Candidate],
+    on_disk: Mapping[str, installed.DiskBackend],
+    jobs: Mapping[str, Job],
+    on_nodes: Mapping[str, list[str]] | None = None,
+) -> EntryRow:
+    row = EntryRow(entry, installed=entry.name in on_disk)
+    row.job = jobs.get(entry.name.lower())
+    row.on_nodes = (on_nodes or {}).get(entry.name, [])
+    verdict = resolve.verdict(entry, concretes, capability)
+    row.resolution, row.problem = verdict.resolution, verdict.problem
+    return row
+
+
+def installed_on_agents() -> dict[str, list[str]]:
+    """Distributed mode: backend name -> the agent nodes that have it installed."""
+    found: dict[str, list[str]] = {}
+    if settings.DISTRIBUTED:
+        rows = InstalledBackend.objects.filter(node__is_local=False).order_by(
+            "node__name"
+        )
+        for name, node_name in rows.values_list("name", "node__name"):
+            found.setdefault(name, []).append(node_name)
+    return found
+
+
+def runnable(capability: str) -> list[Entry]:
+    """The entries a node with ``capability`` can install (one per name)."""
+    entries = first_by_name(light_entries(GalleryBackend.objects.enabled()))
+    concretes = resolve.concretes_by_name(entries)
+    return [e for e in entries if resolve.verdict(e, concretes, capability).runs_here]
+
+
+def describe_one(
+    entry: GalleryBackend,
+    capability: str,
+    on_disk: Mapping[str, installed.DiskBackend],
+    jobs: Mapping[str, Job],
+    on_nodes: Mapping[str, list[str]] | None = None,
+) -> EntryRow:
+    """One entry described on its own, reading only the builds a meta can pick."""
+    (light,) = light_entries(GalleryBackend.objects.filter(pk=entry.pk))
+    builds = GalleryBackend.objects.enabled().filter(
+        is_meta=False, name__in=list(entry.capabilities.values())
+    )
+    concretes = resolve.concretes_by_name(light_entries(builds))
+    return describe(light, capability, concretes, on_disk, jobs, on_nodes)
+
+
+def why_not_runnable(entry: GalleryBackend, node: Node) -> str:
+    """Why ``entry`` does not run on ``node``; "" when it does."""
+    return describe_one(entry, node.capability or "default", {}, {}).problem
+
+
+def meta_offering(name: str) -> str:
+    """The first meta backend whose capabilities map offers the build ``name``."""
+    metas = GalleryBackend.objects.enabled().filter(is_meta=True)
+    for meta_name, capabilities in metas.values_list("name", "capabilities"):
+        if name in capabilities.values():
+            return str(meta_name)
+    return ""
+
+
+# -- installed backends ----------------------------------------------------------------
+
+
+@dataclass
+class InstalledRow:
+    """An installed backend: the disk's facts, plus what the table knows (upgrades)."""
+
+    disk: installed.DiskBackend
+    record: InstalledBackend | None
+    size: int
+    used_by: list[str] = field(default_factory=list)  # metas pointing at this build
+    job: Job | None = None
+    build: InstalledRow | None = None  # for a meta: the build it points at
+
+    @property
+    def name(self) -> str:
+        return self.disk.name
+
+    @property
+    def metadata(self) -> installed.Metadata:
+        return self.disk.metadata or installed.Metadata(name=self.disk.name)
+
+    @property
+    def installed_at(self) -> datetime | None:
+        if self.record and self.record.installed_at:
+            return self.record.installed_at
+        try:
+            return datetime.fromisoformat(self.metadata.installed_at)
+        except ValueError:
+            return None
+
+    @property
+    def upgrade_available(self) -> bool:
+        return bool(self.record and self.record.upgrade_available)
+
+    @property
+    def orphaned(self) -> bool:
+        # A meta whose build folder is gone: LocalAI cannot start it.
+        return self.disk.is_meta and not self.disk.is_runnable
+
+
+def installed_rows(
+    on_disk: Mapping[str, installed.DiskBackend],
+    records: Mapping[str, InstalledBackend],
+    jobs: Mapping[str, Job],
+) -> list[InstalledRow]:
+    rows = []
+    for key, disk in sorted(installed_folders(on_disk).items()):
+        record = records.get(key)
+        size = record.size_bytes if record and record.size_bytes else 0
+        if not size and disk.folder is not None:
+            size = installed.folder_size(disk.folder)
+        rows.append(InstalledRow(disk, record, size, job=jobs.get(key)))
+    by_name = {row.name: row for row in rows}
+    for row in rows:
+        target = row.metadata.meta_backend_for if row.disk.is_meta else ""
+        if target in by_name:
+            row.build = by_name[target]
+            row.build.used_by.append(row.name)
+    return rows
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One line of a delete confirmation: a folder that goes, or one that stays and why."""
+
+    what: str
+    path: Path | None
+    kept_because: str = ""
+
+
+def removal_plan(
+    disk: installed.DiskBackend, folders: Mapping[str, installed.DiskBackend]
+) -> tuple[list[Removal], list[str]]:
+    """What deleting ``disk`` removes, and warnings about what it leaves broken.
+
+    The folders are the installer's own plan, the one the delete job carries out, so
+    the confirmation cannot promise something else. A meta takes its build with it
+    unless another meta still uses it: when the build is not in the plan, say who does.
+    """
+    plan = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).plan_delete(
+        disk.name, settings.LOCALAI_BACKENDS_SYSTEM_PATH
+    )
+    # meta name -> the build it points at, for every meta on disk
+    pointers = {
+        key: row.metadata.meta_backend_for
+        for key, row in folders.items()
+        if row.is_meta and row.metadata and row.metadata.meta_backend_for
+    }
+    label = f"meta backend {disk.name}" if disk.is_meta else disk.name
+    removals = [Removal(label, plan[0])]
+    removals += [Removal(f"build {folder.name}", folder) for folder in plan[1:]]
+    target = pointers.get(disk.name, "")
+    if target and target not in {folder.name for folder in plan}:
+        others = sorted(
+            k for k, t in pointers.items() if t == target and k != disk.name
+        )
+        if others:
+            removals.append(
+                Removal(f"build {target}", None, f"still used by {', '.join(others)}")
+            )
+    warnings: list[str] = []
+    users = sorted(k for k, t in pointers.items() if t == disk.name)
+    if users and not disk.is_meta:
+        warnings.append(
+            f"Meta backend {', '.join(users)} points at this build and will stop "
+            "working until it is installed again."
+        )
+    return removals, warnings
+
+
+# -- API answers -----------------------------------------------------------------------
 
 
 def available(capability: str) -> list[dict[str, Any]]:
     """Gallery entries this node can run, in LocalAI's shape, with how metas resolve."""
     entries = gallery_entries()
+    concretes = resolve.concretes_by_name(entries)
     on_disk = local_disk(capability)
     rows = []
-    for entry in resolve.available(entries, capability):
+    for entry in entries:
+        verdict = resolve.verdict(entry, concretes, capability)
+        if not verdict.runs_here:
+            continue
         row = entry.to_localai(installed=entry.name in on_disk)
-        if entry.is_meta:
-            choice = resolve.resolve_meta(entry, capability)
+        if verdict.resolution is not None:
             row["resolution"] = {
-                "concrete": choice.concrete,
-                "explanation": choice.explanation,
+                "concrete": verdict.resolution.concrete,
+                "explanation": verdict.resolution.explanation,
             }
         rows.append(row)
     return rows
@@ -86,11 +405,7 @@ def galleries() -> list[dict[str, Any]]:
 def cluster_available() -> list[dict[str, Any]]:
     """Distributed mode: entries that at least one online node can run (the union)."""
     entries = gallery_entries()
-    capabilities = set(
-        Node.objects.filter(is_local=False, status=Node.Status.ONLINE).values_list(
-            "capability", flat=True
-        )
-    )
+    capabilities = set(Node.objects.taking_work().values_list("capability", flat=True))
     runnable: set[str] = set()
     for capability in sorted(capabilities):
         runnable.update(entry.name for entry in resolve.available(entries, capability))

@@ -19,13 +19,8 @@ from django.utils import timezone
 
 from backends.core import extract, installed, oci, resolve
 from backends.core.gallery import validate_name
-from backends.core.install import (
-    Installer,
-    InstallError,
-    Source,
-    local_folder,
-    looks_like_oci,
-)
+from backends.core.install import Installer, InstallError, Source
+from backends.core.sources import default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
 
@@ -334,16 +329,11 @@ def find_entry(requested: str) -> GalleryBackend:
 
 
 def external_default_name(uri: str) -> str:
-    """The folder name an external install gets when none is given (local sources only)."""
-    folder = local_folder(uri)
-    if folder is not None:
-        return validate_name(folder.name)
-    if looks_like_oci(uri):
+    """The folder name an external install gets when none is given."""
+    name = default_name(uri)
+    if not name:
         raise JobFailed("specifying a name is required for OCI images")
-    stem = Path(uri.split("?")[0]).name
-    for suffix in (".tar.gz", ".tgz", ".tar.zst", ".tar"):
-        stem = stem.removesuffix(suffix)
-    return validate_name(stem or "", "name derived from the URI")
+    return validate_name(name, "name derived from the URI")
 
 
 def registry_client() -> oci.RegistryClient:

@@ -14,7 +14,7 @@ from typing import Any
 from django.utils import timezone
 
 from backends.core import oci
-from backends.core.install import looks_like_oci
+from backends.core.sources import looks_like_oci
 from backends.models import GalleryBackend, InstalledBackend, Node
 from backends.services.pipeline import reconcile, registry_client
 

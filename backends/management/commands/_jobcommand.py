@@ -10,29 +10,22 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from backends.core.installed import human_size
-from backends.models import Job, JobConflict
-from backends.services import pipeline
+from backends.models import Job
+from backends.services import jobs, pipeline
 
 
 class JobCommand(BaseCommand):
-    kind = ""
-
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="backend name, alias or gallery@name")
 
-    def job_fields(self, options: dict[str, Any]) -> dict[str, Any]:
-        return {}
+    def start(self, name: str, options: dict[str, Any]) -> Job:
+        """Open the job through the service every entry point uses, unqueued."""
+        raise NotImplementedError
 
     def handle(self, *args: Any, **options: Any) -> str:
         try:
-            job = Job.objects.start(
-                self.kind,
-                options["name"],
-                requested_by="cli",
-                enqueue=False,
-                **self.job_fields(options),
-            )
-        except JobConflict as exc:
+            job = self.start(options["name"], options)
+        except jobs.Refused as exc:
             raise CommandError(str(exc)) from None
         if job.state != Job.State.QUEUED:
             raise CommandError(f"job {job.pk} for {job.target} is already {job.state}")

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from backends.core import hardware
 from backends.core.install import Installer
 from backends.models import Job, Node
-from backends.services import nodes, pipeline
+from backends.services import dispatch, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Command(BaseCommand):
             target=self.heartbeat, args=(client, node, stop), daemon=True
         )
         beat.start()
-        queue, _task = nodes.node_queue(nodes.queue_name(node.name))
+        queue, _task = dispatch.node_queue(dispatch.queue_name(node.name))
         self.stdout.write(
             f"agent {node.name} ({node.capability}) consuming {queue.name}"
         )

@@ -5,12 +5,12 @@ from typing import Any
 from django.core.management.base import CommandParser
 
 from backends.management.commands._jobcommand import JobCommand
-from backends.models import GalleryBackend, Job
+from backends.models import Job
+from backends.services import jobs
 
 
 class Command(JobCommand):
     help = "Install a backend from the galleries (or --uri) in the foreground."
-    kind = Job.Kind.INSTALL
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
@@ -24,15 +24,16 @@ class Command(JobCommand):
             "--alias", default="", help="alias for an install from --uri"
         )
 
-    def job_fields(self, options: dict[str, Any]) -> dict[str, Any]:
-        fields: dict[str, Any] = {"force": options["force"]}
+    def start(self, name: str, options: dict[str, Any]) -> Job:
         if options["uri"]:
-            fields |= {
-                "external_uri": options["uri"],
-                "external_name": options["name"],
-                "external_alias": options["alias"],
-            }
-        else:
-            entry = GalleryBackend.objects.find(options["name"])
-            fields["dedup_key"] = entry.name if entry else options["name"]
-        return fields
+            return jobs.install_external(
+                options["uri"],
+                name=name,
+                alias=options["alias"],
+                force=options["force"],
+                requested_by="cli",
+                queue=False,
+            )
+        return jobs.install(
+            name, force=options["force"], requested_by="cli", queue=False
+        )

@@ -1,0 +1,115 @@
+"""Where a job runs: this host's Huey queue, an agent's own queue, or one job per agent.
+
+Every job is queued from here, once its row is committed, so a worker never looks for a
+row that is not there yet. Models know nothing of queues.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from huey import RedisHuey
+from huey.api import Task, TaskWrapper
+
+from backends import tasks
+from backends.models import Job, Node
+from backends.services import pipeline
+
+
+class NoNodes(Exception):
+    """A fan-out found no agent that takes work."""
+
+
+def queue_name(node_name: str) -> str:
+    return f"{settings.HUEY['name']}-node-{node_name}"
+
+
+@functools.cache
+def node_queue(name: str) -> tuple[RedisHuey, TaskWrapper]:
+    """The Huey queue of one agent and its job task (the same in every process)."""
+    queue = RedisHuey(name, url=settings.HUEY_REDIS_URL)
+
+    @queue.task(name="run_job")
+    def run_job(job_id: str) -> str:
+        close_old_connections()
+        try:
+            return pipeline.run_job(job_id)
+        finally:
+            close_old_connections()
+
+    return queue, run_job
+
+
+def _runs_on_agent(job: Job) -> bool:
+    return settings.DISTRIBUTED and job.node is not None and not job.node.is_local
+
+
+def enqueue(job: Job) -> None:
+    """Queue a job where it must run, and remember the task id for a cancel."""
+    if _runs_on_agent(job):
+        assert job.node is not None
+        _queue, task = node_queue(queue_name(job.node.name))
+        result: Task | Any = task(str(job.pk))
+    else:
+        result = tasks.run_job(str(job.pk))
+    task_id = getattr(result, "id", "")
+    if task_id:
+        Job.objects.filter(pk=job.pk, task_id="").update(task_id=task_id)
+
+
+def enqueue_on_commit(job: Job) -> None:
+    transaction.on_commit(functools.partial(enqueue, job))
+
+
+def revoke(job: Job) -> None:
+    """Drop a cancelled job's task from its queue, so no worker starts it."""
+    if not job.task_id:
+        return
+    if _runs_on_agent(job):
+        assert job.node is not None
+        queue, _task = node_queue(queue_name(job.node.name))
+        queue.revoke_by_id(job.task_id)
+    else:
+        from huey.contrib.djhuey import HUEY
+
+        HUEY.revoke_by_id(job.task_id)
+
+
+def fan_out(kind: str, target: str, *, dedup_key: str, **fields: Any) -> Job:
+    """One parent job and a child per agent taking work; returns the parent.
+
+    An active fan-out of the same backend is returned instead of starting another.
+    """
+    agents = list(Node.objects.taking_work())
+    if not agents:
+        raise NoNodes("no online node to install on: start an agent (manage.py agent)")
+    key = dedup_key.lower()
+    with transaction.atomic():
+        active = (
+            Job.objects.select_for_update()
+            .filter(node=None, parent=None, dedup_key=key, state__in=Job.ACTIVE_STATES)
+            .first()
+        )
+        if active is not None:
+            return active
+        parent = Job.objects.create(
+            kind=kind,
+            target=target,
+            dedup_key=key,
+            state=Job.State.RUNNING,
+            started_at=timezone.now(),
+            message=f"{kind} on {len(agents)} node(s)",
+            phase="fan-out",
+            **fields,
+        )
+    for agent in agents:
+        child, created = Job.objects.open(
+            kind, target, node=agent, dedup_key=key, parent=parent, **fields
+        )
+        if created:
+            enqueue_on_commit(child)
+    return parent

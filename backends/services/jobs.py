@@ -1,0 +1,398 @@
+"""Starting, cancelling and retrying jobs: the rules every entry point shares.
+
+The dashboard, the JSON API, the management commands and the node routes call these
+functions and only translate their answers (a Job, or ``Refused`` with an HTTP status)
+into a page, a JSON body or a command error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from backends.core.gallery import validate_backend_id, validate_name
+from backends.core.installed import DiskBackend
+from backends.core.sources import SourceKind, classify, default_name
+from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
+from backends.services import catalogue, dispatch
+
+
+class Refused(Exception):
+    """A request that starts no job. ``status`` is the HTTP status that says why;
+    ``code`` and ``extra`` go into the JSON answer for scripts that branch on them."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str = "", **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra
+
+
+def start(
+    kind: str,
+    target: str,
+    *,
+    node: Node | None = None,
+    queue: bool = True,
+    **fields: Any,
+) -> Job:
+    """Open a job (or get the active one doing the same) and queue it once committed.
+
+    ``queue=False`` leaves it for the caller to run in the foreground (the commands).
+    """
+    try:
+        job, created = Job.objects.open(kind, target, node=node, **fields)
+    except JobConflict as exc:
+        raise Refused(409, str(exc), job_id=str(exc.active.pk)) from None
+    if created and queue:
+        dispatch.enqueue_on_commit(job)
+    return job
+
+
+def _check_id(value: str) -> str:
+    try:
+        return validate_backend_id(value)
+    except ValueError as exc:
+        raise Refused(400, str(exc)) from None
+
+
+def _gallery_entry(target: str) -> GalleryBackend:
+    entry = GalleryBackend.objects.find(_check_id(target))
+    if entry is None:
+        raise Refused(404, f'no backend found with name "{target}"')
+    return entry
+
+
+# -- installs --------------------------------------------------------------------------
+
+
+def install(
+    target: str,
+    *,
+    force: bool = False,
+    requested_by: str = "",
+    node: Node | None = None,
+    queue: bool = True,
+) -> Job:
+    """Install a gallery backend.
+
+    On a chosen ``node``: that node must take work and be able to run it. Otherwise,
+    single node: this host; distributed mode: the fan-out guard, then a parent job with
+    a part per agent, each resolving its own build.
+    """
+    if node is not None:
+        return _install_on(node, target, force=force, requested_by=requested_by)
+    if settings.DISTRIBUTED and queue:
+        return _fan_out_install(target, force=force, requested_by=requested_by)
+    entry = _gallery_entry(target)
+    return start(
+        Job.Kind.INSTALL,
+        _check_id(target),
+        force=force,
+        requested_by=requested_by,
+        dedup_key=entry.name,
+        queue=queue,
+    )
+
+
+def _install_on(node: Node, target: str, *, force: bool, requested_by: str) -> Job:
+    _check_takes_work(node)
+    entry = _gallery_entry(target)
+    if not force and (problem := catalogue.why_not_runnable(entry, node)):
+        raise Refused(
+            409,
+            f"{entry.name} does not run on {node.name}: {problem}",
+            code="not_runnable_here",
+        )
+    return start(
+        Job.Kind.INSTALL,
+        entry.id_in_gallery,
+        node=node,
+        force=force,
+        requested_by=requested_by,
+        dedup_key=entry.name,
+    )
+
+
+def _check_takes_work(node: Node) -> None:
+    if reason := node.why_no_work():
+        raise Refused(409, reason, code="node_takes_no_work")
+
+
+def fan_out_refusal(entry: GalleryBackend) -> Refused | None:
+    """The 409 refusing to send a hardware-specific build to every node, or None."""
+    if entry.is_meta:
+        return None
+    alternative = catalogue.meta_offering(entry.name)
+    message = (
+        f"Backend {entry.name!r} is a hardware-specific build and would not run correctly "
+        "on every node of this cluster. Install it on chosen nodes instead: "
+        f'POST /api/nodes/{{node_id}}/backends/install {{"backend": "{entry.name}"}}.'
+    )
+    if alternative:
+        message += (
+            f" To install on every node, use the auto-resolving backend {alternative!r}: "
+            "each node picks the build for its own hardware."
+        )
+    return Refused(
+        409,
+        message,
+        code="concrete_backend_requires_target",
+        meta_alternative=alternative,
+    )
+
+
+def _fan_out_install(target: str, *, force: bool, requested_by: str) -> Job:
+    entry = _gallery_entry(target)
+    if (refusal := fan_out_refusal(entry)) is not None:
+        raise refusal
+    try:
+        return dispatch.fan_out(
+            Job.Kind.INSTALL,
+            _check_id(target),
+            dedup_key=entry.name,
+            force=force,
+            requested_by=requested_by,
+        )
+    except dispatch.NoNodes as exc:
+        raise Refused(409, str(exc), code="no_online_node") from None
+
+
+@dataclass(frozen=True)
+class ExternalSource:
+    """An install-external request, checked: where from, and the folder it goes to."""
+
+    uri: str
+    name: str
+    alias: str
+    folder: str
+
+
+def check_external(uri: str, name: str = "", alias: str = "") -> ExternalSource | str:
+    """Check an external install request; a bare gallery name comes back as a str.
+
+    LocalAI reads a URI that is neither a URL, an image reference nor a local path as a
+    gallery backend name; so do we.
+    """
+    try:
+        if name:
+            validate_name(name)
+        if alias:
+            validate_name(alias, "alias")
+    except ValueError as exc:
+        raise Refused(400, str(exc)) from None
+    kind = classify(uri)
+    if kind == SourceKind.NAME:
+        if name or alias:
+            raise Refused(
+                400, "specifying a name or alias is not supported for gallery backends"
+            )
+        return _check_id(uri)
+    if kind == SourceKind.PATH:
+        raise Refused(400, f"{uri} is not a folder on this host")
+    if not name:
+        if kind == SourceKind.OCI:
+            raise Refused(400, "specifying a name is required for OCI images")
+        if kind == SourceKind.URL:
+            raise Refused(400, "specifying a name is required for downloads")
+    folder = name or default_name(uri)
+    try:
+        validate_name(folder, "name derived from the URI")
+    except ValueError as exc:
+        raise Refused(400, str(exc)) from None
+    return ExternalSource(uri, name, alias, folder)
+
+
+def install_external(
+    uri: str,
+    *,
+    name: str = "",
+    alias: str = "",
+    force: bool = False,
+    requested_by: str = "",
+    node: Node | None = None,
+    queue: bool = True,
+) -> Job:
+    """Install from an OCI image, a download, or a local folder (or a gallery name)."""
+    source = check_external(uri, name, alias)
+    if isinstance(source, str):
+        if node is None:
+            entry = _gallery_entry(source)
+            return start(
+                Job.Kind.INSTALL,
+                source,
+                force=force,
+                requested_by=requested_by,
+                dedup_key=entry.name,
+                queue=queue,
+            )
+        return install(source, force=force, requested_by=requested_by, node=node)
+    if node is not None:
+        _check_takes_work(node)
+        if not name:
+            raise Refused(
+                400, "specifying a name is required for a uri install on a node"
+            )
+    return start(
+        Job.Kind.INSTALL,
+        source.name or uri,
+        node=node,
+        force=force,
+        requested_by=requested_by,
+        dedup_key=source.folder or uri,
+        external_uri=uri,
+        external_name=source.name,
+        external_alias=source.alias,
+        queue=queue,
+    )
+
+
+# -- installed backends: upgrade, reinstall, delete ------------------------------------
+
+
+def installed_here(name: str) -> DiskBackend:
+    """A backend installed on this host, by its own name or an alias; 404 if not."""
+    bare = _check_id(name).rpartition("@")[2]
+    row = catalogue.installed_folders().get(bare) or catalogue.local_disk().get(bare)
+    if row is None:
+        raise Refused(404, f"backend {bare!r} is not installed")
+    return row
+
+
+def _installed_job(
+    kind: str,
+    name: str,
+    *,
+    node: Node | None,
+    requested_by: str,
+    queue: bool = True,
+    **fields: Any,
+) -> Job:
+    verb = {Job.Kind.DELETE: "deleted", Job.Kind.UPGRADE: "upgraded"}.get(
+        kind, "reinstalled"
+    )
+    if node is None or node.is_local:
+        row = installed_here(name)
+        bare = row.name
+        if row.is_system:
+            raise Refused(409, f"system backend {bare!r} cannot be {verb}")
+        if node is not None:
+            _check_takes_work(node)
+    else:
+        _check_takes_work(node)
+        bare = _check_id(name).rpartition("@")[2]
+        record = InstalledBackend.objects.filter(node=node, name=bare).first() or (
+            InstalledBackend.objects.filter(node=node, alias=bare).first()
+        )
+        if record is None:
+            raise Refused(404, f"backend {bare!r} is not installed on node {node.name}")
+        if record.is_system:
+            raise Refused(409, f"system backend {bare!r} cannot be {verb}")
+    return start(
+        kind,
+        bare,
+        node=node,
+        requested_by=requested_by,
+        dedup_key=bare,
+        queue=queue,
+        **fields,
+    )
+
+
+def upgrade(
+    name: str, *, requested_by: str = "", node: Node | None = None, queue: bool = True
+) -> Job:
+    return _installed_job(
+        Job.Kind.UPGRADE, name, node=node, requested_by=requested_by, queue=queue
+    )
+
+
+def delete(
+    name: str, *, requested_by: str = "", node: Node | None = None, queue: bool = True
+) -> Job:
+    return _installed_job(
+        Job.Kind.DELETE, name, node=node, requested_by=requested_by, queue=queue
+    )
+
+
+def reinstall(name: str, *, requested_by: str = "") -> Job:
+    """Install an installed backend again, over itself (the Installed page's button)."""
+    return _installed_job(
+        Job.Kind.INSTALL, name, node=None, requested_by=requested_by, force=True
+    )
+
+
+def upgrade_all(*, requested_by: str = "") -> tuple[list[str], list[str]]:
+    """Upgrade every backend of this host flagged upgradable; (started, refused)."""
+    names = (
+        InstalledBackend.objects.filter(
+            node=Node.objects.local(), upgrade_available=True, is_system=False
+        )
+        .order_by("name")
+        .values_list("name", flat=True)
+    )
+    started, refused = [], []
+    for name in names:
+        try:
+            upgrade(name, requested_by=requested_by)
+        except Refused as exc:
+            refused.append(f"{name}: {exc}")
+        else:
+            started.append(name)
+    return started, refused
+
+
+# -- a job's life ----------------------------------------------------------------------
+
+
+def cancel(job: Job) -> bool:
+    """Cancel a queued job now, or ask a running one to stop; False if too late.
+
+    A fanned-out job cancels every part, then settles on what its parts became.
+    """
+    children = list(job.children.select_related("node"))
+    if children:
+        asked = [cancel(child) for child in children]
+        Job.objects.settle_parent(job.pk)
+        job.refresh_from_db()
+        return any(asked)
+    if job.cancel_if_queued():
+        dispatch.revoke(job)
+        return True
+    return job.ask_to_stop()
+
+
+def retry(job: Job, *, requested_by: str = "") -> Job:
+    """The same work again; a fanned-out job goes to every agent taking work now."""
+    if job.state not in (Job.State.FAILED, Job.State.CANCELLED):
+        raise Refused(
+            409,
+            f"only failed or cancelled jobs can be retried (this one is {job.state})",
+        )
+    requested_by = requested_by or job.requested_by
+    if job.node_id is None and settings.DISTRIBUTED and job.children.exists():
+        try:
+            return dispatch.fan_out(
+                job.kind,
+                job.target,
+                dedup_key=job.dedup_key,
+                force=job.force,
+                requested_by=requested_by,
+            )
+        except dispatch.NoNodes as exc:
+            raise Refused(409, str(exc), code="no_online_node") from None
+    return start(
+        job.kind,
+        job.target,
+        node=job.node,
+        force=job.force,
+        requested_by=requested_by,
+        dedup_key=job.dedup_key,
+        external_uri=job.external_uri,
+        external_name=job.external_name,
+        external_alias=job.external_alias,
+    )

@@ -1,0 +1,200 @@
+"""The Backends page: the galleries' catalogue as this node sees it, and installs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from backends.core import resolve
+from backends.models import Gallery, GalleryBackend, Job, Node
+from backends.services import catalogue as read
+from backends.services import jobs
+from backends.services.catalogue import Entry, EntryRow
+from backends.web.base import (
+    HtmxHttpRequest,
+    render_page,
+    staff_required,
+    wants_fragment,
+)
+from backends.web.forms import CatalogueQueryForm, InstallForm
+
+PAGE_SIZE = 50
+
+
+def _search_text(entry: Entry) -> str:
+    return " ".join([entry.name, entry.alias, entry.description, *entry.tags]).lower()
+
+
+def _filter(entries: list[Entry], form: CatalogueQueryForm) -> list[Entry]:
+    words = form.value("q", "").lower().split()
+    gallery = form.value("gallery")
+    tag = form.value("tag")
+    if words:
+        entries = [e for e in entries if all(w in _search_text(e) for w in words)]
+    if gallery:
+        entries = [e for e in entries if e.gallery == gallery]
+    if tag:
+        entries = [e for e in entries if tag in (t.lower() for t in e.tags)]
+    return entries
+
+
+def _sort(
+    entries: list[Entry], sort: str, on_disk: Mapping[str, object]
+) -> list[Entry]:
+    if sort == "name":
+        entries.sort(key=lambda e: e.name.lower())
+    elif sort == "-name":
+        entries.sort(key=lambda e: e.name.lower(), reverse=True)
+    elif sort == "installed":
+        entries.sort(key=lambda e: (e.name not in on_disk, e.name.lower()))
+    return entries  # "gallery": the order the galleries list them in
+
+
+def _tags(entries: Iterable[Entry]) -> list[str]:
+    return sorted({tag.lower() for entry in entries for tag in entry.tags})
+
+
+def _tag_link_query(request: HtmxHttpRequest) -> str:
+    """The current query minus tag and page: tag links keep the other filters."""
+    query = request.GET.copy()
+    query.pop("tag", None)
+    query.pop("page", None)
+    return query.urlencode()
+
+
+@login_required
+def catalogue(request: HtmxHttpRequest) -> HttpResponse:
+    node = Node.objects.local()
+    capability = node.current_capability()
+    entries = read.light_entries(GalleryBackend.objects.enabled())
+    galleries = Gallery.objects.filter(enabled=True).values_list("name", flat=True)
+    form = CatalogueQueryForm(request.GET, galleries=galleries)
+    form.is_valid()
+
+    on_disk = read.local_disk(capability)
+    concretes = resolve.concretes_by_name(entries)
+    active = read.active_jobs()
+    on_nodes = read.installed_on_agents()
+
+    def describe(entry: Entry) -> EntryRow:
+        return read.describe(entry, capability, concretes, on_disk, active, on_nodes)
+
+    shown = _sort(_filter(entries, form), form.value("sort", "name"), on_disk)
+    number = form.value("page", 1)
+    if form.value("runs_here"):
+        # Only a described row knows whether it runs here: describe every match.
+        rows = [row for row in map(describe, shown) if row.runs_here]
+        page = Paginator(rows, PAGE_SIZE).get_page(number)
+    else:
+        page = Paginator(shown, PAGE_SIZE).get_page(number)
+        page.object_list = [describe(entry) for entry in page.object_list]
+    context = {
+        "form": form,
+        "page": page,
+        "node": node,
+        "total": len(entries),
+        "tags": _tags(entries),
+        "tag_query": _tag_link_query(request),
+        "catalogue_url": reverse("backends:catalogue"),
+        "distributed": settings.DISTRIBUTED,
+    }
+    return render_page(
+        request,
+        "backends/catalogue.html",
+        context,
+        fragment="backends/catalogue.html#catalogue-rows",
+    )
+
+
+def _get_entry(gallery: str, name: str) -> GalleryBackend:
+    return get_object_or_404(
+        GalleryBackend.objects.enabled().select_related("gallery"),
+        gallery__name=gallery,
+        name=name,
+    )
+
+
+def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> EntryRow:
+    """The row fragment and the entry page: the entry as this node sees it."""
+    capability = node.current_capability()
+    active = read.active_jobs([job]) if job else read.active_jobs()
+    return read.describe_one(
+        entry,
+        capability,
+        read.local_disk(capability),
+        active,
+        read.installed_on_agents(),
+    )
+
+
+@login_required
+def catalogue_entry(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
+    entry = _get_entry(gallery, name)
+    node = Node.objects.local()
+    context = {"row": _entry_row(entry, node), "entry": entry, "node": node}
+    return render(request, "backends/catalogue_entry.html", context)
+
+
+@require_POST
+@staff_required
+def catalogue_install(
+    request: HtmxHttpRequest, gallery: str, name: str
+) -> HttpResponse:
+    entry = _get_entry(gallery, name)
+    form = InstallForm(request.POST)
+    force = form.is_valid() and form.cleaned_data["force"]
+    job = _start_install(request, entry, force)
+    if job is not None:
+        verb = "Reinstall" if force else "Install"
+        messages.success(request, f"{verb} of {entry.name} started.")
+    if not wants_fragment(request):
+        if job is None:
+            return redirect("backends:catalogue-entry", gallery, name)
+        return redirect("backends:job-detail", job.pk)
+    node = job.node if job and job.node else Node.objects.local()
+    context = {
+        "row": _entry_row(entry, node, job),
+        "catalogue_url": reverse("backends:catalogue"),
+    }
+    return render_page(
+        request,
+        "backends/catalogue_entry.html",
+        context,
+        fragment="backends/partials/_catalogue_row.html",
+    )
+
+
+def _start_install(
+    request: HtmxHttpRequest, entry: GalleryBackend, force: bool
+) -> Job | None:
+    """Install as the API does: here, or in distributed mode on every online agent,
+    each resolving its own build. None, with a message saying why, when nothing starts.
+    """
+    try:
+        return jobs.install(
+            entry.id_in_gallery, force=force, requested_by=request.user.get_username()
+        )
+    except jobs.Refused as exc:
+        if exc.code == "concrete_backend_requires_target":
+            # The API's wording names routes; a dashboard user needs the page instead.
+            advice = "install it on chosen nodes from the Nodes page"
+            if meta := exc.extra.get("meta_alternative"):
+                advice += (
+                    f", or install {meta}, which picks the right build on each node"
+                )
+            message = (
+                f"{entry.name} is a hardware-specific build and would not run on every "
+                f"node; {advice}"
+            )
+        else:
+            message = str(exc)
+        messages.error(request, f"Not started: {message}.")
+    return None

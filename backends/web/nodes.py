@@ -1,0 +1,229 @@
+"""The Nodes page: every host that installs backends, its hardware, backends and jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.utils.text import slugify
+from django.views.decorators.http import require_POST
+
+from backends.core import installed
+from backends.models import InstalledBackend, Job, Node, NodeRefused
+from backends.services import catalogue as read
+from backends.services import jobs
+from backends.web.base import (
+    HtmxHttpRequest,
+    render_page,
+    staff_required,
+    wants_fragment,
+)
+from backends.web.forms import NodeInstallForm
+
+
+@dataclass(frozen=True)
+class NodeBackend:
+    """A backend on a node's disk, as the Nodes page lists it."""
+
+    name: str
+    alias: str = ""
+    version: str = ""
+    meta_backend_for: str = ""
+    is_meta: bool = False
+    is_system: bool = False
+
+
+@dataclass
+class NodeCard:
+    """A node with what the Nodes page shows about it."""
+
+    node: Node
+    backends: list[NodeBackend]
+    jobs: list[Job]
+    form: NodeInstallForm = field(default_factory=NodeInstallForm)
+
+    @property
+    def takes_work(self) -> bool:
+        return self.node.accepts_work
+
+    @property
+    def choices_id(self) -> str:
+        return _choices_id(self.node.capability)
+
+
+def _choices_id(capability: str) -> str:
+    return f"backends-for-{slugify(capability or 'default')}"
+
+
+def _local_backends() -> list[NodeBackend]:
+    # The local folder is readable here, and the disk is the truth: read it, like the
+    # Installed page, rather than the table that is reconciled after each job.
+    rows = []
+    for name, disk in sorted(read.installed_folders().items()):
+        meta = disk.metadata or installed.Metadata()
+        rows.append(
+            NodeBackend(
+                name,
+                meta.alias,
+                meta.version,
+                meta.meta_backend_for,
+                disk.is_meta,
+                disk.is_system,
+            )
+        )
+    return rows
+
+
+def _node_cards(shown: Iterable[Node]) -> list[NodeCard]:
+    shown = list(shown)
+    on_agents: dict[int, list[NodeBackend]] = {}
+    for row in InstalledBackend.objects.filter(node__in=shown, node__is_local=False):
+        on_agents.setdefault(row.node_id, []).append(
+            NodeBackend(
+                row.name,
+                row.alias,
+                row.version,
+                row.meta_backend_for,
+                row.is_meta,
+                row.is_system,
+            )
+        )
+    active: dict[int, list[Job]] = {}
+    for job in Job.objects.active().filter(node__in=shown).order_by("created_at"):
+        if job.node_id is not None:
+            active.setdefault(job.node_id, []).append(job)
+    return [
+        NodeCard(
+            node,
+            _local_backends() if node.is_local else on_agents.get(node.pk, []),
+            active.get(node.pk, []),
+        )
+        for node in shown
+    ]
+
+
+def _choices(cards: Iterable[NodeCard]) -> dict[str, list[read.Entry]]:
+    """Per capability, the gallery entries it can run: the install forms' suggestions."""
+    capabilities = {card.node.capability or "default" for card in cards}
+    return {
+        _choices_id(capability): read.runnable(capability)
+        for capability in sorted(capabilities)
+    }
+
+
+def _node_fragment(
+    request: HtmxHttpRequest, node: Node, form: NodeInstallForm | None = None
+) -> HttpResponse:
+    """A node's card, after a change made from it (its install form, drain, resume)."""
+    card = _node_cards([node])[0]
+    if form is not None:
+        card.form = form
+    context = {"card": card, "distributed": settings.DISTRIBUTED}
+    return render_page(
+        request,
+        "backends/node_detail.html",
+        context,
+        fragment="backends/partials/_node.html",
+    )
+
+
+def _back_to_node(request: HtmxHttpRequest, node: Node) -> HttpResponse:
+    if wants_fragment(request):
+        return _node_fragment(request, node)
+    return redirect(f"{reverse('backends:nodes')}#node-{node.pk}")
+
+
+@login_required
+def node_list(request: HtmxHttpRequest) -> HttpResponse:
+    Node.objects.local().current_capability()  # probes a local node never probed
+    cards = _node_cards(Node.objects.all())
+    staff = request.user.is_staff
+    context = {
+        "cards": cards,
+        "distributed": settings.DISTRIBUTED,
+        "offline_after": settings.NODE_OFFLINE_SECONDS,
+        "choices": _choices(c for c in cards if c.takes_work) if staff else {},
+    }
+    return render_page(request, "backends/nodes.html", context)
+
+
+@login_required
+def node_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """A node's page; for htmx, the part of it that changes by itself (its state)."""
+    node = get_object_or_404(Node, pk=pk)
+    card = _node_cards([node])[0]
+    context: dict[str, Any] = {"card": card, "distributed": settings.DISTRIBUTED}
+    if not wants_fragment(request):  # the state polls every few seconds: keep it light
+        context["recent"] = Job.objects.filter(node=node).select_related("node")[:10]
+        if request.user.is_staff and card.takes_work:
+            context["choices"] = _choices([card])
+    return render_page(
+        request,
+        "backends/node_detail.html",
+        context,
+        fragment="backends/partials/_node_state.html",
+    )
+
+
+@require_POST
+@staff_required
+def node_install(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    node = get_object_or_404(Node, pk=pk)
+    form = NodeInstallForm(request.POST)
+    if form.is_valid():
+        entry = form.cleaned_data["backend"]
+        try:
+            jobs.install(
+                entry.id_in_gallery,
+                requested_by=request.user.get_username(),
+                node=node,
+            )
+        except jobs.Refused as exc:
+            form.add_error("backend", f"{exc}.")
+        else:
+            messages.success(
+                request, f"Install of {entry.name} on {node.name} started."
+            )
+            form = NodeInstallForm()
+    if not wants_fragment(request):
+        for error in form.errors.get("backend", []):
+            messages.error(request, f"Not started: {error}")
+        return redirect(f"{reverse('backends:nodes')}#node-{node.pk}")
+    return _node_fragment(request, node, form)
+
+
+def _change_status(
+    request: HtmxHttpRequest, pk: int, change: Callable[[Node], None], done: str
+) -> HttpResponse:
+    node = get_object_or_404(Node, pk=pk)
+    try:
+        change(node)
+    except NodeRefused as exc:
+        messages.error(request, f"{exc}.")
+    else:
+        messages.success(request, f"{node.name} {done}.")
+    return _back_to_node(request, node)
+
+
+@require_POST
+@staff_required
+def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    return _change_status(
+        request,
+        pk,
+        Node.drain,
+        "is draining: its running jobs finish, it takes no new work",
+    )
+
+
+@require_POST
+@staff_required
+def node_resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    return _change_status(request, pk, Node.resume, "takes new work again")

@@ -1,0 +1,65 @@
+"""The smaller pages: known backends, galleries, and this host's hardware."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from backends import tasks
+from backends.models import Gallery, Node
+from backends.services import catalogue as read
+from backends.web.base import HtmxHttpRequest, render_page, staff_required
+from backends.web.forms import KnownFilterForm
+
+
+@login_required
+def known_list(request: HtmxHttpRequest) -> HttpResponse:
+    rows = read.known_backends(set(read.local_disk().keys()))
+    modalities = sorted({row["modality"] for row in rows if row["modality"]})
+    form = KnownFilterForm(request.GET, modalities=modalities)
+    if modality := form.value("modality"):
+        rows = [row for row in rows if row["modality"] == modality]
+    context = {"rows": rows, "form": form}
+    return render_page(
+        request,
+        "backends/known.html",
+        context,
+        fragment="backends/known.html#known-table",
+    )
+
+
+@login_required
+def gallery_list(request: HtmxHttpRequest) -> HttpResponse:
+    return render(
+        request, "backends/galleries.html", {"galleries": Gallery.objects.all()}
+    )
+
+
+@require_POST
+@staff_required
+def gallery_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    gallery = get_object_or_404(Gallery, pk=pk)
+    tasks.sync_gallery(gallery.pk, force=True)
+    messages.info(request, f"Sync of {gallery.name} queued.")
+    return redirect("backends:galleries")
+
+
+@login_required
+def hardware(request: HtmxHttpRequest) -> HttpResponse:
+    node = Node.objects.local()
+    node.current_capability()  # probes a node that was never probed
+    return render(
+        request, "backends/hardware.html", {"node": node, "report": node.hardware}
+    )
+
+
+@require_POST
+@staff_required
+def hardware_probe(request: HtmxHttpRequest) -> HttpResponse:
+    node = Node.objects.local()
+    node.probe_local_hardware()
+    messages.success(request, f"Hardware probed again: capability {node.capability}.")
+    return redirect("backends:hardware")

@@ -1,0 +1,168 @@
+"""Each domain rule answers the same through the API and the dashboard.
+
+These pin the places where the two used to carry their own copies and disagree:
+draining the local node, new work for a node that takes none, what a node can run, and
+a dead agent's jobs seen by a script that only polls the API.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from django.test import override_settings
+from django.utils import timezone
+
+from backends import tasks
+from backends.models import Gallery, Job, Node
+from tests.base import REAL_GALLERY, BaseTestCase
+
+
+def make_agent(name: str = "gpu-node", **fields: object) -> Node:
+    defaults: dict[str, object] = {
+        "capability": "nvidia-cuda-12",
+        "last_heartbeat": timezone.now(),
+    }
+    return Node.objects.create(name=name, **(defaults | fields))
+
+
+class NodeRulesTestCase(BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync(force=True)
+        self.client.force_login(self.alice)
+
+    def test_the_local_node_is_never_drained_by_the_api_or_the_dashboard(self) -> None:
+        local = Node.objects.local()
+        api = self.api_post(f"/api/nodes/{local.pk}/drain")
+        self.assertEqual(api.status_code, 409)
+        self.assertIn("never drained", api.json()["error"]["message"])
+        page = self.client.post(f"/nodes/{local.pk}/drain/", follow=True)
+        self.assertContains(page, "never drained")
+        local.refresh_from_db()
+        self.assertEqual(local.status, Node.Status.ONLINE)
+
+    @override_settings(DISTRIBUTED=True)
+    def test_a_draining_agent_gets_no_install_from_the_api_or_the_dashboard(
+        self,
+    ) -> None:
+        agent = make_agent()
+        self.assertEqual(self.api_post(f"/api/nodes/{agent.pk}/drain").status_code, 200)
+        api = self.api_post(
+            f"/api/nodes/{agent.pk}/backends/install", {"backend": "llama-cpp"}
+        )
+        self.assertEqual(api.status_code, 409)
+        self.assertEqual(api.json()["code"], "node_takes_no_work")
+        page = self.client.post(
+            f"/nodes/{agent.pk}/install/", {"backend": "llama-cpp"}, follow=True
+        )
+        self.assertContains(page, "gpu-node is draining: it takes no new work")
+        self.assertFalse(Job.objects.exists())
+
+    def test_an_agent_gets_no_job_while_distributed_mode_is_off(self) -> None:
+        agent = make_agent()
+        api = self.api_post(
+            f"/api/nodes/{agent.pk}/backends/install", {"backend": "llama-cpp"}
+        )
+        self.assertEqual(api.status_code, 409)
+        self.assertIn("distributed mode is off", api.json()["error"]["message"])
+        page = self.client.post(
+            f"/nodes/{agent.pk}/install/", {"backend": "llama-cpp"}, follow=True
+        )
+        self.assertContains(page, "distributed mode is off")
+        self.assertFalse(Job.objects.exists())
+
+    @override_settings(DISTRIBUTED=True)
+    def test_a_build_an_agent_cannot_run_is_refused_by_the_api_and_the_dashboard(
+        self,
+    ) -> None:
+        agent = make_agent(name="cpu-node", capability="default")
+        api = self.api_post(
+            f"/api/nodes/{agent.pk}/backends/install",
+            {"backend": "cuda12-llama-cpp"},
+        )
+        self.assertEqual(api.status_code, 409)
+        self.assertEqual(api.json()["code"], "not_runnable_here")
+        self.assertIn("needs an NVIDIA GPU", api.json()["error"]["message"])
+        page = self.client.post(
+            f"/nodes/{agent.pk}/install/", {"backend": "cuda12-llama-cpp"}, follow=True
+        )
+        self.assertContains(page, "cuda12-llama-cpp does not run on cpu-node")
+        self.assertFalse(Job.objects.exists())
+
+
+@override_settings(DISTRIBUTED=True, NODE_OFFLINE_SECONDS=30)
+class OfflineSweepTestCase(BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.agent = make_agent(last_heartbeat=timezone.now() - timedelta(minutes=5))
+        self.parent = Job.objects.create(
+            kind="install", target="llama-cpp", dedup_key="llama-cpp", node=None
+        )
+        self.part = Job.objects.create(
+            kind="install",
+            target="llama-cpp",
+            dedup_key="llama-cpp",
+            node=self.agent,
+            parent=self.parent,
+            state=Job.State.RUNNING,
+        )
+
+    def test_the_sweep_runs_every_minute_in_the_worker(self) -> None:
+        for minute in (0, 1, 17, 59):
+            when = datetime(2026, 12, 2, 10, minute)
+            task = tasks.sweep_offline_nodes.task_class()
+            self.assertTrue(task.validate_datetime(when))
+
+    def test_a_script_polling_the_api_sees_a_dead_agents_job_fail_after_the_sweep(
+        self,
+    ) -> None:
+        before = self.api_get(f"/backends/jobs/{self.parent.pk}").json()
+        self.assertEqual(before["state"], "queued")
+        self.assertEqual(
+            self.api_get(f"/api/nodes/{self.agent.pk}").json()["status"], "offline"
+        )
+        self.assertEqual(tasks.sweep_offline_nodes.call_local(), ["gpu-node"])
+        after = self.api_get(f"/backends/jobs/{self.parent.pk}").json()
+        self.assertEqual(after["state"], "failed")
+        self.assertTrue(after["processed"])
+        self.assertIn("gpu-node went offline", after["nodes"][0]["error"])
+
+    def test_a_second_sweep_changes_nothing(self) -> None:
+        tasks.sweep_offline_nodes.call_local()
+        self.assertEqual(tasks.sweep_offline_nodes.call_local(), [])
+
+
+class WhatRunsHereTestCase(BaseTestCase):
+    """The catalogue's "runs on this hardware" and /backends/available agree, on the
+    real gallery, for every kind of node."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.delete()
+        Gallery.objects.create(name="localai", url=REAL_GALLERY.as_uri()).sync()
+        self.client.force_login(self.bob)
+
+    def dashboard_names(self) -> set[str]:
+        names: set[str] = set()
+        page = 1
+        while True:
+            r = self.client.get(f"/?runs_here=on&sort=name&page={page}")
+            body = r.content.decode()
+            names |= set(re.findall(r'<tr id="entry-localai-([^"]+)"', body))
+            pages = re.search(r"Page (\d+) of (\d+)", body)
+            if not pages or pages.group(1) == pages.group(2):
+                return names
+            page += 1
+
+    def test_the_dashboard_and_the_api_list_the_same_runnable_entries(self) -> None:
+        for capability in ("default", "nvidia-cuda-12", "amd", "metal"):
+            with (
+                self.subTest(capability=capability),
+                self.settings(LOCALAI_FORCE_META_BACKEND_CAPABILITY=capability),
+            ):
+                api = {
+                    row["name"] for row in self.api_get("/backends/available").json()
+                }
+                self.assertGreater(len(api), 50)
+                self.assertEqual(self.dashboard_names(), api)
