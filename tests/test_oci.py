@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import io
 import json
 import os
+import platform
 import socket
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.core import oci
 from backends.core.extract import UnsafeArchiveError
 from backends.core.oci import (
-    AllSourcesFailedError,
     AuthenticationError,
     Cancelled,
     Credentials,
+    Descriptor,
     DigestMismatchError,
     InvalidReferenceError,
     NotFoundError,
@@ -30,7 +30,6 @@ from backends.core.oci import (
     RegistryClient,
     RegistryError,
     UnsupportedMediaTypeError,
-    pull_first,
     pull_image,
 )
 from tests.imagebuild import Blob, PushedImage, file, make_layer, opaque, whiteout
@@ -160,12 +159,12 @@ def test_it_uses_plain_http_only_for_loopback_and_listed_insecure_registries() -
 def test_host_platform_uses_go_names(
     monkeypatch: pytest.MonkeyPatch, machine: str, expected: tuple
 ) -> None:
-    monkeypatch.setattr(oci.host_platform, "machine", lambda: machine)
-    monkeypatch.setattr(oci.sys, "platform", "linux")
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(sys, "platform", "linux")
 
-    platform = Platform.host()
+    host = Platform.host()
 
-    assert (platform.os, platform.architecture, platform.variant) == (
+    assert (host.os, host.architecture, host.variant) == (
         "linux",
         *expected,
     )
@@ -293,11 +292,9 @@ def test_it_pulls_a_single_layer_image(
     assert stat.S_IMODE((tmp_path / "run.sh").stat().st_mode) == 0o755
     assert (tmp_path / "lib/libbackend.so").read_bytes().startswith(b"\x7fELF")
     assert pulled.digest == pulled.manifest_digest == images.simple.digest
-    assert pulled.layer_digests == (images.simple.layers[0].digest,)
-    assert pulled.compressed_size == images.simple.layers[0].size
-    assert events[-1] == Progress(
-        "extracting", events[-1].label, pulled.compressed_size, pulled.compressed_size
-    )
+    size = images.simple.layers[0].size
+    assert [layer.digest for layer in pulled.layers] == [images.simple.layers[0].digest]
+    assert events[-1] == Progress("extracting", events[-1].label, size, size)
     assert events[-1].label == f"layer 1/1 {images.simple.layers[0].digest[:19]}"
 
 
@@ -334,7 +331,7 @@ def test_it_applies_layers_in_order_with_whiteouts(
     assert not (tmp_path / "lib/removed.so").exists()
     assert (tmp_path / "lib/libcublas.so.12").read_text() == "new library"
     assert sorted(p.name for p in (tmp_path / "plugins").iterdir()) == ["c"]
-    assert len(pulled.layer_digests) == 3
+    assert len(pulled.layers) == 3
     currents = [event.current_bytes for event in events]
     assert currents == sorted(currents)  # accumulated over layers, never restarting
     assert {event.total_bytes for event in events} == {
@@ -458,26 +455,6 @@ def test_a_hostile_layer_is_refused_with_the_reference(
     assert not (tmp_path / "escaped").exists()
 
 
-@pytest.mark.registry
-def test_stream_blob_writes_the_verified_blob_to_a_sink(
-    registry: RegistryProcess, images: Images, client: RegistryClient
-) -> None:
-    layer = images.big.layers[0]
-    sink = io.BytesIO()
-    seen: list[tuple[int, int]] = []
-    descriptor = oci.Descriptor(layer.media_type, layer.digest, layer.size)
-
-    client.stream_blob(
-        images.big.ref(registry.host),
-        descriptor,
-        sink,
-        progress=lambda done, total: seen.append((done, total)),
-    )
-
-    assert sink.getvalue() == layer.data
-    assert seen[-1] == (layer.size, layer.size)
-
-
 # --- faults ------------------------------------------------------------------------------
 
 
@@ -565,7 +542,7 @@ def test_a_cut_blob_download_resumes_with_range(
         None,
         f"bytes={cut}-",
     ]
-    assert pulled.layer_digests == (layer.digest,)
+    assert [layer.digest for layer in pulled.layers] == [layer.digest]
 
 
 @pytest.mark.registry
@@ -606,44 +583,6 @@ def test_cancellation_stops_the_pull(
             client=client,
             should_cancel=lambda: True,
         )
-
-
-# --- mirrors -----------------------------------------------------------------------------------
-
-
-@pytest.mark.registry
-def test_pull_first_falls_back_to_the_next_reference(
-    registry: RegistryProcess,
-    fault_proxy: FaultProxy,
-    images: Images,
-    client: RegistryClient,
-    tmp_path: Path,
-) -> None:
-    # The first source fails half-way (second layer corrupt) after writing stale.txt.
-    fault_proxy.corrupt_blob(images.two_layers.layers[1].digest)
-    refs = [images.two_layers.ref(fault_proxy.host), images.simple.ref(registry.host)]
-
-    pulled = pull_first(refs, tmp_path, client=client, platform=AMD64)
-
-    assert pulled.digest == images.simple.digest
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib", "run.sh"]
-
-
-@pytest.mark.registry
-def test_pull_first_reports_every_failure(
-    registry: RegistryProcess, client: RegistryClient, tmp_path: Path
-) -> None:
-    refs = [
-        registry.ref("ocitest/simple", "gone"),
-        "not a reference",
-        registry.ref("nobody/none", "x"),
-    ]
-
-    with pytest.raises(AllSourcesFailedError) as caught:
-        pull_first(refs, tmp_path, client=client, platform=AMD64)
-
-    assert [ref for ref, _ in caught.value.failures] == refs
-    assert all(ref in str(caught.value) for ref in refs)
 
 
 # --- authentication ----------------------------------------------------------------------------
@@ -738,19 +677,12 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_progress_percent() -> None:
-    assert Progress("downloading", "layer 1/1", 50, 200).percent == 25.0
-    assert Progress("downloading", "layer 1/1", 0, 0).percent == 100.0
-
-
 def test_descriptor_parsing_rejects_bad_digests() -> None:
     ref = Reference.parse("localhost/x")
     with pytest.raises(RegistryError, match="digest"):
-        oci.Descriptor.from_json(
-            {"mediaType": "x", "digest": "sha256:zz", "size": 1}, ref
-        )
+        Descriptor.from_json({"mediaType": "x", "digest": "sha256:zz", "size": 1}, ref)
     assert (
-        oci.Descriptor.from_json(
+        Descriptor.from_json(
             json.loads(
                 '{"mediaType": "x", "digest": "sha256:' + "0" * 64 + '", "size": 3}'
             ),

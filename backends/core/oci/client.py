@@ -1,0 +1,399 @@
+"""The registry transport: distribution v2 requests on one httpx client.
+
+Plain http for loopback and listed insecure registries, https otherwise; auth by
+``RegistryAuth``; redirects (blob storage on S3 or a CDN) followed by httpx, which drops
+the Authorization header when a redirect leaves the registry's origin; one retry loop,
+with a doubling backoff, for connection errors and 5xx/429 answers on every request; a
+blob transfer cut mid-way resumed with a Range request.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
+from typing import Any
+
+import httpx
+
+from backends.core.oci.auth import RETRY_STATUSES, Credentials, RegistryAuth
+from backends.core.oci.errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    NotFoundError,
+    RegistryError,
+)
+from backends.core.oci.manifest import (
+    INDEX_TYPES,
+    MANIFEST_ACCEPT,
+    Descriptor,
+    Manifest,
+    ResolvedImage,
+    image_layers,
+    media_type_of,
+    select_platform,
+)
+from backends.core.oci.reference import Platform, Reference, as_reference, is_digest
+
+logger = logging.getLogger(__name__)
+
+# A manifest is a small JSON document; refusing big ones bounds memory (the OCI
+# distribution spec suggests registries accept at least 4 MiB).
+MAX_MANIFEST_BYTES = 4 << 20
+# Blob bytes are handed on (hashed, counted, decompressed) in pieces of about this
+# size: the network gives 64 KiB reads, and in extraction every piece costs thread
+# switches between the downloading thread and the one writing files.
+BLOB_CHUNK = 256 << 10
+_MAX_INDEX_DEPTH = 3
+_MAX_REDIRECTS = 5
+_MAX_BACKOFF = 8.0
+_MAX_RESUMES = 5
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS settings (its CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR),
+    built once per process: loading the CA bundle takes tens of milliseconds, more
+    than pulling a small image from a nearby registry."""
+    return httpx.create_ssl_context()
+
+
+class RegistryClient:
+    """A registry v2 client. Thread-safe; reuse one for many pulls (connection pool,
+    token cache). ``retries`` extra attempts follow a failed request with a doubling
+    ``backoff``."""
+
+    def __init__(
+        self,
+        *,
+        credentials: Mapping[str, Credentials] | None = None,
+        insecure: Iterable[str] = (),
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        self._insecure = frozenset(insecure)
+        self.retries = retries
+        self.backoff = backoff
+        self._http = httpx.Client(
+            auth=RegistryAuth(credentials),
+            verify=tls_context(),
+            timeout=timeout,
+            follow_redirects=True,
+            max_redirects=_MAX_REDIRECTS,
+            headers={"User-Agent": "localai-admin"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def base_url(self, registry: str) -> str:
+        host = _split_host(registry)
+        plain = (
+            _is_loopback(host) or registry in self._insecure or host in self._insecure
+        )
+        return f"{'http' if plain else 'https'}://{registry}"
+
+    # -- manifests --
+
+    def resolve(
+        self, ref: Reference | str, platform: Platform | None = None
+    ) -> ResolvedImage:
+        """Manifest (through the index, for ``platform``) and layer list of ``ref``."""
+        ref = as_reference(ref)
+        platform = platform or Platform.host()
+        top = manifest = self.get_manifest(ref)
+        for _ in range(_MAX_INDEX_DEPTH):
+            if manifest.media_type not in INDEX_TYPES:
+                break
+            manifest = self.get_manifest(
+                ref, select_platform(manifest, platform, ref).digest
+            )
+        return ResolvedImage(
+            ref, top.digest, manifest.digest, image_layers(manifest, ref)
+        )
+
+    def get_manifest(
+        self, ref: Reference | str, reference: str | None = None
+    ) -> Manifest:
+        """The manifest or index ``reference`` (default: the ref's tag or digest)
+        names, verified against the digest it was asked by or announced with."""
+        ref = as_reference(ref)
+        reference = reference or ref.reference
+        url = f"{self._repository_url(ref)}/manifests/{reference}"
+        what = f"manifest {reference}"
+        with closing(
+            self._request(ref, "GET", url, {"Accept": MANIFEST_ACCEPT}, stream=True)
+        ) as response:
+            _raise_for_status(response, ref, what)
+            raw = _read_limited(response, MAX_MANIFEST_BYTES, f"{ref}: {what}")
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        expected = (
+            reference
+            if is_digest(reference)
+            else response.headers.get("Docker-Content-Digest")
+        )
+        if expected and expected.startswith("sha256:") and expected != digest:
+            raise DigestMismatchError(
+                f"{ref}: digest mismatch for {what}: expected {expected}, got {digest}"
+            )
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise RegistryError(f"{ref}: {what} is not JSON") from None
+        if not isinstance(body, dict):
+            raise RegistryError(f"{ref}: {what} is not a JSON object")
+        content_type = response.headers.get("Content-Type", "")
+        return Manifest(media_type_of(body, content_type), digest, body)
+
+    def head_digest(self, ref: Reference | str) -> str:
+        """Digest the reference points to now (Docker-Content-Digest of a HEAD)."""
+        ref = as_reference(ref)
+        url = f"{self._repository_url(ref)}/manifests/{ref.reference}"
+        with closing(
+            self._request(ref, "HEAD", url, {"Accept": MANIFEST_ACCEPT})
+        ) as response:
+            _raise_for_status(response, ref, f"manifest {ref.reference}")
+            digest: str = response.headers.get("Docker-Content-Digest", "")
+        if is_digest(digest):
+            return digest
+        return self.get_manifest(ref).digest  # some registries omit the header on HEAD
+
+    # -- blobs --
+
+    def iter_blob(
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Iterator[bytes]:
+        """Yield the blob's bytes as they arrive, in pieces of about BLOB_CHUNK bytes
+        (``on_bytes`` gets each piece's size); raise DigestMismatchError at the end if
+        they are not what the descriptor promised. A transfer cut mid-way resumes with
+        a Range request, so the consumer just sees one continuous stream."""
+        algorithm, _, expected = descriptor.digest.partition(":")
+        hasher = hashlib.new(algorithm)
+        url = f"{self._repository_url(ref)}/blobs/{descriptor.digest}"
+        what = f"blob {descriptor.digest}"
+        received = 0
+        resumes = 0
+        # What arrived before a cut is handed on before resuming.
+        pieces = _Pieces(hasher, on_bytes)
+        while True:
+            headers = {"Accept-Encoding": "identity"}
+            if received:
+                headers["Range"] = f"bytes={received}-"
+            with closing(
+                self._request(ref, "GET", url, headers, stream=True)
+            ) as response:
+                _raise_for_status(response, ref, what)
+                skip = _already_received(response, received, ref, what)
+                try:
+                    for chunk in response.iter_raw():
+                        if skip:
+                            if len(chunk) <= skip:
+                                skip -= len(chunk)
+                                continue
+                            chunk, skip = chunk[skip:], 0
+                        received += len(chunk)
+                        if received > descriptor.size:
+                            raise DigestMismatchError(
+                                f"{ref}: digest mismatch for {what}: more than the {descriptor.size} bytes announced"
+                            )
+                        if piece := pieces.add(chunk):
+                            yield piece
+                except httpx.TransportError as exc:
+                    if piece := pieces.take():
+                        yield piece
+                    resumes += 1
+                    if resumes > _MAX_RESUMES:
+                        raise RegistryError(
+                            f"{ref}: download of {what} kept failing ({exc})"
+                        ) from exc
+                    logger.info(
+                        "%s: %s cut after %d bytes (%s), resuming",
+                        ref,
+                        what,
+                        received,
+                        exc,
+                    )
+                    self._sleep(resumes - 1)
+                    continue
+            break
+        if piece := pieces.take():
+            yield piece
+        if received != descriptor.size or hasher.hexdigest() != expected:
+            raise DigestMismatchError(
+                f"{ref}: digest mismatch for {what}: got {algorithm}:{hasher.hexdigest()} ({received} bytes)"
+            )
+
+    # -- HTTP plumbing --
+
+    def _repository_url(self, ref: Reference) -> str:
+        return f"{self.base_url(ref.registry)}/v2/{ref.repository}"
+
+    def _request(
+        self,
+        ref: Reference,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send (with auth, following redirects); connection errors and 5xx/429
+        answers, the token service's included, are retried. The last answer is
+        returned whatever its status; errors name ``ref``."""
+        attempt = 0
+        while True:
+            request = self._http.build_request(method, url, headers=headers)
+            try:
+                response = self._http.send(request, stream=stream)
+            except AuthenticationError as exc:
+                raise AuthenticationError(f"{ref}: {exc}") from exc
+            except httpx.TransportError as exc:
+                if attempt >= self.retries:
+                    raise RegistryError(f"{ref}: {method} {url} failed: {exc}") from exc
+                logger.info("%s: %s %s failed (%s), retrying", ref, method, url, exc)
+            except httpx.RequestError as exc:  # too many redirects and the like
+                raise RegistryError(f"{ref}: {method} {url} failed: {exc}") from exc
+            else:
+                if (
+                    response.status_code not in RETRY_STATUSES
+                    or attempt >= self.retries
+                ):
+                    return response
+                response.close()
+                logger.info(
+                    "%s: %s %s answered %s, retrying",
+                    ref,
+                    method,
+                    url,
+                    response.status_code,
+                )
+            self._sleep(attempt)
+            attempt += 1
+
+    def _sleep(self, attempt: int) -> None:
+        time.sleep(min(self.backoff * 2**attempt, _MAX_BACKOFF))
+
+
+class _Pieces:
+    """Network reads (64 KiB) gathered into pieces of about BLOB_CHUNK bytes, each
+    hashed and counted as it is handed on."""
+
+    def __init__(self, hasher: Any, on_bytes: Callable[[int], None] | None) -> None:
+        self._hasher = hasher
+        self._on_bytes = on_bytes
+        self._reads: list[bytes] = []
+        self._size = 0
+
+    def add(self, read: bytes) -> bytes:
+        """The next piece once enough has arrived, else b"" (the read is kept)."""
+        self._reads.append(read)
+        self._size += len(read)
+        return self.take() if self._size >= BLOB_CHUNK else b""
+
+    def take(self) -> bytes:
+        """Everything kept so far as one piece (b"" when nothing is)."""
+        piece = b"".join(self._reads)
+        self._reads.clear()
+        self._size = 0
+        if piece:
+            self._hasher.update(piece)
+            if self._on_bytes is not None:
+                self._on_bytes(len(piece))
+        return piece
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_host(registry: str) -> str:
+    if registry.startswith("["):
+        return registry[: registry.index("]") + 1]
+    return registry.rsplit(":", 1)[0]
+
+
+def _raise_for_status(response: httpx.Response, ref: Reference, what: str) -> None:
+    status = response.status_code
+    if status in (200, 206):
+        return
+    detail = ""
+    if response.request.method != "HEAD":
+        detail = _registry_error_detail(
+            _read_limited(response, 64 << 10, "", truncate=True)
+        )
+    detail = f" ({detail})" if detail else f" (HTTP {status})"
+    if response.url.host != _split_host(ref.registry).strip("[]").lower():
+        # A redirect target or the token service answered: say which (the host only,
+        # as a presigned URL's query is a credential).
+        detail += f" from {response.url.host}"
+    if status in (401, 403):
+        raise AuthenticationError(f"{ref}: access to {what} denied{detail}")
+    if status == 404:
+        raise NotFoundError(f"{ref}: {what} not found{detail}")
+    raise RegistryError(f"{ref}: {what}: HTTP {status}{detail}")
+
+
+def _already_received(
+    response: httpx.Response, received: int, ref: Reference, what: str
+) -> int:
+    """How many leading bytes of this response the consumer already has."""
+    if not received:
+        return 0
+    if response.status_code == 200:
+        return received  # Range ignored: the whole blob again, skip what we have
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+    if match is None or int(match[1]) > received:
+        raise RegistryError(
+            f"{ref}: bad Content-Range for {what}: {response.headers.get('Content-Range')!r}"
+        )
+    return received - int(match[1])
+
+
+def _read_limited(
+    response: httpx.Response, limit: int, what: str, *, truncate: bool = False
+) -> bytes:
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) > limit:
+            if truncate:
+                return bytes(data[:limit])
+            raise RegistryError(f"{what} is larger than {limit} bytes")
+    return bytes(data)
+
+
+def _registry_error_detail(body: bytes) -> str:
+    """'MANIFEST_UNKNOWN: manifest unknown' from the registry's JSON error body."""
+    try:
+        errors = json.loads(body)["errors"]
+        return "; ".join(
+            f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
+            for error in errors
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""
