@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import TestCase
+from huey.contrib.djhuey import HUEY
+from huey.storage import MemoryStorage
 
 from backends.models import ApiToken, Gallery
 
@@ -43,6 +47,24 @@ SMALL_GALLERY = """
   alias: whisper
   uri: quay.io/go-skynet/local-ai-backends:latest-cpu-whisper
 """
+
+
+@contextmanager
+def queued_tasks() -> Iterator[None]:
+    """Enqueued tasks wait in memory, as with a stopped worker, instead of running at once.
+
+    Tests run with Huey's immediate mode (tests/conftest.py); leaving it also swaps the
+    storage back to the configured one, so an in-memory queue replaces it here.
+    Use ``with queued_tasks():`` or ``self.enterContext(queued_tasks())`` in ``setUp``.
+    """
+    immediate, storage = HUEY.immediate, HUEY.storage
+    HUEY.immediate = False
+    HUEY.storage = MemoryStorage("tests")
+    try:
+        yield
+    finally:
+        HUEY.immediate = immediate
+        HUEY.storage = storage
 
 
 class BaseTestCase(TestCase):

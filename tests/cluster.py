@@ -3,7 +3,8 @@ subprocesses against the live server, on PostgreSQL + Redis.
 
 Loaded as a plugin by tests/conftest.py. Fixture:
 
-* ``cluster`` (function): skips unless the database is PostgreSQL and Redis answers.
+* ``cluster`` (function): skips on SQLite (``make test`` runs distributed mode in its
+  PostgreSQL pass); on PostgreSQL, Redis not answering is a missing part (``tests.parts``).
   ``cluster.start(name, make_host)`` starts an agent with its own backends folder and a
   fake hardware root built by ``make_host(root)`` (``tests.test_hardware.linux_host``,
   ``nvidia_host``), waits until its node is online and returns its backends folder;
@@ -31,15 +32,14 @@ import redis
 from django.db import connection
 
 from backends.models import Gallery, Job, Node
+from tests.parts import missing_part
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "agent-secret"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-def services_available() -> bool:
-    if connection.vendor != "postgresql":
-        return False
+def redis_answers() -> bool:
     try:
         return bool(redis.Redis.from_url(REDIS_URL).ping())
     except redis.RedisError:
@@ -130,8 +130,11 @@ class Cluster:
 def cluster(
     settings: Any, live_server: Any, transactional_db: None, tmp_path: Path
 ) -> Iterator[Cluster]:
-    if not services_available():
-        pytest.skip("distributed mode needs PostgreSQL (DATABASE_URL) and Redis")
+    if connection.vendor != "postgresql":
+        # By design, even in CI: this pass runs on SQLite, the PostgreSQL pass runs these.
+        pytest.skip("distributed mode needs PostgreSQL (DATABASE_URL)")
+    if not redis_answers():
+        missing_part(f"distributed mode needs Redis at {REDIS_URL}")
     # A queue name of its own: a leftover task from another run can never reach it.
     name = f"test-{uuid.uuid4().hex[:8]}"
     settings.DISTRIBUTED = True

@@ -38,6 +38,7 @@ import httpx
 import pytest
 
 from tests.imagebuild import Blob, PushedImage, push_image, push_index
+from tests.parts import missing_part
 
 REGISTRY_BINARY = "docker-registry"
 TOKEN_SERVICE = "localai-admin-test-registry"
@@ -126,7 +127,7 @@ class RegistryProcess:
 
 def _start_registry(workdir: Path, storage: Path, auth: str = "") -> RegistryProcess:
     if shutil.which(REGISTRY_BINARY) is None:
-        pytest.skip("Debian's docker-registry is not installed")
+        missing_part("Debian's docker-registry is not installed")
     workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = workdir / "config.yml"
@@ -264,7 +265,7 @@ class TokenRegistry:
 
 def _make_signing_key(workdir: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to sign registry tokens")
+        missing_part("the openssl CLI is needed to sign registry tokens")
     key, certificate = workdir / "token.key", workdir / "token.crt"
     subprocess.run(
         [

@@ -51,6 +51,7 @@ class DeleteTestCase(PipelineTestCase):
         self.assertEqual(r.status_code, 409)
         self.assertTrue((system / "piper" / "run.sh").exists())
 
+    # LocalAI's meta delete follows meta_backend_for outside the root (backends 7).
     def test_a_meta_pointing_outside_the_folder_never_deletes_outside(self) -> None:
         victim = make_build(self.gallery_file.parent / "victim")
         meta = self.backends / "evil"

@@ -5,10 +5,9 @@ import threading
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client, TransactionTestCase
-from huey.contrib.djhuey import HUEY
-from huey.storage import MemoryStorage
 
 from backends.models import ApiToken, Gallery, Job
+from tests.base import queued_tasks
 
 
 class ConcurrentInstallTestCase(TransactionTestCase):
@@ -17,12 +16,7 @@ class ConcurrentInstallTestCase(TransactionTestCase):
         self.token = ApiToken.objects.create_token(user, "t")[1]
         gallery = Gallery.objects.create(name="localai", url="file:///dev/null")
         gallery.entries.create(name="cpu-bar", uri="quay.io/x/bar:1")
-        HUEY.immediate = False
-        self.real_storage, HUEY.storage = HUEY.storage, MemoryStorage("tests")
-
-    def tearDown(self) -> None:
-        HUEY.storage = self.real_storage
-        HUEY.immediate = True
+        self.enterContext(queued_tasks())
 
     def test_twenty_simultaneous_requests_make_one_job(self) -> None:
         ids: list[str] = []

@@ -37,7 +37,8 @@ class FanOutTestCase(PipelineTestCase):
         self.assertIn("/api/nodes/{node_id}/backends/install", body["error"])
         self.assertFalse(Job.objects.exists())
 
-    def test_quirk_guard_bypassed_with_gallery_at_name(self) -> None:
+    # LocalAI's concrete-build guard is bypassed with "gallery@name" (ops-api 4.6).
+    def test_gallery_at_name_meets_the_same_concrete_build_guard(self) -> None:
         r = self.api_post("/backends/apply", {"id": "localai@cuda12-foo"})
         self.assertEqual(r.status_code, 409)
 

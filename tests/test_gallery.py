@@ -253,6 +253,7 @@ def test_it_skips_entries_with_unsafe_names(name: str) -> None:
         ("version: [1]", "version must be a string, not a list"),
     ],
 )
+# LocalAI validates no capability target or alias as a path component (backends 7).
 def test_it_skips_entries_with_wrong_types(fields: str, fragment: str) -> None:
     result = parse(f"- name: broken\n  {fields}\n- name: fine\n  uri: quay.io/x:y\n")
 

@@ -29,14 +29,6 @@ class GallerySyncTestCase(BaseTestCase):
         self.assertEqual(len(self.gallery.problems), 5)
         self.assertTrue(all("occurs again" in p for p in self.gallery.problems))
 
-    def test_it_resolves_anchors_and_merge_keys(self) -> None:
-        self.gallery.sync()
-        cuda = GalleryBackend.objects.get(name="cuda12-llama-cpp")
-        self.assertEqual(cuda.description, "LLM inference in C/C++")
-        self.assertEqual(cuda.alias, "llama-cpp")
-        self.assertFalse(cuda.is_meta)
-        self.assertTrue(GalleryBackend.objects.get(name="llama-cpp").is_meta)
-
     def test_it_does_not_reparse_an_unchanged_source(self) -> None:
         self.gallery.sync()
         first_ids = set(GalleryBackend.objects.values_list("pk", flat=True))

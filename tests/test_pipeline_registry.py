@@ -117,7 +117,10 @@ class RegistryInstallTestCase(PipelineTestCase):
         ]
         self.assertTrue(ranged)
 
-    def test_quirk_digest_mismatch_fails_and_keeps_the_previous_install(self) -> None:
+    # LocalAI deletes the working install when a forced reinstall fails (backends 9).
+    def test_a_corrupt_layer_fails_the_reinstall_and_keeps_the_previous_one(
+        self,
+    ) -> None:
         self.use_gallery(**{"cpu-big": self.images.big})
         self.status(self.apply("cpu-big"))
         self.use_gallery(**{"cpu-big": self.via_proxy(self.images.big)})

@@ -110,6 +110,7 @@ def test_it_takes_the_exact_key_first() -> None:
     )
 
 
+# LocalAI gives a GPU host without its exact key the CPU build (backends 3.1).
 def test_it_falls_back_to_cuda12_on_a_cuda13_node() -> None:
     m = meta("whisper", nvidia_cuda_12="cuda12-whisper", default="cpu-whisper")
     choice = resolve_meta(m, "nvidia-cuda-13", hardware_explanation="hw")

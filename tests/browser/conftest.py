@@ -27,6 +27,7 @@ from backends.models import Gallery, KnownBackend
 from backends.services import pipeline
 from tests.base import REAL_GALLERY
 from tests.imagebuild import file, make_layer
+from tests.parts import missing_part
 from tests.registry_fixtures import RegistryProcess
 
 ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
@@ -46,7 +47,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(
+        missing_part(
             f"{CHROMIUM} is missing (make system-deps installs Debian's chromium)"
         )
     from playwright.sync_api import sync_playwright
