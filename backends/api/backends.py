@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -11,46 +12,31 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from backends import tasks
-from backends.api.http import api_view, json_error
+from backends.api import schemas
+from backends.api.http import ApiRequest, api_view, json_error
 from backends.api.openapi import openapi_document
+from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_backend_id
 from backends.fixedsql import FixedSelect
 from backends.models import Job, Node
 from backends.services import catalogue, jobs, upgrades
 
-MAX_BODY = 64 * 1024
 JOB_LIST_LIMIT = 200
 
 
 class BadRequest(Exception):
-    pass
+    """A request its schema accepts but a rule across its fields refuses: 400."""
 
 
-def _json_body(request: HttpRequest) -> dict[str, Any]:
-    if len(request.body) > MAX_BODY:
-        raise BadRequest("request body too large")
-    try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
-
-
-def _string(data: dict[str, Any], key: str, *, required: bool = False) -> str:
-    value = data.get(key, "")
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
-    if required and not value.strip():
-        raise BadRequest(f"{key} is required")
-    return value.strip()
+def _text(data: dict[str, Any], key: str) -> str:
+    """An optional string field of a validated body; absent or null reads as ""."""
+    return str(data.get(key) or "").strip()
 
 
 def _backend_id(value: str) -> str:
-    """Check a ``name`` or ``gallery@name`` reference; the names must be safe."""
+    """Check a ``name`` or ``gallery@name`` reference; the names must be safe.
+
+    The schemas say the same, but validate_name stays the rule the core trusts."""
     try:
         return validate_backend_id(value)
     except ValueError as exc:
@@ -80,51 +66,52 @@ def refused(exc: jobs.Refused) -> JsonResponse:
 # -- read ---------------------------------------------------------------------------
 
 
-@api_view()
+@api_view(responses={200: array_of("SystemBackend")})
 def installed_list(request: HttpRequest) -> JsonResponse:
+    """Installed backends (LocalAI SystemBackend)"""
     if settings.DISTRIBUTED:
         return JsonResponse(catalogue.cluster_installed(), safe=False)
     rows = catalogue.local_disk().values()
     return JsonResponse([row.to_localai() for row in rows], safe=False)
 
 
-@api_view()
+@api_view(responses={200: array_of("GalleryBackend")})
 def available_list(request: HttpRequest) -> JsonResponse:
+    """Gallery backends this node can run (distributed: that some online node can run)"""
     if settings.DISTRIBUTED:
         return JsonResponse(catalogue.cluster_available(), safe=False)
     capability = Node.objects.local().current_capability()
     return JsonResponse(catalogue.available(capability), safe=False)
 
 
-@api_view()
+@api_view(responses={200: array_of("KnownBackend")})
 def known_list(request: HttpRequest) -> JsonResponse:
+    """Known backends, by modality then name"""
     names = set(catalogue.local_disk().keys())
     return JsonResponse(catalogue.known_backends(names), safe=False)
 
 
-@api_view()
+@api_view(responses={200: array_of("Gallery")})
 def gallery_list(request: HttpRequest) -> JsonResponse:
+    """Configured backend galleries"""
     return JsonResponse(catalogue.galleries(), safe=False)
 
 
-@api_view()
+@api_view(responses={200: {"type": "object"}})
 def openapi(request: HttpRequest) -> JsonResponse:
+    """This document"""
     return JsonResponse(openapi_document(request.build_absolute_uri("/")))
 
 
 # -- jobs ---------------------------------------------------------------------------
 
 
-@api_view()
+@api_view(responses={200: schemas.JOBS}, query=schemas.JOBS_QUERY)
 def job_list(request: HttpRequest) -> JsonResponse:
+    """Jobs, newest first (job id -> OpStatus)"""
     jobs = Job.objects.all()
     if "state" in request.GET:
-        state = request.GET["state"]
-        if state not in Job.State.values:
-            return json_error(
-                400, f"unknown state {state!r}: one of {', '.join(Job.State.values)}"
-            )
-        jobs = jobs.filter(state=state)
+        jobs = jobs.filter(state=request.GET["state"])
     return JsonResponse(
         {str(job.pk): job.to_opstatus() for job in jobs[:JOB_LIST_LIMIT]}
     )
@@ -144,16 +131,23 @@ def _get_job(job_id: str) -> Job | None:
 JOB_BY_ID = FixedSelect([(Job, "j")], f"FROM {Job._meta.db_table} j WHERE j.id = %s")
 
 
-@api_view()
+@api_view(responses={200: ref("OpStatus")}, errors=(404,), path=schemas.JOB_PATH)
 def job_detail(request: HttpRequest, job_id: str) -> JsonResponse:
+    """One job's status"""
     job = _get_job(job_id)
     if job is None:
         return json_error(404, f"could not find any job with id {job_id}")
     return JsonResponse(job.to_opstatus())
 
 
-@api_view(("POST",))
+@api_view(
+    ("POST",),
+    responses={200: ref("Cancelled")},
+    errors=(404, 409),
+    path=schemas.JOB_PATH,
+)
 def job_cancel(request: HttpRequest, job_id: str) -> JsonResponse:
+    """Cancel a queued or running job"""
     job = _get_job(job_id)
     if job is None:
         return json_error(404, f"could not find any job with id {job_id}")
@@ -169,16 +163,23 @@ def job_cancel(request: HttpRequest, job_id: str) -> JsonResponse:
 # -- mutations ----------------------------------------------------------------------
 
 
-@api_view(("POST",))
-def apply(request: HttpRequest) -> JsonResponse:
+@api_view(
+    ("POST",),
+    responses={
+        200: ref("JobStarted"),
+        # In distributed mode the 409 may be LocalAI's fan-out refusal instead.
+        409: {"anyOf": [ref("Error"), ref("FanOutRefused")]},
+    },
+    errors=(404,),
+    body=schemas.APPLY_BODY,
+)
+def apply(request: ApiRequest) -> JsonResponse:
+    """Install a backend from the galleries (a job)"""
     try:
-        data = _json_body(request)
-        target = _backend_id(_string(data, "id", required=True))
-        force = data.get("force", False)
-        if not isinstance(force, bool):
-            raise BadRequest("force must be true or false")
+        target = _backend_id(request.json["id"])
     except BadRequest as exc:
         return json_error(400, str(exc))
+    force = request.json.get("force", False)
     try:
         job = jobs.install(
             target, force=force, requested_by=request.user.get_username()
@@ -188,13 +189,25 @@ def apply(request: HttpRequest) -> JsonResponse:
     return _started(request, job)
 
 
-@api_view(("POST",))
+# Delete and upgrade read and answer the same shapes.
+installed_job_view = partial(
+    api_view,
+    ("POST",),
+    responses={200: ref("JobStarted")},
+    errors=(404, 409),
+    path=schemas.BACKEND_PATH,
+)
+
+
+@installed_job_view()
 def delete(request: HttpRequest, name: str) -> JsonResponse:
+    """Delete an installed backend (a job)"""
     return _installed_job(request, name, Job.Kind.DELETE)
 
 
-@api_view(("POST",))
+@installed_job_view()
 def upgrade(request: HttpRequest, name: str) -> JsonResponse:
+    """Upgrade an installed backend (a job)"""
     return _installed_job(request, name, Job.Kind.UPGRADE)
 
 
@@ -208,16 +221,21 @@ def _installed_job(request: HttpRequest, name: str, kind: str) -> JsonResponse:
     return _started(request, job)
 
 
-@api_view(("POST",))
-def install_external(request: HttpRequest) -> JsonResponse:
-    try:
-        data = _json_body(request)
-        uri = _string(data, "uri", required=True)
-        name = _string(data, "name")
-        alias = _string(data, "alias")
-        force = bool(data.get("force", False))
-    except BadRequest as exc:
-        return json_error(400, str(exc))
+@api_view(
+    ("POST",),
+    responses={200: ref("ExternalJobStarted")},
+    errors=(404, 409),
+    body=schemas.EXTERNAL_BODY,
+)
+def install_external(request: ApiRequest) -> JsonResponse:
+    """Install from an OCI image, a URL or a folder (a job)
+
+    What else the body needs depends on the kind of uri (a name for an OCI reference or a
+    URL, none for a gallery name): those refusals are 400s too.
+    """
+    data = request.json
+    uri, name, alias = _text(data, "uri"), _text(data, "name"), _text(data, "alias")
+    force = data.get("force", False)
     try:
         job = jobs.install_external(
             uri,
@@ -243,13 +261,15 @@ def _external_answer(response: JsonResponse) -> JsonResponse:
 # -- upgrades -----------------------------------------------------------------------
 
 
-@api_view()
+@api_view(responses={200: schemas.UPGRADES})
 def upgrade_list(request: HttpRequest) -> JsonResponse:
+    """Cached upgrade information"""
     return JsonResponse(upgrades.upgrade_info())
 
 
-@api_view(("POST",))
+@api_view(("POST",), responses={200: schemas.UPGRADES})
 def upgrade_check(request: HttpRequest) -> JsonResponse:
+    """Start an upgrade check; answers the cached result"""
     # LocalAI answers with the cached result while the check runs in the background.
     info = upgrades.upgrade_info()
     tasks.check_upgrades()

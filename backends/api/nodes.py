@@ -3,29 +3,38 @@ node routes (/api/nodes/...)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
+from collections.abc import Callable, Mapping
+from functools import partial, wraps
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from backends.api.backends import (
-    BadRequest,
-    _backend_id,
-    _json_body,
-    _string,
-    refused,
-)
-from backends.api.http import api_view, json_error
+from backends.api import schemas
+from backends.api.backends import BadRequest, _backend_id, _text, refused
+from backends.api.http import ApiRequest, Contract, api_view, declared, json_error
+from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_name
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import jobs, nodes
 
 
-def agent_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """A POST route for agents, authenticated by the registration token."""
+def agent_view(
+    *,
+    responses: Mapping[int, schemas.Schema],
+    errors: tuple[int, ...] = (),
+    body: schemas.Schema | None = None,
+    path: schemas.Schema | None = None,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """A POST route for agents, authenticated by the registration token; its shapes are
+    declared as for ``api_view``."""
+    contract = Contract(
+        ("POST",), responses, errors, body, path=path or {}, auth="agent"
+    )
+    return lambda view: _agent_view(declared(contract)(view))
 
+
+def _agent_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @csrf_exempt
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -74,17 +83,15 @@ def _get_node(node_id: str) -> Node | None:
 # -- agents ----------------------------------------------------------------------------
 
 
-@agent_view
-def register(request: HttpRequest) -> JsonResponse:
+@agent_view(responses={201: ref("Node")}, body=schemas.REGISTER_BODY)
+def register(request: ApiRequest) -> JsonResponse:
+    """Agents: register a node (registration token)"""
     try:
-        data = _json_body(request)
-        name = validate_name(_string(data, "name", required=True), "node name")
-        hardware = data.get("hardware") or {}
-        if not isinstance(hardware, dict):
-            raise BadRequest("hardware must be an object")
-        backends_path = _string(data, "backends_path")
-    except (BadRequest, ValueError) as exc:
+        name = validate_name(request.json["name"], "node name")
+    except ValueError as exc:
         return json_error(400, str(exc))
+    hardware = request.json.get("hardware") or {}
+    backends_path = _text(request.json, "backends_path")
     try:
         node = nodes.register(name, hardware, backends_path)
     except (KeyError, TypeError, ValueError) as exc:
@@ -92,8 +99,11 @@ def register(request: HttpRequest) -> JsonResponse:
     return JsonResponse(node_dict(node), status=201)
 
 
-@agent_view
+@agent_view(
+    responses={200: ref("Heartbeat")}, errors=(404,), path=schemas.AGENT_NODE_PATH
+)
 def heartbeat(request: HttpRequest, node_id: int) -> JsonResponse:
+    """Agents: heartbeat (registration token)"""
     node = Node.objects.filter(pk=node_id).first()
     if node is None:
         return json_error(404, f"no node {node_id}: register first")
@@ -103,21 +113,26 @@ def heartbeat(request: HttpRequest, node_id: int) -> JsonResponse:
 # -- admin -----------------------------------------------------------------------------
 
 
-@api_view()
+@api_view(responses={200: array_of("Node")})
 def node_list(request: HttpRequest) -> JsonResponse:
+    """Nodes (distributed mode)"""
     return JsonResponse([node_dict(node) for node in Node.objects.all()], safe=False)
 
 
-@api_view()
+@api_view(responses={200: ref("Node")}, errors=(404,), path=schemas.NODE_PATH)
 def node_detail(request: HttpRequest, node_id: str) -> JsonResponse:
+    """One node"""
     node = _get_node(node_id)
     if node is None:
         return json_error(404, f"no node {node_id}")
     return JsonResponse(node_dict(node))
 
 
-@api_view()
+@api_view(
+    responses={200: array_of("NodeBackend")}, errors=(404,), path=schemas.NODE_PATH
+)
 def node_backends(request: HttpRequest, node_id: str) -> JsonResponse:
+    """Backends installed on a node"""
     node = _get_node(node_id)
     if node is None:
         return json_error(404, f"no node {node_id}")
@@ -154,22 +169,27 @@ def _node_started(request: HttpRequest, job: Job) -> JsonResponse:
     )
 
 
-@api_view(("POST",))
-def node_install(request: HttpRequest, node_id: str) -> JsonResponse:
+# A job on one node is accepted, not done: 202, as LocalAI's node routes answer.
+node_job_view = partial(
+    api_view,
+    ("POST",),
+    responses={202: ref("NodeJobStarted")},
+    errors=(404, 409),
+    path=schemas.NODE_PATH,
+)
+
+
+@node_job_view(body=schemas.NODE_INSTALL_BODY)
+def node_install(request: ApiRequest, node_id: str) -> JsonResponse:
+    """Install a backend on one node (a job)"""
     node = _get_node(node_id)
     if node is None:
         return json_error(404, f"no node {node_id}")
+    data = request.json
+    backend, uri = _text(data, "backend"), _text(data, "uri")
+    name, alias = _text(data, "name"), _text(data, "alias")
+    force = data.get("force", False)
     try:
-        data = _json_body(request)
-        backend = _string(data, "backend")
-        uri, name, alias = (
-            _string(data, "uri"),
-            _string(data, "name"),
-            _string(data, "alias"),
-        )
-        force = data.get("force", False) is True
-        if not backend and not uri:
-            raise BadRequest("backend name or uri required")
         if backend:
             _backend_id(backend)
         if name:
@@ -196,25 +216,24 @@ def node_install(request: HttpRequest, node_id: str) -> JsonResponse:
     return _node_started(request, job)
 
 
-def _backend_from_body(request: HttpRequest) -> str:
-    backend = _string(_json_body(request), "backend")
-    if not backend:
-        raise BadRequest("backend name required")
-    return _backend_id(backend).rpartition("@")[2]
+def _backend_from_body(request: ApiRequest) -> str:
+    return _backend_id(request.json["backend"]).rpartition("@")[2]
 
 
-@api_view(("POST",))
-def node_upgrade(request: HttpRequest, node_id: str) -> JsonResponse:
+@node_job_view(body=schemas.NODE_BACKEND_BODY)
+def node_upgrade(request: ApiRequest, node_id: str) -> JsonResponse:
+    """Upgrade a backend on one node (a job)"""
     return _installed_backend_job(request, node_id, Job.Kind.UPGRADE)
 
 
-@api_view(("POST",))
-def node_delete(request: HttpRequest, node_id: str) -> JsonResponse:
+@node_job_view(body=schemas.NODE_BACKEND_BODY)
+def node_delete(request: ApiRequest, node_id: str) -> JsonResponse:
+    """Delete a backend from one node (a job)"""
     return _installed_backend_job(request, node_id, Job.Kind.DELETE)
 
 
 def _installed_backend_job(
-    request: HttpRequest, node_id: str, kind: str
+    request: ApiRequest, node_id: str, kind: str
 ) -> JsonResponse:
     node = _get_node(node_id)
     if node is None:
@@ -231,13 +250,24 @@ def _installed_backend_job(
     return _node_started(request, job)
 
 
-@api_view(("POST",))
+node_status_view = partial(
+    api_view,
+    ("POST",),
+    responses={200: ref("Node")},
+    errors=(404, 409),
+    path=schemas.NODE_PATH,
+)
+
+
+@node_status_view()
 def node_drain(request: HttpRequest, node_id: str) -> JsonResponse:
+    """Drain a node: it takes no new work"""
     return _change_status(node_id, Node.drain)
 
 
-@api_view(("POST",))
+@node_status_view()
 def node_resume(request: HttpRequest, node_id: str) -> JsonResponse:
+    """Resume a drained node"""
     return _change_status(node_id, Node.resume)
 
 

@@ -1,0 +1,491 @@
+"""Every shape the JSON API reads or answers, as JSON Schema (draft 2020-12) data.
+
+The same dicts validate requests (``api_view(body=...)``, through ``jsonschema``) and make
+the OpenAPI 3.1 document (``backends.api.openapi``), so what is checked and what is
+documented cannot drift apart. Named response shapes live in ``COMPONENTS`` and are
+referenced with ``ref()``; request shapes stay inline (no ``$ref``) so that they validate
+on their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Model
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, relevance
+
+from backends.core.gallery import MAX_NAME_LENGTH
+from backends.models import Job, Node
+
+Schema = dict[str, Any]
+
+STRING: Schema = {"type": "string"}
+BOOL: Schema = {"type": "boolean"}
+INTEGER: Schema = {"type": "integer"}
+STRINGS: Schema = {"type": "array", "items": STRING}
+NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+NO_NUL = r"^[^\x00]*$"
+TEXT: Schema = {"type": "string", "pattern": NO_NUL}
+
+
+def column(model: type[Model], name: str, **extra: Any) -> Schema:
+    """A string stored in ``model.name``: as long as the column allows, and without NUL,
+    which PostgreSQL refuses in text (a 500 instead of a 400)."""
+    length = model._meta.get_field(name).max_length
+    return {
+        "type": "string",
+        "pattern": NO_NUL,
+        **({"maxLength": length} if length else {}),
+        **extra,
+    }
+
+
+def ref(name: str) -> Schema:
+    assert name in COMPONENTS, name
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def array_of(name: str) -> Schema:
+    return {"type": "array", "items": ref(name)}
+
+
+# -- request pieces ---------------------------------------------------------------------
+
+# validate_name's rule (backends.core.gallery), which stays the final word in the views:
+# a single safe path component that does not start with a dot.
+# The length is in the pattern too: in gallery@name each part may be a whole name.
+_NAME = rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}"
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.'"
+NAME: Schema = {
+    "type": "string",
+    # minLength before pattern: an empty value is reported as missing, not as malformed.
+    "minLength": 1,
+    "pattern": f"^{_NAME}$",
+    "maxLength": MAX_NAME_LENGTH,
+    "description": f"a name: {NAME_RULE}",
+}
+# LocalAI's clients send every field of their request struct, unused ones as "" (or
+# null): an empty optional name means "none".
+OPTIONAL_NAME: Schema = {
+    "type": ["string", "null"],
+    "pattern": f"^({_NAME})?$",
+    "maxLength": MAX_NAME_LENGTH,
+    "description": f"empty, or a name: {NAME_RULE}",
+}
+BACKEND_ID: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": f"^(({_NAME})?@)?{_NAME}$",
+    "maxLength": 2 * MAX_NAME_LENGTH + 1,
+    "description": f"a backend name or gallery@name, each of {NAME_RULE}",
+}
+OPTIONAL_BACKEND_ID: Schema = {
+    **BACKEND_ID,
+    "type": ["string", "null"],
+    "minLength": 0,
+    "pattern": f"^((({_NAME})?@)?{_NAME})?$",
+    "description": f"empty, or a backend name or gallery@name, each of {NAME_RULE}",
+}
+STORED_URI = column(Job, "external_uri")
+URI: Schema = {
+    **STORED_URI,
+    "minLength": 1,
+    # Not only blanks (the column's own pattern already refuses NUL).
+    "allOf": [{"pattern": r"\S"}],
+    "description": "OCI reference (needs a name), http(s) URL of a tarball (needs a "
+    "name), file:// URL or absolute path of a folder or tarball, or a gallery backend "
+    "name (then name and alias must be empty)",
+}
+# What an agent reports (backends.core.hardware.HardwareReport.to_dict); the strings the
+# node keeps in columns fit them.
+HARDWARE: Schema = {
+    "type": ["object", "null"],
+    "description": "the agent's hardware report",
+    "properties": {
+        **{
+            key: column(Node, key)
+            for key in ("os", "arch", "vendor", "driver_version", "cuda_version")
+        },
+        "capability": column(Node, "capability"),
+        "capability_source": TEXT,
+        "explanation": TEXT,
+        "vram_bytes": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        "gpus": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["vendor", "name", "vram_bytes"],
+                "properties": {
+                    "vendor": TEXT,
+                    "name": TEXT,
+                    "vram_bytes": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 2**63 - 1,
+                    },
+                },
+            },
+        },
+        "cuda_toolkits": {"type": "array", "items": INTEGER},
+        "jetson": BOOL,
+    },
+}
+
+# -- request bodies, one per route that reads one ---------------------------------------
+
+APPLY_BODY: Schema = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {"id": BACKEND_ID, "force": BOOL},
+}
+EXTERNAL_BODY: Schema = {
+    "type": "object",
+    "required": ["uri"],
+    "properties": {
+        "uri": URI,
+        "name": OPTIONAL_NAME,
+        "alias": OPTIONAL_NAME,
+        "force": BOOL,
+    },
+}
+NODE_INSTALL_BODY: Schema = {
+    "type": "object",
+    "properties": {
+        "backend": OPTIONAL_BACKEND_ID,
+        "uri": {
+            **STORED_URI,
+            "type": ["string", "null"],
+            "description": "OCI reference, http(s) URL, file:// URL or absolute path "
+            "(then name is required)",
+        },
+        "name": {**OPTIONAL_NAME, "description": "required with a uri"},
+        "alias": OPTIONAL_NAME,
+        "force": BOOL,
+    },
+    # In allOf so that the failure carries its own message (see ``problem``).
+    "allOf": [
+        {
+            "anyOf": [
+                {"required": ["backend"], "properties": {"backend": {"minLength": 1}}},
+                {"required": ["uri"], "properties": {"uri": {"pattern": r"\S"}}},
+            ],
+            "x-message": "backend name or uri required",
+        }
+    ],
+}
+NODE_BACKEND_BODY: Schema = {
+    "type": "object",
+    "required": ["backend"],
+    "properties": {"backend": BACKEND_ID},
+}
+REGISTER_BODY: Schema = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": NAME,
+        "hardware": HARDWARE,
+        "backends_path": {**column(Node, "backends_path"), "type": ["string", "null"]},
+    },
+}
+
+# -- query and path parameters ----------------------------------------------------------
+
+JOBS_QUERY: Schema = {"state": {"type": "string", "enum": list(Job.State.values)}}
+BACKEND_PATH: Schema = {
+    "name": {**BACKEND_ID, "description": "backend name, alias or gallery@name"}
+}
+JOB_PATH: Schema = {"job_id": {**STRING, "description": "the job's id (a UUID)"}}
+NODE_PATH: Schema = {"node_id": {**STRING, "description": "node id or name"}}
+AGENT_NODE_PATH: Schema = {"node_id": {**INTEGER, "description": "the node's id"}}
+
+# -- response shapes --------------------------------------------------------------------
+
+COMPONENTS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "type"],
+                "properties": {"code": INTEGER, "message": STRING, "type": STRING},
+            },
+            "job_id": {**STRING, "description": "a conflict: the job already active"},
+            "code": {
+                **STRING,
+                "description": "why, for scripts: node_takes_no_work, "
+                "not_runnable_here, no_online_node",
+            },
+        },
+    },
+    "FanOutRefused": {
+        "type": "object",
+        "required": ["error"],
+        "description": "LocalAI's refusal of a distributed install",
+        "properties": {"error": STRING, "code": STRING, "meta_alternative": STRING},
+    },
+    "Gallery": {
+        "type": "object",
+        "required": ["name", "url", "mirrors"],
+        "properties": {"name": STRING, "url": STRING, "mirrors": STRINGS},
+    },
+    "Metadata": {
+        "type": ["object", "null"],
+        "properties": dict.fromkeys(
+            (
+                "name",
+                "alias",
+                "meta_backend_for",
+                "gallery_url",
+                "installed_at",
+                "version",
+                "uri",
+                "digest",
+            ),
+            STRING,
+        ),
+    },
+    "SystemBackend": {
+        "type": "object",
+        "required": ["Name", "RunFile", "IsMeta", "IsSystem", "Metadata"],
+        "properties": {
+            "Name": STRING,
+            "RunFile": STRING,
+            "IsMeta": BOOL,
+            "IsSystem": BOOL,
+            "Metadata": {"$ref": "#/components/schemas/Metadata"},
+            "nodes": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "distributed mode: the nodes that have it",
+            },
+        },
+    },
+    "GalleryBackend": {
+        "type": "object",
+        "required": ["id", "name", "uri", "gallery", "installed", "is_meta"],
+        "properties": {
+            "id": {**STRING, "description": "gallery@name"},
+            "name": STRING,
+            "alias": STRING,
+            "uri": STRING,
+            "mirrors": STRINGS,
+            "capabilities": {
+                "type": ["object", "null"],
+                "additionalProperties": STRING,
+                "description": "capability -> concrete backend name (meta backends)",
+            },
+            "description": STRING,
+            "license": STRING,
+            "icon": STRING,
+            "urls": STRINGS,
+            "tags": STRINGS,
+            "version": STRING,
+            "sha256": STRING,
+            "gallery": {"$ref": "#/components/schemas/Gallery"},
+            "installed": BOOL,
+            "is_meta": BOOL,
+            "resolution": {
+                "type": "object",
+                "description": "meta backends: the build this node would install, and why",
+                "properties": {"concrete": STRING, "explanation": STRING},
+            },
+        },
+    },
+    "KnownBackend": {
+        "type": "object",
+        "required": ["name", "modality", "auto_detect", "installed"],
+        "properties": {
+            "name": STRING,
+            "modality": STRING,
+            "auto_detect": BOOL,
+            "description": STRING,
+            "installed": BOOL,
+        },
+    },
+    "JobStarted": {
+        "type": "object",
+        "required": ["id", "status_url", "state"],
+        "properties": {"id": STRING, "status_url": STRING, "state": STRING},
+    },
+    "ExternalJobStarted": {
+        "type": "object",
+        "required": ["id", "status_url", "jobID", "message"],
+        "properties": {
+            "id": STRING,
+            "status_url": STRING,
+            "state": STRING,
+            "jobID": STRING,
+            "message": STRING,
+        },
+    },
+    "NodeJobStarted": {
+        "type": "object",
+        "required": ["jobID", "statusUrl", "message"],
+        "properties": {
+            "jobID": STRING,
+            "id": STRING,
+            "status_url": STRING,
+            "statusUrl": STRING,
+            "message": STRING,
+        },
+    },
+    "OpStatus": {
+        "type": "object",
+        "required": [
+            "deletion",
+            "processed",
+            "message",
+            "progress",
+            "cancelled",
+            "cancellable",
+        ],
+        "properties": {
+            "deletion": BOOL,
+            "file_name": STRING,
+            "error": STRING,
+            "processed": BOOL,
+            "message": STRING,
+            "progress": {"type": "number"},
+            "phase": STRING,
+            "current_bytes": INTEGER,
+            "total_bytes": INTEGER,
+            "file_size": STRING,
+            "downloaded_size": STRING,
+            "gallery_element_name": STRING,
+            "cancelled": BOOL,
+            "cancellable": BOOL,
+            "nodes": {"type": "array", "items": {"type": "object"}},
+            "id": STRING,
+            "kind": {"type": "string", "enum": list(Job.Kind.values)},
+            "state": {"type": "string", "enum": list(Job.State.values)},
+            "bytes_per_second": {"type": "number"},
+            "created_at": STRING,
+            "started_at": NULLABLE_STRING,
+            "finished_at": NULLABLE_STRING,
+        },
+    },
+    "Cancelled": {
+        "type": "object",
+        "required": ["success", "message"],
+        "properties": {"success": BOOL, "message": STRING, "state": STRING},
+    },
+    "UpgradeInfo": {
+        "type": "object",
+        "required": ["backend_name", "installed_version", "available_version"],
+        "properties": {
+            "backend_name": STRING,
+            "installed_version": STRING,
+            "available_version": STRING,
+            "installed_digest": STRING,
+            "available_digest": STRING,
+            "node_drift": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Node": {
+        "type": "object",
+        "required": ["id", "name", "status", "capability"],
+        "properties": {
+            "id": STRING,
+            "name": STRING,
+            "status": {"type": "string", "enum": list(Node.Status.values)},
+            "is_local": BOOL,
+            "capability": STRING,
+            "capability_explanation": STRING,
+            "vendor": STRING,
+            "vram_bytes": {"type": ["integer", "null"]},
+            "cuda_version": STRING,
+            "driver_version": STRING,
+            "os": STRING,
+            "arch": STRING,
+            "backends_path": STRING,
+            "last_heartbeat": NULLABLE_STRING,
+            "probed_at": NULLABLE_STRING,
+        },
+    },
+    "NodeBackend": {
+        "type": "object",
+        "required": ["name", "is_system", "is_meta"],
+        "properties": {
+            "name": STRING,
+            "alias": STRING,
+            "is_system": BOOL,
+            "is_meta": BOOL,
+            "meta_backend_for": STRING,
+            "installed_at": STRING,
+            "gallery_url": STRING,
+            "version": STRING,
+            "uri": STRING,
+            "digest": STRING,
+        },
+    },
+    "Heartbeat": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": list(Node.Status.values)}},
+    },
+}
+
+UPGRADES: Schema = {"type": "object", "additionalProperties": ref("UpgradeInfo")}
+JOBS: Schema = {"type": "object", "additionalProperties": ref("OpStatus")}
+
+# -- validation -------------------------------------------------------------------------
+
+_KINDS = {
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "an object",
+    "array": "a list",
+    "integer": "an integer",
+    "number": "a number",
+    "null": "null",
+}
+
+
+class Invalid(ValueError):
+    """A request part that does not match its schema; the message names the field."""
+
+
+def check(schema: Schema, instance: Any, what: str = "request body") -> None:
+    """Raise Invalid, naming the field, unless ``instance`` matches ``schema``."""
+    errors = list(Draft202012Validator(schema).iter_errors(instance))
+    if errors:
+        # As jsonschema's best_match: the shallowest error, then the deepest inside it.
+        raise Invalid(problem(max(errors, key=relevance), what))
+
+
+def problem(error: ValidationError, what: str = "request body") -> str:
+    """One sentence for a client: which field, and what it must be."""
+    # A rule that spans fields says itself what is missing (NODE_INSTALL_BODY).
+    if isinstance(error.schema, dict) and "x-message" in error.schema:
+        return str(error.schema["x-message"])
+    if error.context:
+        # anyOf/oneOf: the branch that came closest says more than "matches none".
+        return problem(min(error.context, key=relevance), what)
+    field = ".".join(str(part) for part in error.absolute_path)
+    value, rule = error.validator_value, error.validator
+    if rule == "required":
+        missing = next(name for name in value if name not in error.instance)
+        return f"{field + '.' if field else ''}{missing} is required"
+    if not field:
+        if rule == "type":
+            return f"{what} must be a JSON object"
+        return f"{what}: {error.message}"
+    if rule == "type":
+        kinds = [value] if isinstance(value, str) else value
+        return f"{field} must be {' or '.join(_KINDS.get(k, k) for k in kinds)}"
+    if rule == "minLength" or (rule == "pattern" and value == r"\S"):
+        return f"{field} is required"
+    if rule == "pattern" and value == NO_NUL:
+        return f"{field} may not contain NUL characters"
+    if rule == "maxLength":
+        return f"{field} is longer than {value} characters"
+    if rule == "enum":
+        return (
+            f"unknown {field} {error.instance!r}: one of {', '.join(map(str, value))}"
+        )
+    if rule == "pattern":
+        shape = error.schema.get("description", f"matching {value}")
+        return f"{field} {error.instance!r} is not {shape}"
+    return f"{field}: {error.message}"
