@@ -26,6 +26,7 @@ from backends.core.install import (
     local_folder,
     looks_like_oci,
 )
+from backends.core.limits import Limits
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
 
@@ -191,6 +192,7 @@ class Runner:
             registry=registry_client(),
             progress=self.writer,
             should_cancel=self.writer.should_cancel,
+            limits=install_limits(),
         )
 
     def run(self) -> str:
@@ -344,6 +346,13 @@ def external_default_name(uri: str) -> str:
     for suffix in (".tar.gz", ".tgz", ".tar.zst", ".tar"):
         stem = stem.removesuffix(suffix)
     return validate_name(stem or "", "name derived from the URI")
+
+
+def install_limits() -> Limits:
+    return Limits(
+        max_backend_bytes=settings.LOCALAI_ADMIN_MAX_BACKEND_BYTES,
+        disk_reserve_bytes=settings.LOCALAI_ADMIN_DISK_RESERVE_BYTES,
+    )
 
 
 def registry_client() -> oci.RegistryClient:
