@@ -23,7 +23,7 @@ from backends.core.install import (
 from backends.core.installed import Metadata, folder_size
 from backends.core.limits import Limits
 from tests.base import PipelineTestCase, make_build
-from tests.imagebuild import MiB, bomb, compress, file, make_tar
+from tests.imagebuild import Entries, MiB, bomb, compress, file, make_tar
 
 RUN = file("run.sh", "#!/bin/sh\necho new\n", 0o755)
 # Limits raised far enough to let very deep trees in: what must then still work.
@@ -34,7 +34,7 @@ def deep(depth: int) -> str:
     return "/".join(["d"] * depth + ["leaf.txt"])
 
 
-def tarball(folder: Path, entries: list, name: str = "build.tar.gz") -> Source:  # type: ignore[type-arg]
+def tarball(folder: Path, entries: Entries, name: str = "build.tar.gz") -> Source:
     path = folder / name
     path.write_bytes(compress(make_tar(entries), "gzip"))
     return Source(path.as_uri())
