@@ -244,6 +244,15 @@ except json.JSONDecodeError as exc:
         f"LOCALAI_ADMIN_REGISTRY_CREDENTIALS is not valid JSON: {exc}"
     ) from None
 UPGRADE_CHECK_HOURS = envint("LOCALAI_ADMIN_UPGRADE_CHECK_HOURS", "6")
+# Bounds on one install (backends/core/limits.py): the bytes it may write (200 GiB), and
+# the free space it must leave on the backends disk (1 GiB), which also holds the
+# database and usually the models.
+LOCALAI_ADMIN_MAX_BACKEND_BYTES = envint(
+    "LOCALAI_ADMIN_MAX_BACKEND_BYTES", str(200 * 1024**3)
+)
+LOCALAI_ADMIN_DISK_RESERVE_BYTES = envint(
+    "LOCALAI_ADMIN_DISK_RESERVE_BYTES", str(1024**3)
+)
 
 # Distributed mode: agents on several hosts share PostgreSQL and a Redis queue per node.
 DISTRIBUTED = bool(HUEY_REDIS_URL) and DATABASES["default"]["ENGINE"].endswith(

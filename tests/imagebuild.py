@@ -16,8 +16,10 @@ import gzip
 import hashlib
 import io
 import json
+import struct
 import tarfile
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -272,3 +274,47 @@ def push_index(
     with httpx.Client() as http:
         digest = push_manifest(http, base_url, repository, tag, body, media_type)
     return PushedImage(repository, tag, digest, body, media_type)
+
+
+MiB = 1 << 20
+
+
+def bomb(compression: str, mebibytes: int | None = None) -> Iterator[bytes]:
+    """A compressed tar of one file of zeros, as a stream of compressed chunks: about
+    1 KiB (gzip) or 51 bytes (zstd) per MiB of zeros, so 1 MB of gzip unpacks to 1 GiB.
+
+    ``mebibytes`` of zeros and a proper end, or an endless stream when None. Each MiB
+    is compressed once and its bytes repeated: after a full flush (deflate) or as a
+    frame of its own (zstd) the same input always compresses to the same bytes; the
+    gzip trailer's CRC is computed over what the stream really holds.
+    """
+    header = tarfile.TarInfo("zeros.bin")
+    header.size = (1 << 40) if mebibytes is None else mebibytes * MiB
+    head = header.tobuf(tarfile.GNU_FORMAT)
+    end = bytes(2 * tarfile.BLOCKSIZE)
+    zeros = bytes(MiB)
+    if compression == "gzip":
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        yield (
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+            + deflate.compress(head)
+            + deflate.flush(zlib.Z_FULL_FLUSH)
+        )
+        block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+        crc = zlib.crc32(head)
+        for _ in range(mebibytes) if mebibytes is not None else iter(int, 1):
+            crc = zlib.crc32(zeros, crc)
+            yield block
+        crc = zlib.crc32(end, crc)
+        size = len(head) + header.size + len(end)
+        trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+        yield deflate.compress(end) + deflate.flush() + trailer
+    elif compression == "zstd":
+        zstd = zstandard.ZstdCompressor(level=19)
+        yield zstd.compress(head)
+        block = zstd.compress(zeros)
+        for _ in range(mebibytes) if mebibytes is not None else iter(int, 1):
+            yield block
+        yield zstd.compress(end)
+    else:
+        raise ValueError(f"unknown compression {compression!r}")

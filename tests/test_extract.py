@@ -16,11 +16,16 @@ import pytest
 from backends.core.extract import (
     ArchiveError,
     UnsafeArchiveError,
+    bounded,
     extract_layer,
     extract_tarball,
 )
+from backends.core.limits import Budget, LimitExceeded, Limits
 from tests.imagebuild import (
     Entries,
+    Entry,
+    MiB,
+    bomb,
     compress,
     directory,
     file,
@@ -652,3 +657,192 @@ def test_it_extracts_sparse_files_made_by_gnu_tar(tmp_path: Path, fmt: str) -> N
         source / "sparse.bin"
     ).read_bytes()
     assert (tmp_path / "out/after.txt").read_text() == "after the sparse file"
+
+
+# --- bounds: bytes, free space, path depth and length --------------------------------
+
+
+def _budget(target: Path, **limits: int) -> Budget:
+    return Budget(Limits(**limits), target)
+
+
+class _Counted:
+    """Chunks of a stream, counting what the extractor took of them."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.taken += 1
+            yield chunk
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_bomb_of_1_mb_stops_at_the_byte_limit(
+    tmp_path: Path, compression: str
+) -> None:
+    source = _Counted(bomb(compression, 1024))  # 1 GiB of zeros in ~1 MB (gzip)
+
+    with pytest.raises(LimitExceeded) as raised:
+        extract_layer(source, tmp_path, budget=_budget(tmp_path, max_backend_bytes=MiB))
+
+    assert "more than 1.0 MiB" in str(raised.value)
+    assert "LOCALAI_ADMIN_MAX_BACKEND_BYTES" in str(raised.value)
+    # Stopped at the cap, not at the end of the gigabyte: a few MiB were decompressed
+    # (the producer queue holds 2 MiB ahead of the writer).
+    assert source.taken < 16
+    assert (tmp_path / "zeros.bin").stat().st_size <= MiB
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_an_endless_stream_stops_at_the_byte_limit(
+    tmp_path: Path, compression: str
+) -> None:
+    source = _Counted(bomb(compression))
+
+    with pytest.raises(LimitExceeded, match="LOCALAI_ADMIN_MAX_BACKEND_BYTES"):
+        extract_layer(
+            source, tmp_path, budget=_budget(tmp_path, max_backend_bytes=4 * MiB)
+        )
+
+    assert source.taken < 16
+
+
+def test_the_byte_limit_counts_every_layer_of_one_install(tmp_path: Path) -> None:
+    budget = _budget(tmp_path, max_backend_bytes=3 * MiB)
+    layer = make_layer([file("a.bin", bytes(2 * MiB))]).data
+
+    extract_layer(io.BytesIO(layer), tmp_path, budget=budget)
+    with pytest.raises(LimitExceeded):
+        extract_layer(io.BytesIO(layer), tmp_path, budget=budget)
+
+
+def test_a_bounded_block_gives_its_budget_to_extractions_given_none(
+    tmp_path: Path,
+) -> None:
+    # How the installer bounds oci.pull_image, which calls extract_layer itself.
+    with (
+        bounded(_budget(tmp_path, max_backend_bytes=MiB)),
+        pytest.raises(LimitExceeded),
+    ):
+        extract_layer(bomb("gzip", 64), tmp_path)
+
+
+def test_the_holes_of_a_sparse_entry_count_against_the_byte_limit(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    with open(source / "sparse.bin", "wb") as out:
+        out.truncate(1 << 30)  # a gigabyte of holes, a few bytes in the archive
+        out.write(b"data")
+    archive = tmp_path / "layer.tar"
+    subprocess.run(
+        ["tar", "--sparse", "--format=gnu", "-cf", archive, "-C", source, "."],
+        check=True,
+    )
+    assert archive.stat().st_size < MiB
+    target = tmp_path / "out"
+
+    with pytest.raises(LimitExceeded, match="LOCALAI_ADMIN_MAX_BACKEND_BYTES"):
+        extract_layer(
+            archive.open("rb"), target, budget=_budget(target, max_backend_bytes=MiB)
+        )
+
+
+def test_extraction_stops_before_free_space_falls_under_the_reserve(
+    tmp_path: Path,
+) -> None:
+    info = os.statvfs(tmp_path)
+    free = info.f_bavail * info.f_frsize
+    layer = make_layer([file("a.bin", bytes(MiB))]).data
+
+    with pytest.raises(LimitExceeded) as raised:
+        extract_layer(
+            io.BytesIO(layer),
+            tmp_path,
+            budget=_budget(tmp_path, disk_reserve_bytes=free + (1 << 30)),
+        )
+
+    assert "must stay free" in str(raised.value)
+    assert "LOCALAI_ADMIN_DISK_RESERVE_BYTES" in str(raised.value)
+    assert not (tmp_path / "a.bin").exists()
+
+
+def _deep(depth: int, leaf: str = "leaf.txt") -> str:
+    return "/".join(["d"] * depth + [leaf])
+
+
+def test_a_member_at_the_depth_limit_extracts(tmp_path: Path) -> None:
+    apply(tmp_path, [file(_deep(63), "bottom")])  # 64 components
+
+    assert (tmp_path / _deep(63)).read_text() == "bottom"
+
+
+def test_a_member_deeper_than_the_limit_is_refused_by_name(sandbox: Sandbox) -> None:
+    name = _deep(64, "too-deep.txt")
+
+    with pytest.raises(UnsafeArchiveError) as raised:
+        apply(sandbox.target, [file(name, "x")])
+
+    assert "too-deep.txt" in str(raised.value)
+    assert "deeper than 64 folders" in str(raised.value)
+
+
+def test_a_1900_deep_tree_is_refused_by_name(sandbox: Sandbox) -> None:
+    with pytest.raises(UnsafeArchiveError, match="deeper than 64 folders"):
+        apply(sandbox.target, [file("run.sh", "#!/bin/sh\n"), file(_deep(1900), "x")])
+
+    assert not (sandbox.target / "d").exists()  # refused before any folder was made
+
+
+def test_a_member_path_longer_than_the_limit_is_refused_by_name(
+    sandbox: Sandbox,
+) -> None:
+    name = "/".join(["p" * 200] * 16) + "/long.txt"  # 3,225 bytes
+
+    with pytest.raises(UnsafeArchiveError) as raised:
+        apply(sandbox.target, [file(name, "x")])
+
+    assert "long.txt" in str(raised.value)
+    assert "longer than 3072 bytes" in str(raised.value)
+
+
+def test_a_name_longer_than_255_bytes_is_refused_by_name(sandbox: Sandbox) -> None:
+    with pytest.raises(UnsafeArchiveError, match="a name longer than 255 bytes"):
+        apply(sandbox.target, [file("dir/" + "n" * 256, "x")])
+
+
+def test_a_symlink_cannot_carry_a_member_past_the_depth_limit(
+    sandbox: Sandbox,
+) -> None:
+    # Each entry reads shallow; through the link the files would land 66 deep.
+    entries = [
+        directory(_deep(59, "")),
+        symlink("s", _deep(59, "").rstrip("/")),
+        file("s/a/b/c/d/e/f.txt", "x"),
+    ]
+
+    with pytest.raises(
+        UnsafeArchiveError, match=r"'s/a/b/c/d/e/f.txt'.*deeper than 64"
+    ):
+        apply(sandbox.target, entries)
+
+
+def _deep_lower_tree(target: Path, depth: int) -> None:
+    budget = _budget(target, max_path_depth=depth + 10, max_path_bytes=4 * depth)
+    layer = make_layer([file("keep.txt", "k"), file(_deep(depth), "x")]).data
+    extract_layer(io.BytesIO(layer), target, budget=budget)
+
+
+@pytest.mark.parametrize("marker", ["d/.wh..wh..opq", ".wh.d"])
+def test_whiteouts_remove_a_lower_tree_1900_deep(tmp_path: Path, marker: str) -> None:
+    # Trees that deep get in only when the limits are raised; they must still go.
+    _deep_lower_tree(tmp_path, 1900)
+
+    apply(tmp_path, [Entry(marker)])
+
+    assert not (tmp_path / "d" / "d").exists()
+    assert (tmp_path / "keep.txt").exists()

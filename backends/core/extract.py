@@ -2,16 +2,22 @@
 
 Public API:
 
-* ``extract_layer(source, target, *, whiteouts=True) -> int`` applies one layer on top of
+* ``extract_layer(source, target, *, whiteouts=True, budget=None) -> int`` applies one
+  layer on top of
   what ``target`` already holds and returns the number of tar entries processed.
   ``source`` is the *compressed* layer, either a readable binary file or an iterable of
   byte chunks (the registry download). Compression (gzip, zstd, none) is detected from
   the first bytes, as containerd does, so a mislabelled layer still extracts; the
   caller only checks that the media type is a layer type at all.
-* ``extract_tarball(path, target) -> int`` extracts a ``.tar``, ``.tar.gz`` or
-  ``.tar.zst`` file (no whiteout handling: ``.wh.*`` names are ordinary files there).
+* ``extract_tarball(path, target, *, budget=None) -> int`` extracts a ``.tar``,
+  ``.tar.gz`` or ``.tar.zst`` file (no whiteout handling: ``.wh.*`` names are ordinary
+  files there).
+* ``bounded(budget)``: the budget every extraction in the block charges when it is
+  given none (how the installer bounds ``oci.pull_image``, which calls
+  ``extract_layer`` itself).
 * ``ArchiveError`` for unreadable archives, and its subclass ``UnsafeArchiveError`` for
-  entries that are refused; both name the offending entry.
+  entries that are refused; both name the offending entry. Going over the budget
+  (``limits.Budget``: bytes written, free space) raises ``limits.LimitExceeded``.
 
 Everything is streamed: one tar entry at a time, file data copied in chunks of at most
 1 MiB straight from the decompressor to the output file, so memory stays flat whatever
@@ -30,6 +36,10 @@ regular files and directories its mode rule is applied inline, see ``_filtered_m
   written or deleted outside the target, whatever earlier entries or layers left there;
 * the last component is never followed: an existing file, symlink or directory at that
   place is replaced (unlinked first, so hard-linked copies elsewhere are untouched);
+* bounds (``limits.Limits``): every decompressed byte is charged to the budget (headers
+  and skipped data too, so a bomb or an endless stream stops at the cap, and free
+  space is watched while writing); an entry whose path below the target, as it is
+  physically created, is deeper or longer than the limits is refused by name;
 * OCI whiteouts: ``.wh.<name>`` deletes ``<name>`` and ``.wh..wh..opq`` empties its
   directory, for content of lower layers only (entries of the same layer survive,
   whatever their order in the tar), resolved by the same confined resolver.
@@ -39,17 +49,21 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import stat
 import struct
 import tarfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
+
+from backends.core.limits import MAX_NAME_BYTES, Budget, Limits, shown
+from backends.core.trees import remove_tree
 
 CHUNK_SIZE = 1 << 20
 WHITEOUT_PREFIX = ".wh."
@@ -76,12 +90,32 @@ class UnsafeArchiveError(ArchiveError):
     """An entry would escape the target or is of a forbidden kind."""
 
 
+# The budget of the install under way in this thread (see ``bounded``).
+_current_budget: ContextVar[Budget | None] = ContextVar("budget", default=None)
+
+
+@contextmanager
+def bounded(budget: Budget) -> Iterator[None]:
+    """Charge every extraction in the block that is given no budget to ``budget``.
+
+    For callers that reach ``extract_layer`` through code that does not pass a budget
+    on (``oci.pull_image``); extraction runs in the calling thread, so a context
+    variable reaches it.
+    """
+    token = _current_budget.set(budget)
+    try:
+        yield
+    finally:
+        _current_budget.reset(token)
+
+
 def extract_layer(
     source: BinaryIO | Iterable[bytes],
     target: Path,
     *,
     whiteouts: bool = True,
     on_piece: Callable[[], None] | None = None,
+    budget: Budget | None = None,
 ) -> int:
     """Apply one (compressed) layer on top of ``target``; return the number of entries.
 
@@ -89,10 +123,15 @@ def extract_layer(
     ``_Producer``), so ``source`` must not need the calling thread. ``on_piece`` is
     called in the calling thread before each decompressed piece is written and once
     at the end: the place for progress reports and cancel checks.
+
+    Every decompressed byte is charged to ``budget``, else to the one of an enclosing
+    ``bounded`` block, else to a budget of the default limits for this layer alone.
     """
-    writer = _LayerWriter(Path(target), whiteouts=whiteouts)
+    target = Path(target)
+    budget = budget or _current_budget.get() or Budget(Limits(), target)
+    writer = _LayerWriter(target, whiteouts=whiteouts, budget=budget)
     with _Producer(_raw_chunks(source)) as producer:
-        count = writer.apply(_TarStream(producer.pieces(on_piece)))
+        count = writer.apply(_TarStream(producer.pieces(on_piece), budget.charge))
         # The producer reads the blob to its end (the tar end marker comes before the
         # compression trailer and possible padding) so a verifying download sees every
         # byte; wait for that, and for its error if any.
@@ -100,10 +139,10 @@ def extract_layer(
     return count
 
 
-def extract_tarball(path: Path, target: Path) -> int:
+def extract_tarball(path: Path, target: Path, *, budget: Budget | None = None) -> int:
     """Extract a plain, gzip or zstd tarball into ``target``."""
     with open(path, "rb") as file:
-        return extract_layer(file, target, whiteouts=False)
+        return extract_layer(file, target, whiteouts=False, budget=budget)
 
 
 def _raw_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
@@ -297,8 +336,9 @@ class _TarStream:
     mode (``r|``) would re-copy its whole read buffer on every small read.
     """
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes], charge: Callable[[int], None]) -> None:
         self._chunks = chunks
+        self._charge = charge
         self._buffer = memoryview(b"")
         self._position = 0
 
@@ -308,6 +348,9 @@ class _TarStream:
         chunk = next(self._chunks, None)
         if chunk is None:
             return False
+        # Charged as it is taken, written or skipped: what a bomb costs is the bytes
+        # it decompresses to, whatever the entries do with them.
+        self._charge(len(chunk))
         self._buffer = memoryview(chunk)
         return True
 
@@ -500,10 +543,12 @@ class _LayerWriter:
     a real directory, no symlink), which is also the key of the two bookkeeping sets.
     """
 
-    def __init__(self, target: Path, *, whiteouts: bool) -> None:
+    def __init__(self, target: Path, *, whiteouts: bool, budget: Budget) -> None:
         target.mkdir(parents=True, exist_ok=True)
         self._root = os.path.realpath(target)
         self._whiteouts = whiteouts
+        self._budget = budget
+        self._limits = budget.limits
         # Directories known to be real (not symlinks) during this layer: saves an
         # lstat per path component on every entry.
         self._dirs: set[str] = {""}
@@ -581,6 +626,10 @@ class _LayerWriter:
             raise UnsafeArchiveError(
                 f"refusing {name!r}: not a directory but names the target"
             )
+        if len(parts) > self._limits.max_path_depth or len(name) > MAX_NAME_BYTES:
+            # Refused before any folder on its way is made. Shorter, shallower names
+            # (nearly all) skip the join; the physical path is checked again anyway.
+            self._check_path("/".join(parts), name)
         leaf = parts[-1]
         if self._whiteouts and leaf.startswith(WHITEOUT_PREFIX):
             self._apply_whiteout(parts, name)
@@ -589,6 +638,7 @@ class _LayerWriter:
         parent = self._resolve_dir(parts[:-1], name, create=True)
         assert parent is not None  # create=True always yields a directory
         rel = _join(parent, leaf)
+        self._check_path(rel, name)
         path = self._abs(rel)
         if member.isreg():  # first: nearly every entry is a regular file
             self._write_file(tar, stream, member, mode, rel, path)
@@ -608,6 +658,12 @@ class _LayerWriter:
         self._mark_written(rel)
 
     # -- path resolution --
+
+    def _check_path(self, rel: str, entry: str) -> None:
+        # The physical path is what the limits are about: through in-target symlinks a
+        # short name can land deeper than it reads.
+        if problem := self._limits.path_problem(rel):
+            raise UnsafeArchiveError(f"refusing {shown(entry)}: {problem}")
 
     def _resolve_dir(self, parts: list[str], entry: str, *, create: bool) -> str | None:
         """Physical relative path of the directory ``parts``, following in-target
@@ -637,6 +693,7 @@ class _LayerWriter:
                 except FileNotFoundError:
                     if not create:
                         return None
+                    self._check_path(rel, entry)
                     os.mkdir(path, 0o755)
                     mode = stat.S_IFDIR
                 if stat.S_ISLNK(mode):
@@ -656,6 +713,7 @@ class _LayerWriter:
                     if not create:
                         return None
                     # A later layer may turn a file into a directory.
+                    self._check_path(rel, entry)
                     os.unlink(path)
                     os.mkdir(path, 0o755)
                 self._dirs.add(rel)
@@ -707,7 +765,7 @@ class _LayerWriter:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(mode):
-            shutil.rmtree(path)  # does not follow symlinks inside
+            remove_tree(path)  # follows no symlink, any depth
             prefix = rel + "/"
             self._dirs = {
                 d for d in self._dirs if d != rel and not d.startswith(prefix)
@@ -753,8 +811,12 @@ class _LayerWriter:
                 assert tar is not None  # only tarfile's parser yields sparse files
                 source = tar.extractfile(member)
                 assert source is not None
-                with os.fdopen(os.dup(fd), "wb") as out:
-                    shutil.copyfileobj(source, out, CHUNK_SIZE)
+                # The holes come out of tarfile as zeros and are written: charge them
+                # too, or a small sparse entry could declare a terabyte.
+                while data := source.read(CHUNK_SIZE):
+                    self._budget.charge(len(data))
+                    while data:
+                        data = data[os.write(fd, data) :]
             else:
                 if tar is not None:  # parsed by tarfile: be sure of where the data is
                     stream.seek(member.offset_data)
@@ -800,7 +862,16 @@ class _LayerWriter:
             self._clear_lower(rel)
 
     def _clear_lower(self, rel: str) -> None:
-        with os.scandir(self._abs(rel)) as entries:
-            names = [entry.name for entry in entries]
-        for name in names:
-            self._remove_lower(_join(rel, name))
+        # A stack, not recursion: the tree below may be as deep as the limits allow,
+        # or deeper when they were raised.
+        folders = [rel]
+        while folders:
+            folder = folders.pop()
+            with os.scandir(self._abs(folder)) as entries:
+                listing = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            for name, is_dir in listing:
+                child = _join(folder, name)
+                if child not in self._written:
+                    self._remove(child, self._abs(child))
+                elif is_dir:
+                    folders.append(child)

@@ -7,6 +7,11 @@ as ``<name>.install-backup`` until the new one is in place and restored if the s
 A failed or cancelled fetch therefore leaves the previous install exactly as it was, and
 the staging folder is always removed.
 
+Each attempt at a source is bounded by ``limits.Limits`` (bytes written, free space kept,
+path depth and length; see that module), given by the caller; folders are removed
+without recursion (``trees.remove_tree``), so every tree that got in can be deleted,
+replaced and cleaned up after a crash.
+
 No Django imports: the job runner, the management commands and the benchmarks drive it.
 """
 
@@ -18,11 +23,12 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -38,7 +44,9 @@ from backends.core.installed import (
     scan,
     write_metadata,
 )
+from backends.core.limits import Budget, LimitExceeded, Limits, shown
 from backends.core.sources import local_folder, looks_like_oci
+from backends.core.trees import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +57,6 @@ STAGING_SUFFIX = ".install-tmp"
 BACKUP_SUFFIX = ".install-backup"
 DOWNLOAD_PREFIX = ".download-"
 CHUNK = 1024 * 1024
-# Room kept free on the disk beyond the image's own size (unpacked data, metadata).
-DISK_HEADROOM = 64 * 1024 * 1024
 
 
 class InstallError(Exception):
@@ -88,6 +94,7 @@ class Installer:
     progress: ProgressCallback | None = None
     should_cancel: CancelCheck | None = None
     http: httpx.Client | None = None
+    limits: Limits = field(default_factory=Limits)
 
     # -- install -------------------------------------------------------------------
 
@@ -138,11 +145,11 @@ class Installer:
             write_metadata(staging, metadata)
             self._swap(staging, target)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            _discard(staging)
         return metadata
 
     def _fresh(self, folder: Path) -> Path:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder)
         folder.mkdir(mode=0o755)
         return folder
 
@@ -162,7 +169,7 @@ class Installer:
 
     def _swap(self, staging: Path, target: Path) -> None:
         backup = target.with_name(target.name + BACKUP_SUFFIX)
-        shutil.rmtree(backup, ignore_errors=True)
+        remove_tree(backup)
         had_previous = target.exists()
         if had_previous:
             os.rename(target, backup)
@@ -172,7 +179,7 @@ class Installer:
             if had_previous:
                 os.rename(backup, target)
             raise
-        shutil.rmtree(backup, ignore_errors=True)
+        _discard(backup)
 
     def recover(self) -> list[str]:
         """Tidy the folder after a worker was killed mid-install; returns what was done.
@@ -188,13 +195,13 @@ class Installer:
             if name.endswith(BACKUP_SUFFIX):
                 live = entry.with_name(name.removesuffix(BACKUP_SUFFIX))
                 if live.exists():
-                    shutil.rmtree(entry, ignore_errors=True)
+                    _discard(entry)
                     actions.append(f"removed {name}")
                 else:
                     os.rename(entry, live)
                     actions.append(f"restored {live.name} from its backup")
             elif name.endswith(STAGING_SUFFIX):
-                shutil.rmtree(entry, ignore_errors=True)
+                _discard(entry)
                 actions.append(f"removed {name}")
             elif name.startswith(DOWNLOAD_PREFIX) and entry.is_file():
                 entry.unlink()
@@ -214,6 +221,9 @@ class Installer:
                 return self._fetch_one(uri, source.sha256, staging)
             except (oci.Cancelled, extract.UnsafeArchiveError):
                 raise
+            except LimitExceeded as exc:
+                # A mirror serves the same build: it would be refused just the same.
+                raise InstallError(str(exc)) from exc
             except (
                 InstallError,
                 oci.OCIError,
@@ -229,47 +239,98 @@ class Installer:
         raise InstallError("every source failed: " + "; ".join(errors))
 
     def _fetch_one(self, uri: str, sha256: str, staging: Path) -> str:
+        # One budget per attempt: the staging folder is emptied between attempts.
+        budget = Budget(self.limits, self.backends_path)
         folder = local_folder(uri)
         if folder is not None:
-            self._copy_folder(folder, staging)
+            self._copy_folder(folder, staging, budget)
             return ""
         if looks_like_oci(uri):
-            return self._pull(uri, staging)
+            return self._pull(uri, staging, budget)
         if uri.startswith(("http://", "https://", "file://")):
-            self._fetch_tarball(uri, sha256, staging)
+            self._fetch_tarball(uri, sha256, staging, budget)
             return ""
         raise InstallError(
             f"unsupported source {uri!r} (OCI reference, http(s) or file URL)"
         )
 
-    def _pull(self, uri: str, staging: Path) -> str:
+    def _pull(self, uri: str, staging: Path, budget: Budget) -> str:
         client = self.registry or oci.RegistryClient()
         image = client.resolve(uri, self.platform)
         self._check_free_space(sum(layer.size for layer in image.layers))
-        pulled = oci.pull_image(
-            uri,
-            staging,
-            client=client,
-            platform=self.platform,
-            progress=self.progress,
-            should_cancel=self.should_cancel,
-        )
+        # pull_image extracts each layer itself; the budget reaches it this way.
+        with extract.bounded(budget):
+            pulled = oci.pull_image(
+                uri,
+                staging,
+                client=client,
+                platform=self.platform,
+                progress=self.progress,
+                should_cancel=self.should_cancel,
+            )
         return pulled.digest
 
     def _check_free_space(self, needed: int) -> None:
         free = shutil.disk_usage(self.backends_path).free
-        if needed and free < needed + DISK_HEADROOM:
+        reserve = self.limits.disk_reserve_bytes
+        if free < needed + reserve:
             raise InstallError(
                 f"not enough disk space in {self.backends_path}: the image needs "
-                f"{human_size(needed)} and {human_size(free)} is free"
+                f"{human_size(needed)}, {human_size(free)} is free and "
+                f"{human_size(reserve)} must stay free (the reserve set by "
+                "LOCALAI_ADMIN_DISK_RESERVE_BYTES)"
             )
 
-    def _copy_folder(self, folder: Path, staging: Path) -> None:
-        # symlinks=True copies links as links; extraction rules do not apply to a folder
-        # the admin chose, but nothing is followed out of it.
-        shutil.copytree(folder, staging, symlinks=True, dirs_exist_ok=True)
+    def _copy_folder(self, folder: Path, staging: Path, budget: Budget) -> None:
+        """Copy ``folder`` into ``staging`` within the limits, without recursion.
 
-    def _fetch_tarball(self, uri: str, sha256: str, staging: Path) -> None:
+        Links are copied as links (nothing is followed out of the folder); the
+        extraction rules on link targets do not apply to a folder the admin chose, but
+        the bounds do, and anything but files, folders and links (a device would
+        read forever, a FIFO block) is refused.
+        """
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            with os.scandir(folder / rel) as entries:
+                listing = list(entries)
+            for entry in listing:
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                if problem := self.limits.path_problem(child):
+                    raise InstallError(
+                        f"refusing {shown(child)} in {folder}: {problem}"
+                    )
+                target = staging / child
+                if entry.is_symlink():
+                    os.symlink(os.readlink(entry.path), target)
+                elif entry.is_dir(follow_symlinks=False):
+                    target.mkdir(mode=0o755)
+                    pending.append(child)
+                elif entry.is_file(follow_symlinks=False):
+                    self._copy_file(Path(entry.path), target, budget)
+                else:
+                    raise InstallError(
+                        f"refusing {shown(child)} in {folder}: not a file, folder or link"
+                    )
+
+    def _copy_file(self, source: Path, target: Path, budget: Budget) -> None:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        with (
+            open(os.open(source, flags), "rb") as src,
+            open(target, "xb") as out,
+        ):
+            while data := src.read(CHUNK):
+                self._check_cancel()
+                budget.charge(len(data))
+                out.write(data)
+        shutil.copystat(source, target, follow_symlinks=False)
+
+    def _fetch_tarball(
+        self, uri: str, sha256: str, staging: Path, budget: Budget
+    ) -> None:
+        # The download is a file on the same disk: bounded like the extraction, by a
+        # budget of its own (it is deleted once extracted).
+        download = Budget(self.limits, self.backends_path, "the download")
         with tempfile.NamedTemporaryFile(
             dir=self.backends_path, prefix=DOWNLOAD_PREFIX
         ) as tmp:
@@ -283,6 +344,7 @@ class Installer:
                         digest,
                         path.stat().st_size,
                         uri,
+                        download,
                     )
             else:
                 with (
@@ -292,26 +354,42 @@ class Installer:
                         verify=oci.tls_context(), follow_redirects=True, timeout=60
                     )
                 ) as client:
-                    self._download(client, uri, tmp, digest)
+                    self._download(client, uri, tmp, digest, download)
             if sha256 and digest.hexdigest() != sha256.lower():
                 raise InstallError(
                     f"sha256 mismatch for {uri}: expected {sha256}, got {digest.hexdigest()}"
                 )
             tmp.flush()
-            extract.extract_tarball(Path(tmp.name), staging)
+            extract.extract_tarball(Path(tmp.name), staging, budget=budget)
 
-    def _download(self, client: httpx.Client, uri: str, out, digest) -> None:  # type: ignore[no-untyped-def]
+    def _download(
+        self,
+        client: httpx.Client,
+        uri: str,
+        out: IO[bytes],
+        digest: hashlib._Hash,
+        budget: Budget,
+    ) -> None:
         with client.stream("GET", uri) as response:
             if response.status_code >= 400:
                 raise InstallError(f"{uri} answered HTTP {response.status_code}")
             total = int(response.headers.get("Content-Length") or 0)
             self._check_free_space(total)
-            self._copy_stream(response.iter_bytes(), out, digest, total, uri)
+            self._copy_stream(response.iter_bytes(), out, digest, total, uri, budget)
 
-    def _copy_stream(self, chunks, out, digest, total: int, label: str) -> None:  # type: ignore[no-untyped-def]
+    def _copy_stream(
+        self,
+        chunks: Iterable[bytes],
+        out: IO[bytes],
+        digest: hashlib._Hash,
+        total: int,
+        label: str,
+        budget: Budget,
+    ) -> None:
         done = 0
         for chunk in chunks:
             self._check_cancel()
+            budget.charge(len(chunk))
             out.write(chunk)
             digest.update(chunk)
             done += len(chunk)
@@ -395,5 +473,14 @@ class Installer:
             raise InstallError(
                 f"refusing to delete {folder}: it is not a folder of {root}"
             )
-        shutil.rmtree(resolved)
+        remove_tree(resolved)
         return resolved.name
+
+
+def _discard(folder: Path) -> None:
+    """Remove a working folder where a failure must not stop what is under way (the
+    error of the install, the recovery of the other folders); it is logged."""
+    try:
+        remove_tree(folder)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", folder, exc)

@@ -20,6 +20,7 @@ from django.utils import timezone
 from backends.core import extract, installed, oci, resolve
 from backends.core.gallery import validate_name
 from backends.core.install import Installer, InstallError, Source
+from backends.core.limits import Limits
 from backends.core.sources import default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
@@ -186,6 +187,7 @@ class Runner:
             registry=registry_client(),
             progress=self.writer,
             should_cancel=self.writer.should_cancel,
+            limits=install_limits(),
         )
 
     def run(self) -> str:
@@ -334,6 +336,13 @@ def external_default_name(uri: str) -> str:
     if not name:
         raise JobFailed("specifying a name is required for OCI images")
     return validate_name(name, "name derived from the URI")
+
+
+def install_limits() -> Limits:
+    return Limits(
+        max_backend_bytes=settings.LOCALAI_ADMIN_MAX_BACKEND_BYTES,
+        disk_reserve_bytes=settings.LOCALAI_ADMIN_DISK_RESERVE_BYTES,
+    )
 
 
 def registry_client() -> oci.RegistryClient:
