@@ -91,13 +91,15 @@ class Gallery(models.Model):
         )
         try:
             fetched = gallery_format.fetch_gallery(
-                self.url, self.mirrors, max_entries=limits.entries, **unchanged
+                self.url, self.mirrors, limits=limits, **unchanged
             )
             if fetched.not_modified:
                 self.last_synced_at, self.last_error = self.last_attempt_at, ""
                 self.save()
                 return f"{self.name}: unchanged ({self.entry_count} entries)"
-            parsed = gallery_format.parse_gallery(fetched.body, self.name, limits)
+            parsed = gallery_format.parse_gallery(
+                fetched.body, self.name, limits, fetched.shape
+            )
             if not parsed.entries:
                 raise gallery_format.GalleryError(
                     f"gallery {self.name}: no usable entry; "

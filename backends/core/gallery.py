@@ -25,9 +25,9 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import yaml
+from yaml._yaml import CParser
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
-from yaml.cyaml import CParser
 from yaml.nodes import Node
 from yaml.resolver import Resolver
 
@@ -239,14 +239,36 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def parse_gallery(
-    data: bytes | str, gallery: str, limits: GalleryLimits = DEFAULT_LIMITS
+    data: bytes | str,
+    gallery: str,
+    limits: GalleryLimits = DEFAULT_LIMITS,
+    shape: DocumentShape | None = None,
 ) -> ParseResult:
     """Parse a gallery document; entry problems are reported, never fatal.
 
-    The document is read one entry at a time (see ``_EntryReader``), so memory follows
-    the largest entry rather than the whole document.
+    ``shape`` is ``document_shape(data, limits)`` when the caller has it already. A large
+    document is read one entry at a time (see ``_EntryReader``), so memory follows the
+    largest entry rather than the whole document.
     """
-    return _parse_items(_read_entries(data, gallery, limits), gallery, limits)
+    if shape is None:
+        try:
+            shape = document_shape(data, limits)
+        except yaml.YAMLError as exc:
+            raise GalleryError(
+                f"gallery {gallery}: {_describe_yaml_error(exc)}"
+            ) from None
+    if shape.problem:
+        raise GalleryError(f"gallery {gallery}: {shape.problem}")
+    if shape.values > LOAD_WHOLE_VALUES:
+        return _parse_items(_read_entries(data, gallery, limits), gallery, limits)
+    loaded = _load_yaml(data, gallery)
+    assert isinstance(loaded, list)  # the shape says so
+    too_large = _EntryProblem(f"has more than {limits.entry_values} values")
+    items = (
+        too_large if number in shape.oversized else raw
+        for number, raw in enumerate(loaded, start=1)
+    )
+    return _parse_items(items, gallery, limits)
 
 
 def parse_entries(
@@ -270,7 +292,7 @@ def _too_many(limit: int) -> str:
 
 
 def _parse_items(
-    items: Iterable[object], gallery: str, limits: GalleryLimits
+    items: Iterable[Any], gallery: str, limits: GalleryLimits
 ) -> ParseResult:
     """Entries are numbered from 1 in messages. Names compare case-insensitively, as
     LocalAI looks them up that way: of ``Foo`` and ``foo`` only the first is kept.
@@ -515,21 +537,25 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):  # type: ignor
         # every alias shares one value, as with yaml.load.
         self.anchored: set[Node] = set()
 
-    def compose_node(self, parent: Node | None, index: object) -> Node:
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
         self.values += 1
         if self.values > self.limits.entry_values:
             raise _TooLarge
         event = self.peek_event()
-        anchored = not isinstance(event, yaml.AliasEvent) and event.anchor is not None
+        anchored = (
+            isinstance(event, yaml.NodeEvent)
+            and not isinstance(event, yaml.AliasEvent)
+            and event.anchor is not None
+        )
         self.anchoring += anchored
         try:
-            node: Node = super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         except _TooLarge as exc:
             exc.open += isinstance(event, _OPENS)
             raise
         finally:
             self.anchoring -= anchored
-        if self.anchoring or anchored:
+        if node is not None and (self.anchoring or anchored):
             self.anchored.add(node)
             if len(self.anchored) > self.limits.anchored_values:
                 raise _DocumentProblem(
@@ -547,7 +573,7 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):  # type: ignor
         if self.check_event(yaml.MappingStartEvent):
             raise _DocumentProblem(_document_problem({}))
         if not self.check_event(yaml.SequenceStartEvent):
-            root = self.construct_object(self.compose_node(None, None), deep=True)
+            root = self.construct_object(self._node(0), deep=True)
             raise _DocumentProblem(_document_problem(root))
         self.get_event()
         count = 0
@@ -566,7 +592,7 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):  # type: ignor
     def next_entry(self, index: int) -> object:
         self.values = 0
         try:
-            node = self.compose_node(None, index)
+            node = self._node(index)
         except _TooLarge as exc:
             self.skip(exc.open)
             return _EntryProblem(f"has more than {self.limits.entry_values} values")
@@ -580,6 +606,12 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):  # type: ignor
                 del built[done]
         return value
 
+    def _node(self, index: int) -> Node:
+        node = self.compose_node(None, index)
+        # Only called with an event pending, which always composes into a node.
+        assert node is not None
+        return node
+
     def skip(self, open_collections: int) -> None:
         """Read past the rest of an entry whose reading stopped part way."""
         while open_collections:
@@ -588,6 +620,13 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):  # type: ignor
                 open_collections += 1
             elif isinstance(event, _CLOSES):
                 open_collections -= 1
+
+
+def _load_yaml(data: bytes | str, gallery: str) -> object:
+    try:
+        return yaml.load(data, Loader=GalleryLoader)
+    except yaml.YAMLError as exc:
+        raise GalleryError(f"gallery {gallery}: {_describe_yaml_error(exc)}") from None
 
 
 def _read_entries(
@@ -604,34 +643,58 @@ def _read_entries(
         reader.dispose()
 
 
-def _shape_problem(body: bytes, max_entries: int) -> str | None:
-    """Why ``body`` cannot be a gallery, from libyaml's events alone (no value is built).
+# A document with at most this many YAML values is loaded whole by libyaml's C composer
+# (twice as fast as reading entry by entry, and at most about 100 MB); a larger one is
+# read one entry at a time. The real index has about 12,000.
+LOAD_WHOLE_VALUES = 200_000
 
-    Fast and flat in memory, so a source serving a huge or broken document fails (and
-    the next mirror is tried) before anything is loaded.
+
+@dataclass(frozen=True)
+class DocumentShape:
+    """What one pass over libyaml's events tells of a document, before it is loaded."""
+
+    problem: (
+        str  # why it cannot be a gallery, or "" when it is a list within the limits
+    )
+    values: int = 0  # YAML values (scalars, aliases, lists and maps) in the document
+    oversized: frozenset[int] = frozenset()  # entries (from 1) over entry_values
+
+
+def document_shape(body: bytes | str, limits: GalleryLimits) -> DocumentShape:
+    """The shape of ``body``, from events alone: fast, and flat in memory.
+
+    Raises yaml.YAMLError for a document libyaml cannot parse.
     """
-    depth = entries = documents = 0
+    depth = entries = documents = values = entry_start = 0
+    oversized: set[int] = set()
     for event in yaml.parse(body, Loader=GalleryLoader):
-        if isinstance(event, yaml.DocumentStartEvent):
+        if isinstance(event, yaml.NodeEvent):
+            values += 1
+            if depth == 0 and isinstance(event, yaml.MappingStartEvent):
+                return DocumentShape(_document_problem({}))
+            if depth == 0 and not isinstance(event, yaml.SequenceStartEvent):
+                # A lone scalar: only loading says whether it means null.
+                return DocumentShape(_document_problem(yaml.load(body, GalleryLoader)))
+            if depth == 1:
+                entries += 1
+                if entries > limits.entries:
+                    return DocumentShape(_too_many(limits.entries))
+                entry_start = values
+            elif depth > 1 and values - entry_start >= limits.entry_values:
+                oversized.add(entries)
+        elif isinstance(event, yaml.DocumentStartEvent):
             documents += 1
             if documents > 1:
-                return "invalid YAML: more than one document"
-        elif depth == 0 and isinstance(event, yaml.MappingStartEvent):
-            return _document_problem({})
-        elif depth == 0 and isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
-            # A lone scalar: only loading says whether it means null.
-            return _document_problem(yaml.load(body, Loader=GalleryLoader))
-        elif depth == 1 and isinstance(event, yaml.NodeEvent):
-            entries += 1
-            if entries > max_entries:
-                return _too_many(max_entries)
+                return DocumentShape("invalid YAML: more than one document")
         if isinstance(event, _OPENS):
             depth += 1
         elif isinstance(event, _CLOSES):
             depth -= 1
             if depth == 0 and not entries:
-                return _document_problem([])
-    return None if documents else _document_problem(None)
+                return DocumentShape(_document_problem([]))
+    if not documents:
+        return DocumentShape(_document_problem(None))
+    return DocumentShape("", values, frozenset(oversized))
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:
@@ -680,6 +743,8 @@ class FetchResult:
     # True on HTTP 304, or when the body's sha256 equals the one the caller already has:
     # the caller keeps its entries and skips parsing.
     not_modified: bool
+    # The body's shape for parse_gallery, so the checked body is not scanned again.
+    shape: DocumentShape | None = field(default=None, compare=False)
     # Candidates that failed before this one answered ("<url>: <why>"), for the UI.
     errors: tuple[str, ...] = ()
 
@@ -768,14 +833,14 @@ def fetch_gallery(
     sha256: str = "",
     client: httpx.Client | None = None,
     timeout: float = 60.0,
-    max_entries: int = DEFAULT_LIMITS.entries,
+    limits: GalleryLimits = DEFAULT_LIMITS,
 ) -> FetchResult:
     """Fetch a gallery from the first candidate that serves a usable document.
 
     ``etag`` and ``sha256`` describe the copy the caller already holds: an HTTP 304 or
     an identical body returns ``not_modified=True``. A body that is not a non-empty YAML
-    list (an HTML error page behind a 200, ``[]``, an empty file) or that has more than
-    ``max_entries`` entries fails that candidate, so the next mirror is tried.
+    list (an HTML error page behind a 200, ``[]``, an empty file) or that has more
+    entries than ``limits`` allow fails that candidate, so the next mirror is tried.
     """
     sources = candidates(url, mirrors)
     if not sources:
@@ -799,12 +864,10 @@ def fetch_gallery(
                     response = _read_http(http, target, etag, timeout)
                     if response is None:
                         return FetchResult(
-                            b"", source, etag, sha256, True, tuple(failures)
+                            b"", source, etag, sha256, True, errors=tuple(failures)
                         )
                     body, new_etag = response
-                return _accept(
-                    body, source, new_etag, sha256, max_entries, tuple(failures)
-                )
+                return _accept(body, source, new_etag, sha256, limits, tuple(failures))
             except (ValueError, _SourceFailed) as exc:
                 failures.append(f"{redact_url(source)}: {_scrub(str(exc), source)}")
     raise GalleryFetchError(
@@ -817,19 +880,19 @@ def _accept(
     source: str,
     etag: str,
     known_sha256: str,
-    max_entries: int,
+    limits: GalleryLimits,
     failures: tuple[str, ...],
 ) -> FetchResult:
     digest = hashlib.sha256(body).hexdigest()
     if known_sha256 and digest == known_sha256.lower():
-        return FetchResult(body, source, etag, digest, True, failures)
+        return FetchResult(body, source, etag, digest, True, errors=failures)
     try:
-        problem = _shape_problem(body, max_entries)
+        shape = document_shape(body, limits)
     except yaml.YAMLError as exc:
         raise _SourceFailed(_describe_yaml_error(exc)) from None
-    if problem:
-        raise _SourceFailed(problem)
-    return FetchResult(body, source, etag, digest, False, failures)
+    if shape.problem:
+        raise _SourceFailed(shape.problem)
+    return FetchResult(body, source, etag, digest, False, shape, failures)
 
 
 def _read_file(url: str) -> bytes:
