@@ -86,13 +86,20 @@ class Gallery(models.Model):
         unchanged = {"etag": self.etag, "sha256": self.content_hash}
         if force or not self.entry_count:
             unchanged = {"etag": "", "sha256": ""}
+        limits = gallery_format.GalleryLimits(
+            entries=settings.LOCALAI_ADMIN_GALLERY_MAX_ENTRIES
+        )
         try:
-            fetched = gallery_format.fetch_gallery(self.url, self.mirrors, **unchanged)
+            fetched = gallery_format.fetch_gallery(
+                self.url, self.mirrors, limits=limits, **unchanged
+            )
             if fetched.not_modified:
                 self.last_synced_at, self.last_error = self.last_attempt_at, ""
                 self.save()
                 return f"{self.name}: unchanged ({self.entry_count} entries)"
-            parsed = gallery_format.parse_entries(fetched.data, self.name)
+            parsed = gallery_format.parse_gallery(
+                fetched.body, self.name, limits, fetched.shape
+            )
             if not parsed.entries:
                 raise gallery_format.GalleryError(
                     f"gallery {self.name}: no usable entry; "

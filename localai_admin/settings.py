@@ -229,6 +229,9 @@ LOCALAI_FORCE_META_BACKEND_CAPABILITY = os.getenv(
 LOCALAI_ADMIN_PROBE_ROOT = Path(os.getenv("LOCALAI_ADMIN_PROBE_ROOT", "/"))
 LOCALAI_ADMIN_CACHE_DIR = DATA_DIR / "cache"
 GALLERY_SYNC_MINUTES = envint("LOCALAI_ADMIN_GALLERY_SYNC_MINUTES", "60")
+# More entries than this fail a gallery's sync (its last good entries stay); the other
+# gallery limits are fixed in backends.core.gallery.GalleryLimits.
+LOCALAI_ADMIN_GALLERY_MAX_ENTRIES = envint("LOCALAI_ADMIN_GALLERY_MAX_ENTRIES", "20000")
 NODE_NAME = os.getenv("LOCALAI_ADMIN_NODE_NAME", "local")
 # Registries reached over plain HTTP (loopback hosts always are), comma-separated host:port.
 LOCALAI_ADMIN_INSECURE_REGISTRIES = [

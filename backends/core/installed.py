@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
 RUN_FILE = "run.sh"
-# Folders the installer uses while it works; never listed as backends.
+# Folders the installers use while they work: ours and LocalAI's install staging and
+# backup (core/gallery/backends.go), LocalAI's upgrade staging and backup
+# (core/gallery/upgrade.go) and its downloads (pkg/downloader: ``<dest>.partial``).
+# Never listed as backends, and no backend may be named so (gallery.validate_name).
 TRANSIENT_SUFFIXES = (
     ".install-tmp",
     ".install-backup",
