@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from huey.contrib.djhuey import HUEY
 
+from backends.core.trees import remove_tree
+
 pytest_plugins = ["tests.registry_fixtures", "tests.cluster"]
 
 
 @pytest.fixture(autouse=True)
-def isolated_host(settings, tmp_path: Path) -> None:
+def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
     """Every test gets its own backends folder and an empty probe root (a CPU-only host)."""
     settings.LOCALAI_BACKENDS_PATH = tmp_path / "backends"
     settings.LOCALAI_BACKENDS_PATH.mkdir()
@@ -19,3 +22,7 @@ def isolated_host(settings, tmp_path: Path) -> None:
     settings.LOCALAI_FORCE_META_BACKEND_CAPABILITY = ""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     HUEY.immediate = True
+    yield
+    # Some tests leave trees thousands of folders deep, which pytest's own clean-up of
+    # old runs (shutil.rmtree, recursive on Python 3.12) could never remove.
+    remove_tree(tmp_path)

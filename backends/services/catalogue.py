@@ -41,43 +41,10 @@ def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend
     )
 
 
-def _is_alias(key: str, row: installed.DiskBackend) -> bool:
-    # scan() also lists each alias under its own name, pointing at a build's folder.
-    return not row.is_meta and row.folder is not None and row.folder.name != key
-
-
-def installed_folders(
-    on_disk: Mapping[str, installed.DiskBackend] | None = None,
-) -> dict[str, installed.DiskBackend]:
-    """Every installed backend once, by its own name: the builds, metas and system ones.
-
-    ``scan`` keys backends the way LocalAI registers them, where an alias replaces a
-    meta of the same name: the usual layout (``cpu-llama-cpp`` aliased ``llama-cpp``
-    next to the meta ``llama-cpp``) would hide the meta. Read such metas back.
-    """
-    if on_disk is None:
-        on_disk = local_disk()
-    folders = {}
-    for key, row in on_disk.items():
-        if not _is_alias(key, row):
-            folders[key] = row
-        elif (meta := _meta_folder(key)) is not None:
-            folders[key] = meta
-    return folders
-
-
-def _meta_folder(name: str) -> installed.DiskBackend | None:
-    root = Path(settings.LOCALAI_BACKENDS_PATH)
-    folder = root / name
-    try:
-        metadata = installed.read_metadata(folder)
-    except ValueError:
-        return None
-    if metadata is None or not metadata.meta_backend_for:
-        return None
-    run_file = root / metadata.meta_backend_for / installed.RUN_FILE
-    return installed.DiskBackend(
-        name, str(run_file), is_meta=True, metadata=metadata, folder=folder
+def installed_folders() -> dict[str, installed.DiskBackend]:
+    """Every installed backend of this host once, by its own name (aliases left out)."""
+    return installed.folders(
+        Path(settings.LOCALAI_BACKENDS_PATH), settings.LOCALAI_BACKENDS_SYSTEM_PATH
     )
 
 
@@ -283,12 +250,12 @@ class InstalledRow:
 
 
 def installed_rows(
-    on_disk: Mapping[str, installed.DiskBackend],
+    folders: Mapping[str, installed.DiskBackend],
     records: Mapping[str, InstalledBackend],
     jobs: Mapping[str, Job],
 ) -> list[InstalledRow]:
     rows = []
-    for key, disk in sorted(installed_folders(on_disk).items()):
+    for key, disk in sorted(folders.items()):
         record = records.get(key)
         size = record.size_bytes if record and record.size_bytes else 0
         if not size and disk.folder is not None:

@@ -161,9 +161,7 @@ def reconcile(node: Node | None) -> None:
     """Refresh the node's InstalledBackend rows from its backends folder."""
     node = node or Node.objects.local()
     # Each folder once: an alias must not stand in for the meta of the same name here.
-    rows = installed.folders(
-        Path(settings.LOCALAI_BACKENDS_PATH), settings.LOCALAI_BACKENDS_SYSTEM_PATH
-    )
+    rows = catalogue.installed_folders()
     sizes = {
         name: installed.folder_size(row.folder)
         for name, row in rows.items()

@@ -20,13 +20,12 @@ from backends.web.base import HtmxHttpRequest, not_started, render_page, staff_r
 @login_required
 def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
-    on_disk = read.local_disk(node.current_capability())
     records = {r.name: r for r in InstalledBackend.objects.filter(node=node)}
     # This node's jobs only: an install fanned out to the agents is not about this disk.
     active = read.active_jobs(
         Job.objects.active().filter(node=node).order_by("created_at")
     )
-    rows = read.installed_rows(on_disk, records, active)
+    rows = read.installed_rows(read.installed_folders(), records, active)
     context = {
         "rows": rows,
         "node": node,
