@@ -12,7 +12,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from backends.models import Job, Node
+from backends.models import Job, Node, mean_progress
 
 register = template.Library()
 
@@ -131,5 +131,4 @@ def fan_out(job: Job) -> FanOut | None:
         part = child.node_progress()
         part["badge"] = PART_BADGES.get(part["status"], "")
         parts.append(part)
-    progress = sum(child.progress for child in children) / len(children)
-    return FanOut(progress, parts)
+    return FanOut(mean_progress(children), parts)
