@@ -80,7 +80,7 @@ def host(tmp_path: Path) -> Host:
 
 
 @contextmanager
-def worker(host: Host, **env: str) -> Iterator[None]:
+def worker(host: Host, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     with host.log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "run_worker"],
@@ -91,9 +91,10 @@ def worker(host: Host, **env: str) -> Iterator[None]:
             start_new_session=True,
         )
     try:
-        yield
+        yield process
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -173,6 +174,23 @@ def test_gallery_sync_and_upgrade_check_complete_while_every_install_thread_is_b
 
         assert upgrade_available == 1
         assert [host.state(job) for job in stuck] == ["running", "running"]
+
+
+def test_an_interrupt_waits_for_running_installs_and_a_second_one_stops_now(
+    host: Host,
+) -> None:
+    with stalled_source() as stalled, worker(host) as process:
+        host.gallery.write_text(gallery_yaml({"cpu-stuck": stalled}))
+        manage(host.env, "sync_galleries")
+        [stuck] = host.start_installs("cpu-stuck")
+        wait_for(lambda: host.state(stuck) == "running")
+
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=1)
+        process.send_signal(signal.SIGINT)
+
+        assert process.wait(timeout=10) == 0, host.log.read_text()
 
 
 def test_install_jobs_and_periodic_tasks_run_on_separate_queues() -> None:
