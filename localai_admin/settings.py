@@ -198,6 +198,23 @@ else:
         "huey_class": "huey.SqliteHuey",
         "filename": str(DATA_DIR / "huey.sqlite3"),
     }
+# Installs have a queue and threads of their own (docs/workers.md): an install stalled on a
+# slow source never holds up a gallery sync, an upgrade check or the offline sweep, which
+# stay on the queue above. Four threads, because installs wait on the network far more than
+# they use the CPU: two stalled ones leave two for fresh work.
+LOCALAI_ADMIN_INSTALL_WORKERS = envint("LOCALAI_ADMIN_INSTALL_WORKERS", "4")
+if LOCALAI_ADMIN_INSTALL_WORKERS < 1:
+    raise ImproperlyConfigured("LOCALAI_ADMIN_INSTALL_WORKERS must be 1 or more")
+HUEY_INSTALLS = HUEY | {
+    "name": f"{HUEY['name']}-installs",
+    "consumer": {
+        "workers": LOCALAI_ADMIN_INSTALL_WORKERS,
+        "worker_type": "thread",
+        "periodic": False,
+    },
+}
+if not HUEY_REDIS_URL:
+    HUEY_INSTALLS["filename"] = str(DATA_DIR / "huey-installs.sqlite3")
 
 # The product itself.
 LOCALAI_BACKENDS_PATH = Path(

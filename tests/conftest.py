@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from huey.contrib.djhuey import HUEY
 
+from backends import tasks
 from backends.core.trees import remove_tree
 
 pytest_plugins = ["tests.registry_fixtures", "tests.cluster"]
@@ -22,6 +23,7 @@ def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
     settings.LOCALAI_FORCE_META_BACKEND_CAPABILITY = ""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     HUEY.immediate = True
+    tasks.INSTALLS.immediate = True
     yield
     # Some tests leave trees thousands of folders deep, which pytest's own clean-up of
     # old runs (shutil.rmtree, recursive on Python 3.12) could never remove.
