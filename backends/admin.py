@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -45,13 +45,13 @@ class RedactingAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: Model | None = None
-    ) -> Sequence[str]:
+    ) -> list[str]:
         shown = [f"shown_{field}" for field in self.secret_fields]
         return [*super().get_readonly_fields(request, obj), *shown]
 
     def get_fields(
         self, request: HttpRequest, obj: Model | None = None
-    ) -> Sequence[Any]:
+    ) -> list[Any]:
         fields = list(super().get_fields(request, obj))
         if self.editable_secrets and self.has_change_permission(request, obj):
             drop = {f"shown_{field}" for field in self.secret_fields}
