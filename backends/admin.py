@@ -49,9 +49,7 @@ class RedactingAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         shown = [f"shown_{field}" for field in self.secret_fields]
         return [*super().get_readonly_fields(request, obj), *shown]
 
-    def get_fields(
-        self, request: HttpRequest, obj: Model | None = None
-    ) -> list[Any]:
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> list[Any]:
         fields = list(super().get_fields(request, obj))
         if self.editable_secrets and self.has_change_permission(request, obj):
             drop = {f"shown_{field}" for field in self.secret_fields}
