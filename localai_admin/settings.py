@@ -287,9 +287,12 @@ NODE_OFFLINE_SECONDS = envint("LOCALAI_ADMIN_NODE_OFFLINE_SECONDS", "30")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Every URL in a log line is redacted (backends/core/redact.py), whoever logs it.
+    "filters": {"redact": {"()": "backends.core.redact.RedactingFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {
+        # httpx logs every request's full URL (tokens in queries included) at INFO.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         # The Huey consumer adds its own handler unless the logger has one already.

@@ -21,7 +21,7 @@ from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -32,6 +32,7 @@ from yaml.nodes import Node
 from yaml.resolver import Resolver
 
 from backends.core.installed import TRANSIENT_SUFFIXES
+from backends.core.redact import redact_message, redact_uri
 
 # --- names -----------------------------------------------------------------------------
 
@@ -736,7 +737,7 @@ _GITHUB_RAW = "https://raw.githubusercontent.com"
 class FetchResult:
     body: bytes = field(repr=False)
     # The candidate that answered, as configured (before github: expansion). It may hold
-    # credentials: show redact_url(source) to people.
+    # credentials: show redact_uri(source) to people.
     source: str
     etag: str
     sha256: str
@@ -763,7 +764,7 @@ def expand_source(url: str) -> str:
     scheme = scheme.lower()
     if not colon or scheme not in ALLOWED_SCHEMES:
         raise ValueError(
-            f"unsupported source {redact_url(url)!r}: use one of "
+            f"unsupported source {redact_uri(url)!r}: use one of "
             + ", ".join(f"{allowed}:" for allowed in ALLOWED_SCHEMES)
         )
     if scheme == "github":
@@ -773,11 +774,11 @@ def expand_source(url: str) -> str:
         # file://host/... would be a network share; only local paths are meant.
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ValueError(
-                f"file source {redact_url(url)!r} must be file:///absolute/path"
+                f"file source {redact_uri(url)!r} must be file:///absolute/path"
             )
         return url
     if not parts.hostname:
-        raise ValueError(f"source {redact_url(url)!r} has no host")
+        raise ValueError(f"source {redact_uri(url)!r} has no host")
     return url
 
 
@@ -808,21 +809,6 @@ def candidates(url: str, mirrors: Sequence[str]) -> list[str]:
         if source and source not in result:
             result.append(source)
     return result
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info and query values, safe for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def fetch_gallery(
@@ -869,7 +855,9 @@ def fetch_gallery(
                     body, new_etag = response
                 return _accept(body, source, new_etag, sha256, limits, tuple(failures))
             except (ValueError, _SourceFailed) as exc:
-                failures.append(f"{redact_url(source)}: {_scrub(str(exc), source)}")
+                failures.append(
+                    f"{redact_uri(source)}: {redact_message(str(exc), source)}"
+                )
     raise GalleryFetchError(
         f"all {len(sources)} source(s) failed: " + "; ".join(failures)
     )
@@ -952,18 +940,3 @@ def _read_http(
         raise _SourceFailed("too many redirects") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _SourceFailed(f"{type(exc).__name__}: {exc}") from None
-
-
-def _scrub(message: str, url: str) -> str:
-    """Remove the credentials of ``url`` from an error text that may quote it."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return message
-    secrets = [parts.netloc.rpartition("@")[0]] if "@" in parts.netloc else []
-    if parts.password:
-        secrets.append(parts.password)
-    secrets += [value for _, value in parse_qsl(parts.query) if value]
-    for secret in sorted(secrets, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message

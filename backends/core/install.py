@@ -45,6 +45,7 @@ from backends.core.installed import (
     write_metadata,
 )
 from backends.core.limits import Budget, LimitExceeded, Limits, shown
+from backends.core.redact import redact_message
 from backends.core.sources import local_folder, looks_like_oci
 from backends.core.trees import remove_tree
 
@@ -231,8 +232,9 @@ class Installer:
                 OSError,
                 httpx.HTTPError,
             ) as exc:
-                log.warning("fetching %s failed: %s", uri, exc)
-                errors.append(f"{uri}: {exc}")
+                failure = redact_message(f"{uri}: {exc}", uri)
+                log.warning("fetching failed: %s", failure)
+                errors.append(failure)
                 self._fresh(staging)
         if len(errors) == 1:
             raise InstallError(f"download failed: {errors[0]}")

@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 
 from backends.core import installed, resolve
 from backends.core.install import Installer
+from backends.core.redact import redact_uri
 from backends.models import (
     Gallery,
     GalleryBackend,
@@ -401,7 +402,7 @@ def cluster_installed() -> list[dict[str, Any]]:
             "node_status": row.node.status,
             "version": row.version,
             "digest": row.digest,
-            "uri": row.uri,
+            "uri": redact_uri(row.uri),
             "installed_at": row.installed_at.isoformat() if row.installed_at else "",
         }
         entry["nodes"].append({key: value for key, value in ref.items() if value})

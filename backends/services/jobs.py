@@ -14,6 +14,7 @@ from django.conf import settings
 
 from backends.core.gallery import validate_backend_id, validate_name
 from backends.core.installed import DiskBackend
+from backends.core.redact import redact_uri
 from backends.core.sources import SourceKind, classify, default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
 from backends.services import catalogue, dispatch
@@ -196,7 +197,7 @@ def check_external(
             )
         return _check_id(uri)
     if kind == SourceKind.PATH and here:
-        raise Refused(400, f"{uri} is not a folder on this host")
+        raise Refused(400, f"{redact_uri(uri)} is not a folder on this host")
     if not name:
         if kind == SourceKind.OCI:
             raise Refused(400, "specifying a name is required for OCI images")

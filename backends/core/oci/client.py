@@ -9,6 +9,7 @@ blob transfer cut mid-way resumed with a Range request.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import ipaddress
@@ -41,6 +42,7 @@ from backends.core.oci.manifest import (
     select_platform,
 )
 from backends.core.oci.reference import Platform, Reference, as_reference, is_digest
+from backends.core.redact import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,12 @@ class RegistryClient:
         backoff: float = 0.5,
     ) -> None:
         self._insecure = frozenset(insecure)
+        # What a registry's error body must not repeat: it may echo what it was sent.
+        self._secrets = tuple(
+            secret
+            for cred in (credentials or {}).values()
+            for secret in (cred.password, f"{cred.username}:{cred.password}")
+        )
         self.retries = retries
         self.backoff = backoff
         self._http = httpx.Client(
@@ -139,7 +147,7 @@ class RegistryClient:
         with closing(
             self._request(ref, "GET", url, {"Accept": MANIFEST_ACCEPT}, stream=True)
         ) as response:
-            _raise_for_status(response, ref, what)
+            _raise_for_status(response, ref, what, self._secrets)
             raw = _read_limited(response, MAX_MANIFEST_BYTES, f"{ref}: {what}")
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         expected = (
@@ -167,7 +175,7 @@ class RegistryClient:
         with closing(
             self._request(ref, "HEAD", url, {"Accept": MANIFEST_ACCEPT})
         ) as response:
-            _raise_for_status(response, ref, f"manifest {ref.reference}")
+            _raise_for_status(response, ref, f"manifest {ref.reference}", self._secrets)
             digest: str = response.headers.get("Docker-Content-Digest", "")
         if is_digest(digest):
             return digest
@@ -201,7 +209,7 @@ class RegistryClient:
             with closing(
                 self._request(ref, "GET", url, headers, stream=True)
             ) as response:
-                _raise_for_status(response, ref, what)
+                _raise_for_status(response, ref, what, self._secrets)
                 skip = _already_received(response, received, ref, what)
                 try:
                     for chunk in response.iter_raw():
@@ -337,14 +345,20 @@ def _split_host(registry: str) -> str:
     return registry.rsplit(":", 1)[0]
 
 
-def _raise_for_status(response: httpx.Response, ref: Reference, what: str) -> None:
+def _raise_for_status(
+    response: httpx.Response,
+    ref: Reference,
+    what: str,
+    secrets: Iterable[str] = (),
+) -> None:
     status = response.status_code
     if status in (200, 206):
         return
     detail = ""
     if response.request.method != "HEAD":
         detail = _registry_error_detail(
-            _read_limited(response, 64 << 10, "", truncate=True)
+            _read_limited(response, 64 << 10, "", truncate=True),
+            [*secrets, *_sent_credentials(response.request)],
         )
     detail = f" ({detail})" if detail else f" (HTTP {status})"
     if response.url.host != _split_host(ref.registry).strip("[]").lower():
@@ -387,13 +401,28 @@ def _read_limited(
     return bytes(data)
 
 
-def _registry_error_detail(body: bytes) -> str:
-    """'MANIFEST_UNKNOWN: manifest unknown' from the registry's JSON error body."""
+def _registry_error_detail(body: bytes, secrets: Iterable[str] = ()) -> str:
+    """'MANIFEST_UNKNOWN: manifest unknown' from the registry's JSON error body, without
+    any of ``secrets`` (a hostile or careless registry may echo the credentials)."""
     try:
         errors = json.loads(body)["errors"]
-        return "; ".join(
+        detail = "; ".join(
             f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
             for error in errors
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""
+    return scrub(detail, secrets)
+
+
+def _sent_credentials(request: httpx.Request) -> list[str]:
+    """The credential the request carried (a bearer token, or Basic's base64 pair)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if not value:
+        return []
+    if scheme.lower() == "basic":
+        try:
+            return [value, base64.b64decode(value).decode()]
+        except (ValueError, UnicodeDecodeError):
+            return [value]
+    return [value]
