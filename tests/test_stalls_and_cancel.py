@@ -19,6 +19,7 @@ from django.contrib.auth.models import User
 from django.test import TransactionTestCase, override_settings
 
 from backends.core import transfer
+from backends.core.gallery import GalleryFetchError, fetch_gallery
 from backends.core.install import Installer, Source
 from backends.core.installed import Metadata
 from backends.models import Gallery, Job
@@ -197,3 +198,14 @@ def test_cancel_stops_a_folder_copy_within_two_seconds(tmp_path: Path) -> None:
     assert time.monotonic() - asked_at < CANCEL_DEADLINE
     assert "old" in (backends / "big" / "run.sh").read_text()
     assert sorted(os.listdir(backends)) == ["big"]
+
+
+def test_a_gallery_trickling_a_byte_a_second_fails_the_sync_as_stalled() -> None:
+    with HostileRegistry(small_layer(), b"- name: cpu-slow\n  uri: x/y:z\n") as server:
+        server.misbehave("/backend.tar.gz", "trickle")
+        started = time.monotonic()
+        with pytest.raises(
+            GalleryFetchError, match=f"{server.host}/backend.tar.gz stalled"
+        ):
+            fetch_gallery(server.url("/backend.tar.gz"), stall_seconds=STALL)
+    assert time.monotonic() - started < 3 * STALL + 1

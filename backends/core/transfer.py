@@ -24,7 +24,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -217,7 +217,7 @@ class Watch:
 
     def pump(
         self, chunks: Iterator[bytes], response: httpx.Response | None = None
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes]:
         """Iterate ``chunks`` (a network read of ``response``) in a helper thread,
         handing them on to this one, which checks for a cancel every POLL_SECONDS
         while it waits. Left early, it shuts the response's socket down and lets the

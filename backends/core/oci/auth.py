@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -137,7 +138,7 @@ def _token_request(
     headers = {"User-Agent": request.headers.get("User-Agent", "")}
     if credentials is not None:
         headers["Authorization"] = credentials.basic()
-    extensions = {
+    extensions: dict[str, Any] = {
         key: request.extensions[key]
         for key in ("timeout", "trace")
         if key in request.extensions
