@@ -96,7 +96,11 @@ class Gallery(models.Model):
         )
         try:
             fetched = gallery_format.fetch_gallery(
-                self.url, self.mirrors, limits=limits, **unchanged
+                self.url,
+                self.mirrors,
+                limits=limits,
+                stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
+                **unchanged,
             )
             if fetched.not_modified:
                 self.last_synced_at, self.last_error = self.last_attempt_at, ""

@@ -273,6 +273,10 @@ LOCALAI_ADMIN_MAX_BACKEND_BYTES = envint(
 LOCALAI_ADMIN_DISK_RESERVE_BYTES = envint(
     "LOCALAI_ADMIN_DISK_RESERVE_BYTES", str(1024**3)
 )
+# Deadlines on every transfer (backends/core/transfer.py): a download, registry or
+# gallery request that makes less than 1 KiB of progress in this many seconds fails
+# that attempt; a source that stalls twice fails the job (or the sync).
+LOCALAI_ADMIN_STALL_SECONDS = envint("LOCALAI_ADMIN_STALL_SECONDS", "60")
 
 # Distributed mode: agents on several hosts share PostgreSQL and a Redis queue per node.
 DISTRIBUTED = bool(HUEY_REDIS_URL) and DATABASES["default"]["ENGINE"].endswith(

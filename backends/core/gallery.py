@@ -33,6 +33,7 @@ from yaml.resolver import Resolver
 
 from backends.core.installed import TRANSIENT_SUFFIXES
 from backends.core.redact import redact_message, redact_uri
+from backends.core.transfer import DEFAULT_STALL_SECONDS, Stalled, Watch, stalled
 
 # --- names -----------------------------------------------------------------------------
 
@@ -819,6 +820,7 @@ def fetch_gallery(
     sha256: str = "",
     client: httpx.Client | None = None,
     timeout: float = 60.0,
+    stall_seconds: float = DEFAULT_STALL_SECONDS,
     limits: GalleryLimits = DEFAULT_LIMITS,
 ) -> FetchResult:
     """Fetch a gallery from the first candidate that serves a usable document.
@@ -827,6 +829,8 @@ def fetch_gallery(
     an identical body returns ``not_modified=True``. A body that is not a non-empty YAML
     list (an HTML error page behind a 200, ``[]``, an empty file) or that has more
     entries than ``limits`` allow fails that candidate, so the next mirror is tried.
+    A source that stalls (``transfer``: less than 1 KiB in ``stall_seconds``) fails
+    too, and ``timeout`` bounds the whole transfer.
     """
     sources = candidates(url, mirrors)
     if not sources:
@@ -847,7 +851,7 @@ def fetch_gallery(
                                 headers={"User-Agent": USER_AGENT}, timeout=timeout
                             )
                         )
-                    response = _read_http(http, target, etag, timeout)
+                    response = _read_http(http, target, etag, timeout, stall_seconds)
                     if response is None:
                         return FetchResult(
                             b"", source, etag, sha256, True, errors=tuple(failures)
@@ -900,18 +904,23 @@ def _read_file(url: str) -> bytes:
 
 
 def _read_http(
-    client: httpx.Client, url: str, etag: str, timeout: float
+    client: httpx.Client, url: str, etag: str, timeout: float, stall_seconds: float
 ) -> tuple[bytes, str] | None:
     """(body, etag) of a successful GET, or None when the server says 304 Not Modified."""
     headers = {"User-Agent": USER_AGENT}
     if etag:
         headers["If-None-Match"] = etag
-    # httpx's timeout bounds each network operation; the deadline bounds the transfer,
-    # so a server trickling bytes cannot hold a sync forever.
+    # The stall rule bounds each read and the progress made; the deadline bounds the
+    # whole transfer, so a server trickling bytes cannot hold a sync for long.
     deadline = time.monotonic() + timeout
+    watch = Watch(stall_seconds=min(stall_seconds, timeout))
     try:
         with client.stream(
-            "GET", url, headers=headers, follow_redirects=True, timeout=timeout
+            "GET",
+            url,
+            headers=headers,
+            follow_redirects=True,
+            timeout=watch.timeout,
         ) as response:
             status = response.status_code
             if status == 304 and etag:
@@ -924,7 +933,7 @@ def _read_http(
                 raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")
             chunks: list[bytes] = []
             size = 0
-            for chunk in response.iter_bytes():
+            for chunk in watch.read(response):
                 size += len(chunk)
                 if size > MAX_GALLERY_BYTES:
                     raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")
@@ -932,8 +941,12 @@ def _read_http(
                     raise _SourceFailed(f"timed out after {timeout:g}s")
                 chunks.append(chunk)
             return b"".join(chunks), response.headers.get("etag", "")
-    except httpx.TimeoutException:
-        raise _SourceFailed(f"timed out after {timeout:g}s") from None
+    except Stalled as exc:
+        raise _SourceFailed(str(exc)) from None
+    except httpx.TimeoutException as exc:
+        if stall_seconds >= timeout:  # the whole transfer's deadline was the bound
+            raise _SourceFailed(f"timed out after {timeout:g}s") from None
+        raise _SourceFailed(str(stalled(exc.request.url, stall_seconds))) from None
     except httpx.ConnectError as exc:
         raise _SourceFailed(f"connection failed: {exc}") from None
     except httpx.TooManyRedirects:

@@ -204,6 +204,7 @@ class Runner:
             progress=self.writer,
             should_cancel=self.writer.should_cancel,
             limits=install_limits(),
+            stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
         )
 
     def run(self) -> str:
