@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import TestCase
 from huey.contrib.djhuey import HUEY
 from huey.storage import MemoryStorage
@@ -67,15 +67,27 @@ def queued_tasks() -> Iterator[None]:
         HUEY.storage = storage
 
 
+def user_with_role(username: str, role: str = "", **fields: Any) -> User:
+    """A user in one of the role groups (migration 0004), or in none."""
+    user = User.objects.create_user(username, password="password", **fields)
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
 class BaseTestCase(TestCase):
-    """Named personas and a small synced gallery."""
+    """Named personas and a small synced gallery.
+
+    alice is an admin (and staff, for the Django admin), bob a viewer, carol an operator,
+    and dave is signed in with no role at all.
+    """
 
     def setUp(self) -> None:
         super().setUp()
-        self.alice = User.objects.create_user(
-            "alice", password="password", is_staff=True
-        )
-        self.bob = User.objects.create_user("bob", password="password")
+        self.alice = user_with_role("alice", "admin", is_staff=True)
+        self.bob = user_with_role("bob", "viewer")
+        self.carol = user_with_role("carol", "operator")
+        self.dave = user_with_role("dave")
         self.token_value = ApiToken.objects.create_token(self.alice, "tests")[1]
         self.gallery_file = Path(settings.LOCALAI_BACKENDS_PATH).parent / "gallery.yaml"
         self.gallery_file.write_text(SMALL_GALLERY)
