@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -7,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.test import TestCase
 from huey.contrib.djhuey import HUEY
 from huey.storage import MemoryStorage
 
 from backends.models import ApiToken, Gallery
+
+# The groups as migration 0004 makes them.
+ROLE_GROUPS = importlib.import_module("backends.migrations.0004_role_groups")
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 REAL_GALLERY = FIXTURES / "galleries" / "localai-index.yaml"
@@ -68,10 +72,22 @@ def queued_tasks() -> Iterator[None]:
 
 
 def user_with_role(username: str, role: str = "", **fields: Any) -> User:
-    """A user in one of the role groups (migration 0004), or in none."""
+    """A user in one of the role groups (migration 0004), or in none.
+
+    Tests on a flushed database (TransactionTestCase, live_server) lose the groups the
+    migration made, not the permissions: the group is made again then.
+    """
     user = User.objects.create_user(username, password="password", **fields)
     if role:
-        user.groups.add(Group.objects.get(name=role))
+        group, created = Group.objects.get_or_create(name=role)
+        if created:
+            group.permissions.set(
+                Permission.objects.filter(
+                    content_type__app_label="backends",
+                    codename__in=ROLE_GROUPS.ROLES[role],
+                )
+            )
+        user.groups.add(group)
     return user
 
 
