@@ -189,12 +189,21 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "user",
         "created_at",
         "last_used_at",
+        "expires_at",
         "revoked_at",
     )
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at", "last_used_at")
-    fields = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
+    fields = (
+        "name",
+        "user",
+        "prefix",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
 
     def save_model(
         self, request: HttpRequest, obj: ApiToken, form: object, change: bool
@@ -202,7 +211,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)  # type: ignore[arg-type]
             return
-        token, value = ApiToken.objects.create_token(obj.user, obj.name)
+        token, value = ApiToken.objects.create_token(
+            obj.user, obj.name, expires_at=obj.expires_at
+        )
         obj.pk, obj.prefix, obj.token_hash = token.pk, token.prefix, token.token_hash
         self.message_user(
             request,

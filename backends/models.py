@@ -65,6 +65,7 @@ class Gallery(models.Model):
     class Meta:
         ordering = ("position", "name")
         verbose_name_plural = "galleries"
+        permissions = [("sync_gallery", "Can sync galleries")]
 
     def __str__(self) -> str:
         return self.name
@@ -363,6 +364,7 @@ class Node(models.Model):
 
     class Meta:
         ordering = ("-is_local", "name")
+        permissions = [("manage_nodes", "Can drain and resume nodes, probe hardware")]
 
     def __str__(self) -> str:
         return self.name
@@ -484,6 +486,14 @@ class InstalledBackend(models.Model):
             models.UniqueConstraint(
                 fields=("node", "name"), name="unique_installed_per_node"
             ),
+        ]
+        # The roles' permissions (backends/roles.py): codenames, not model operations.
+        permissions = [
+            ("view_backends", "Can read the dashboard and the API's GET routes"),
+            ("install_backend", "Can install and reinstall backends"),
+            ("upgrade_backend", "Can upgrade backends and check for upgrades"),
+            ("delete_backend", "Can delete backends"),
+            ("install_from_path", "Can install from a folder or file on the host"),
         ]
 
     def __str__(self) -> str:
@@ -713,6 +723,10 @@ class Job(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
+        permissions = [
+            ("cancel_job", "Can cancel jobs"),
+            ("retry_job", "Can retry jobs"),
+        ]
         indexes = [
             # The history list and the Jobs page read newest first.
             models.Index(fields=("-created_at",), name="job_newest_first"),
@@ -850,11 +864,17 @@ class KnownBackend(models.Model):
 
 
 class ApiTokenManager(models.Manager["ApiToken"]):
-    def create_token(self, user: Any, name: str) -> tuple[ApiToken, str]:
+    def create_token(
+        self, user: Any, name: str, *, expires_at: datetime | None = None
+    ) -> tuple[ApiToken, str]:
         """Create a token; the clear value is returned once and never stored."""
         value = "lai_" + secrets.token_urlsafe(32)
         token = self.create(
-            user=user, name=name, prefix=value[:10], token_hash=hash_token(value)
+            user=user,
+            name=name,
+            prefix=value[:10],
+            token_hash=hash_token(value),
+            expires_at=expires_at,
         )
         return token, value
 
@@ -864,11 +884,11 @@ class ApiTokenManager(models.Manager["ApiToken"]):
         if found is None:
             return None
         token, user = found
-        if not user.is_active:
+        now = timezone.now()
+        if not user.is_active or token.has_expired(now):
             return None
         token.user = user
         # Written at most once a minute: a polling script must not turn reads into writes.
-        now = timezone.now()
         if (
             token.last_used_at is None
             or (now - token.last_used_at).total_seconds() > 60
@@ -905,6 +925,8 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # None: valid until revoked.
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     objects = ApiTokenManager()
 
@@ -918,3 +940,8 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    def has_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (
+            now or timezone.now()
+        )

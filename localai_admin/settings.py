@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -72,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "huey.contrib.djhuey",
+    "axes",
     "backends",
 ]
 
@@ -86,6 +88,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a refused login into the lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "localai_admin.urls"
@@ -141,6 +145,30 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "backends:catalogue"
 LOGOUT_REDIRECT_URL = "login"
+
+# Login throttling (django-axes), on the dashboard's and the admin's login forms alike:
+# after LOCALAI_ADMIN_LOGIN_FAILURES failed logins for one username, or from one client
+# address, that username or address is refused (even with the right password) for
+# LOCALAI_ADMIN_LOCKOUT_MINUTES, or until an admin resets it (`manage.py axes_reset`,
+# or deleting the access attempts in the admin).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOCALAI_ADMIN_LOGIN_FAILURES", "5")
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOCALAI_ADMIN_LOCKOUT_MINUTES", "15"))
+# Either one locks: a username tried from many addresses, or an address trying many names.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_CALLABLE = "backends.web.accounts.locked_out"
+AXES_CLIENT_IP_CALLABLE = "backends.web.accounts.client_ip"
+AXES_RESET_ON_SUCCESS = True
+# Behind a reverse proxy every request comes from the proxy's address: trust the last
+# X-Forwarded-For entry (the one the proxy appended) only when told the proxy sets it.
+LOCALAI_ADMIN_TRUST_X_FORWARDED_FOR = envbool(
+    "LOCALAI_ADMIN_TRUST_X_FORWARDED_FOR", "False"
+)
+# Under /api and /backends a refused CSRF check answers in the API's JSON envelope.
+CSRF_FAILURE_VIEW = "backends.api.http.csrf_failure"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

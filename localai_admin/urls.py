@@ -11,4 +11,8 @@ urlpatterns = [
     path("", include("backends.urls")),
 ]
 
+# JSON envelopes under /api and /backends, Django's pages elsewhere.
+handler400 = "backends.api.http.bad_request"
+handler403 = "backends.api.http.permission_denied"
 handler404 = "backends.api.http.not_found"
+handler500 = "backends.api.http.server_error"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -7,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, Permission, User
 from django.test import TestCase
 from huey.contrib.djhuey import HUEY
 from huey.storage import MemoryStorage
 
 from backends import tasks
 from backends.models import ApiToken, Gallery
+
+# The groups as migration 0004 makes them.
+ROLE_GROUPS = importlib.import_module("backends.migrations.0004_role_groups")
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 REAL_GALLERY = FIXTURES / "galleries" / "localai-index.yaml"
@@ -72,15 +76,39 @@ def queued_tasks() -> Iterator[None]:
             queue.storage = storage
 
 
+def user_with_role(username: str, role: str = "", **fields: Any) -> User:
+    """A user in one of the role groups (migration 0004), or in none.
+
+    Tests on a flushed database (TransactionTestCase, live_server) lose the groups the
+    migration made, not the permissions: the group is made again then.
+    """
+    user = User.objects.create_user(username, password="password", **fields)
+    if role:
+        group, created = Group.objects.get_or_create(name=role)
+        if created:
+            group.permissions.set(
+                Permission.objects.filter(
+                    content_type__app_label="backends",
+                    codename__in=ROLE_GROUPS.ROLES[role],
+                )
+            )
+        user.groups.add(group)
+    return user
+
+
 class BaseTestCase(TestCase):
-    """Named personas and a small synced gallery."""
+    """Named personas and a small synced gallery.
+
+    alice is an admin (and staff, for the Django admin), bob a viewer, carol an operator,
+    and dave is signed in with no role at all.
+    """
 
     def setUp(self) -> None:
         super().setUp()
-        self.alice = User.objects.create_user(
-            "alice", password="password", is_staff=True
-        )
-        self.bob = User.objects.create_user("bob", password="password")
+        self.alice = user_with_role("alice", "admin", is_staff=True)
+        self.bob = user_with_role("bob", "viewer")
+        self.carol = user_with_role("carol", "operator")
+        self.dave = user_with_role("dave")
         self.token_value = ApiToken.objects.create_token(self.alice, "tests")[1]
         self.gallery_file = Path(settings.LOCALAI_BACKENDS_PATH).parent / "gallery.yaml"
         self.gallery_file.write_text(SMALL_GALLERY)

@@ -13,14 +13,14 @@ class ApiAuthTestCase(BaseTestCase):
         self.assertEqual(r.json()["error"]["code"], 401)
         self.assertEqual(r.json()["error"]["type"], "unauthorized")
 
-    def test_it_rejects_non_staff_session_with_403_json(self) -> None:
-        self.client.login(username="bob", password="password")
+    def test_it_rejects_a_session_without_the_permission_with_403_json(self) -> None:
+        self.client.force_login(self.dave)
         r = self.client.get("/backends/known")
         self.assertEqual(r.status_code, 403)
-        self.assertIn("staff", r.json()["error"]["message"])
+        self.assertIn("backends.view_backends", r.json()["error"]["message"])
 
-    def test_it_accepts_a_staff_session(self) -> None:
-        self.client.login(username="alice", password="password")
+    def test_it_accepts_a_session_with_the_permission(self) -> None:
+        self.client.force_login(self.alice)
         self.assertEqual(self.client.get("/backends/known").status_code, 200)
 
     def test_it_accepts_a_bearer_token_and_records_its_use(self) -> None:
@@ -50,8 +50,8 @@ class ApiAuthTestCase(BaseTestCase):
         self.assertFalse(token._state.adding)
         self.assertIsNone(ApiToken.objects.authenticate(self.token_value + "x"))
 
-    def test_it_rejects_a_token_of_a_non_staff_user(self) -> None:
-        _token, value = ApiToken.objects.create_token(self.bob, "bob's")
+    def test_it_rejects_a_token_of_a_user_without_a_role(self) -> None:
+        _token, value = ApiToken.objects.create_token(self.dave, "dave's")
         r = self.client.get(
             "/backends/known", headers={"Authorization": f"Bearer {value}"}
         )

@@ -17,7 +17,7 @@ from tests.slowserver import slow_server, tarball
 
 class CancelRunningTestCase(TransactionTestCase):
     def setUp(self) -> None:
-        User.objects.create_user("alice", is_staff=True)
+        User.objects.create_user("alice", is_staff=True, is_superuser=True)
         self.backends = Path(settings.LOCALAI_BACKENDS_PATH)
         self.body = tarball(
             {"run.sh": b"#!/bin/sh\necho new\n", "big.bin": os.urandom(1 << 20)}

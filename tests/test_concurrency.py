@@ -12,7 +12,7 @@ from tests.base import queued_tasks
 
 class ConcurrentInstallTestCase(TransactionTestCase):
     def setUp(self) -> None:
-        user = User.objects.create_user("alice", is_staff=True)
+        user = User.objects.create_user("alice", is_staff=True, is_superuser=True)
         self.token = ApiToken.objects.create_token(user, "t")[1]
         gallery = Gallery.objects.create(name="localai", url="file:///dev/null")
         gallery.entries.create(name="cpu-bar", uri="quay.io/x/bar:1")

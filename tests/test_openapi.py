@@ -28,7 +28,7 @@ schema.config.generation.update(
 
 @pytest.fixture
 def api_token(transactional_db) -> str:
-    user = User.objects.create_user("schemathesis", is_staff=True)
+    user = User.objects.create_user("schemathesis", is_superuser=True)
     return ApiToken.objects.create_token(user, "schemathesis")[1]
 
 

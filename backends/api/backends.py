@@ -11,9 +11,9 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from backends import tasks
+from backends import roles, tasks
 from backends.api import schemas
-from backends.api.http import ApiRequest, api_view, json_error
+from backends.api.http import ApiRequest, api_view, forbidden, json_error
 from backends.api.openapi import openapi_document
 from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_backend_id
@@ -43,6 +43,13 @@ def _backend_id(value: str) -> str:
         raise BadRequest(str(exc)) from None
 
 
+def host_path_refused(request: HttpRequest, uri: str) -> JsonResponse | None:
+    """A 403 when ``uri`` names a file or folder on this host and the user may not
+    install from one (``roles.to_install_from``)."""
+    needed = roles.to_install_from(uri)
+    return None if request.user.has_perm(needed) else forbidden(needed)
+
+
 def _started(request: HttpRequest, job: Job) -> JsonResponse:
     status_url = request.build_absolute_uri(f"/backends/jobs/{job.pk}")
     return JsonResponse(
@@ -66,7 +73,7 @@ def refused(exc: jobs.Refused) -> JsonResponse:
 # -- read ---------------------------------------------------------------------------
 
 
-@api_view(responses={200: array_of("SystemBackend")})
+@api_view(permission=roles.VIEW, responses={200: array_of("SystemBackend")})
 def installed_list(request: HttpRequest) -> JsonResponse:
     """Installed backends (LocalAI SystemBackend)"""
     if settings.DISTRIBUTED:
@@ -75,7 +82,7 @@ def installed_list(request: HttpRequest) -> JsonResponse:
     return JsonResponse([row.to_localai() for row in rows], safe=False)
 
 
-@api_view(responses={200: array_of("GalleryBackend")})
+@api_view(permission=roles.VIEW, responses={200: array_of("GalleryBackend")})
 def available_list(request: HttpRequest) -> JsonResponse:
     """Gallery backends this node can run (distributed: that some online node can run)"""
     if settings.DISTRIBUTED:
@@ -84,20 +91,20 @@ def available_list(request: HttpRequest) -> JsonResponse:
     return JsonResponse(catalogue.available(capability), safe=False)
 
 
-@api_view(responses={200: array_of("KnownBackend")})
+@api_view(permission=roles.VIEW, responses={200: array_of("KnownBackend")})
 def known_list(request: HttpRequest) -> JsonResponse:
     """Known backends, by modality then name"""
     names = set(catalogue.local_disk().keys())
     return JsonResponse(catalogue.known_backends(names), safe=False)
 
 
-@api_view(responses={200: array_of("Gallery")})
+@api_view(permission=roles.VIEW, responses={200: array_of("Gallery")})
 def gallery_list(request: HttpRequest) -> JsonResponse:
     """Configured backend galleries"""
     return JsonResponse(catalogue.galleries(), safe=False)
 
 
-@api_view(responses={200: {"type": "object"}})
+@api_view(permission=roles.VIEW, responses={200: {"type": "object"}})
 def openapi(request: HttpRequest) -> JsonResponse:
     """This document"""
     return JsonResponse(openapi_document(request.build_absolute_uri("/")))
@@ -106,7 +113,9 @@ def openapi(request: HttpRequest) -> JsonResponse:
 # -- jobs ---------------------------------------------------------------------------
 
 
-@api_view(responses={200: schemas.JOBS}, query=schemas.JOBS_QUERY)
+@api_view(
+    permission=roles.VIEW, responses={200: schemas.JOBS}, query=schemas.JOBS_QUERY
+)
 def job_list(request: HttpRequest) -> JsonResponse:
     """Jobs, newest first (job id -> OpStatus)"""
     jobs = Job.objects.all()
@@ -131,7 +140,12 @@ def _get_job(job_id: str) -> Job | None:
 JOB_BY_ID = FixedSelect([(Job, "j")], f"FROM {Job._meta.db_table} j WHERE j.id = %s")
 
 
-@api_view(responses={200: ref("OpStatus")}, errors=(404,), path=schemas.JOB_PATH)
+@api_view(
+    permission=roles.VIEW,
+    responses={200: ref("OpStatus")},
+    errors=(404,),
+    path=schemas.JOB_PATH,
+)
 def job_detail(request: HttpRequest, job_id: str) -> JsonResponse:
     """One job's status"""
     job = _get_job(job_id)
@@ -142,6 +156,7 @@ def job_detail(request: HttpRequest, job_id: str) -> JsonResponse:
 
 @api_view(
     ("POST",),
+    permission=roles.CANCEL_JOB,
     responses={200: ref("Cancelled")},
     errors=(404, 409),
     path=schemas.JOB_PATH,
@@ -165,6 +180,7 @@ def job_cancel(request: HttpRequest, job_id: str) -> JsonResponse:
 
 @api_view(
     ("POST",),
+    permission=roles.INSTALL,
     responses={
         200: ref("JobStarted"),
         # In distributed mode the 409 may be LocalAI's fan-out refusal instead.
@@ -199,13 +215,13 @@ installed_job_view = partial(
 )
 
 
-@installed_job_view()
+@installed_job_view(permission=roles.DELETE)
 def delete(request: HttpRequest, name: str) -> JsonResponse:
     """Delete an installed backend (a job)"""
     return _installed_job(request, name, Job.Kind.DELETE)
 
 
-@installed_job_view()
+@installed_job_view(permission=roles.UPGRADE)
 def upgrade(request: HttpRequest, name: str) -> JsonResponse:
     """Upgrade an installed backend (a job)"""
     return _installed_job(request, name, Job.Kind.UPGRADE)
@@ -223,6 +239,7 @@ def _installed_job(request: HttpRequest, name: str, kind: str) -> JsonResponse:
 
 @api_view(
     ("POST",),
+    permission=roles.INSTALL,
     responses={200: ref("ExternalJobStarted")},
     errors=(404, 409),
     body=schemas.EXTERNAL_BODY,
@@ -236,6 +253,8 @@ def install_external(request: ApiRequest) -> JsonResponse:
     data = request.json
     uri, name, alias = _text(data, "uri"), _text(data, "name"), _text(data, "alias")
     force = data.get("force", False)
+    if refusal := host_path_refused(request, uri):
+        return refusal
     try:
         job = jobs.install_external(
             uri,
@@ -261,13 +280,13 @@ def _external_answer(response: JsonResponse) -> JsonResponse:
 # -- upgrades -----------------------------------------------------------------------
 
 
-@api_view(responses={200: schemas.UPGRADES})
+@api_view(permission=roles.VIEW, responses={200: schemas.UPGRADES})
 def upgrade_list(request: HttpRequest) -> JsonResponse:
     """Cached upgrade information"""
     return JsonResponse(upgrades.upgrade_info())
 
 
-@api_view(("POST",), responses={200: schemas.UPGRADES})
+@api_view(("POST",), permission=roles.UPGRADE, responses={200: schemas.UPGRADES})
 def upgrade_check(request: HttpRequest) -> JsonResponse:
     """Start an upgrade check; answers the cached result"""
     # LocalAI answers with the cached result while the check runs in the background.

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Literal
 
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
+from django.views import csrf, defaults
 from django.views.decorators.csrf import csrf_exempt
 
+from backends import roles
 from backends.api import schemas
 from backends.models import ApiToken
 
@@ -20,6 +24,12 @@ View = Callable[..., HttpResponse]
 
 # Larger bodies are refused before parsing: no route reads more than a few names.
 MAX_BODY = 64 * 1024
+# Deeper bodies are refused before parsing: json.loads and the schema check recurse once
+# per level, and no route's body nests more than a few levels.
+MAX_DEPTH = 32
+
+# Every answer under these prefixes is JSON, Django's own errors included.
+API_PREFIXES = ("/api/", "/backends")
 
 
 class ApiRequest(HttpRequest):
@@ -36,6 +46,7 @@ ERROR_TYPES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    429: "too_many_requests",
     500: "server_error",
     503: "unavailable",
 }
@@ -72,8 +83,10 @@ class Contract:
     body: schemas.Schema | None = None
     query: schemas.Schema = field(default_factory=dict)
     path: schemas.Schema = field(default_factory=dict)
-    # staff: an API token or a staff session; agent: the registration token.
-    auth: Literal["staff", "agent"] = "staff"
+    # user: an API token or a session whose user holds ``permission``;
+    # agent: the registration token.
+    auth: Literal["user", "agent"] = "user"
+    permission: str = ""
 
     def answers(self) -> dict[int, schemas.Schema]:
         """Every status the route may answer, with its body's schema."""
@@ -81,7 +94,9 @@ class Contract:
         codes = {*self.errors, 401, 405}
         if self.body is not None or self.query or self.constrained_path():
             codes.add(400)
-        if self.auth == "staff":
+        if self.body is not None:
+            codes.add(413)
+        if self.auth == "user":
             codes.add(403)
         return {**dict.fromkeys(sorted(codes), error), **self.responses}
 
@@ -116,6 +131,8 @@ def declared(contract: Contract) -> Callable[[View], View]:
                     request.json = data  # type: ignore[attr-defined]
             except schemas.Invalid as exc:
                 return json_error(400, str(exc))
+            except BodyTooLarge:
+                return json_error(413, f"request body is over {MAX_BODY} bytes")
             return view(request, *args, **kwargs)
 
         wrapper.contract = contract  # type: ignore[attr-defined]
@@ -124,19 +141,54 @@ def declared(contract: Contract) -> Callable[[View], View]:
     return decorator
 
 
+class BodyTooLarge(Exception):
+    """A request body over MAX_BODY: 413."""
+
+
 def _json_body(request: HttpRequest) -> Any:
-    if len(request.body) > MAX_BODY:
-        raise schemas.Invalid("request body too large")
+    try:
+        declared_length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared_length = 0
+    # The declared length first: an oversized body is refused before it is read.
+    if declared_length > MAX_BODY:
+        raise BodyTooLarge
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise BodyTooLarge from None
+    if len(body) > MAX_BODY:
+        raise BodyTooLarge
+    if nesting_depth(body) > MAX_DEPTH:
+        raise schemas.Invalid(f"request body nests deeper than {MAX_DEPTH} levels")
     try:
         # An empty body is an empty object: LocalAI's clients send none for defaults.
-        return json.loads(request.body or b"{}")
+        return json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise schemas.Invalid("request body is not valid JSON") from None
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing it (the
+    parser would recurse that deep). Brackets inside strings do not count."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", body)):
+        if bracket[0] in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def api_view(
     methods: tuple[str, ...] = ("GET",),
     *,
+    permission: str,
     responses: Mapping[int, schemas.Schema] | None = None,
     errors: tuple[int, ...] = (),
     body: schemas.Schema | None = None,
@@ -151,8 +203,9 @@ def api_view(
     envelope; 400 (when something is declared), 401, 403 and 405 are added.
 
     Scripts send ``Authorization: Bearer <token>``; a browser session works too (then the
-    CSRF check applies to writes, as for any form). Every API route is for staff: anonymous
-    gets 401, a signed-in non-staff user 403.
+    CSRF check applies to writes, as for any form). Either way the request acts with its
+    user's permissions: anonymous gets 401, a user without ``permission`` (one of
+    ``backends.roles``) a 403 that names it.
     """
     contract = Contract(
         methods,
@@ -161,6 +214,7 @@ def api_view(
         body,
         query or {},
         path or {},
+        permission=permission,
     )
 
     def decorator(view: View) -> View:
@@ -182,7 +236,7 @@ def api_view(
                     else None
                 )
                 if token is None:
-                    return json_error(401, "invalid or revoked API token")
+                    return json_error(401, "invalid, expired or revoked API token")
                 request.user = token.user
             elif (
                 isinstance(request.user, AnonymousUser)
@@ -193,19 +247,63 @@ def api_view(
                 request
             ):
                 return json_error(403, "CSRF check failed")
-            if not request.user.is_staff:
-                return json_error(403, "staff access required")
+            if not request.user.has_perm(permission):
+                return forbidden(permission)
             return checked(request, *args, **kwargs)
 
+        wrapper.permission = permission  # type: ignore[attr-defined]
         return wrapper
 
     return decorator
 
 
+def forbidden(permission: str) -> JsonResponse:
+    """403 naming the permission the user lacks."""
+    return json_error(403, roles.refusal(permission), permission=permission)
+
+
+# -- Django's own errors under the API prefixes (handler400/403/404/500, CSRF) ---------
+
+
+def is_api_request(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIXES)
+
+
+def bad_request(
+    request: HttpRequest, exception: Exception | None = None
+) -> HttpResponse:
+    if not is_api_request(request):
+        return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+    if isinstance(exception, RequestDataTooBig):
+        return json_error(413, "request body is too large")
+    return json_error(400, "bad request")
+
+
+def permission_denied(
+    request: HttpRequest, exception: Exception | None = None
+) -> HttpResponse:
+    if not is_api_request(request):
+        return defaults.permission_denied(request, exception)  # type: ignore[arg-type]
+    return json_error(403, str(exception or "") or "forbidden")
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """404 for unknown URLs: JSON under the API prefixes, the HTML page elsewhere."""
-    if request.path.startswith(("/api/", "/backends")):
-        return json_error(404, f"no route {request.path}")
-    from django.views.defaults import page_not_found
+    if not is_api_request(request):
+        return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+    return json_error(404, f"no route {request.path}")
 
-    return page_not_found(request, exception)  # type: ignore[arg-type]
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """An unhandled exception: the envelope, never the trace (that goes to the log)."""
+    if not is_api_request(request):
+        return defaults.server_error(request)
+    return json_error(500, "internal server error")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: API routes check CSRF themselves, but answer alike if Django
+    does (a route without the api_view decorator)."""
+    if not is_api_request(request):
+        return csrf.csrf_failure(request, reason)
+    return json_error(403, f"CSRF check failed: {reason}")

@@ -10,8 +10,15 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from backends import roles
 from backends.api import schemas
-from backends.api.backends import BadRequest, _backend_id, _text, refused
+from backends.api.backends import (
+    BadRequest,
+    _backend_id,
+    _text,
+    host_path_refused,
+    refused,
+)
 from backends.api.http import ApiRequest, Contract, api_view, declared, json_error
 from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_name
@@ -50,6 +57,7 @@ def _agent_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
             return json_error(401, "invalid registration token")
         return view(request, *args, **kwargs)
 
+    wrapper.permission = roles.AGENT  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -114,13 +122,18 @@ def heartbeat(request: HttpRequest, node_id: int) -> JsonResponse:
 # -- admin -----------------------------------------------------------------------------
 
 
-@api_view(responses={200: array_of("Node")})
+@api_view(permission=roles.VIEW, responses={200: array_of("Node")})
 def node_list(request: HttpRequest) -> JsonResponse:
     """Nodes (distributed mode)"""
     return JsonResponse([node_dict(node) for node in Node.objects.all()], safe=False)
 
 
-@api_view(responses={200: ref("Node")}, errors=(404,), path=schemas.NODE_PATH)
+@api_view(
+    permission=roles.VIEW,
+    responses={200: ref("Node")},
+    errors=(404,),
+    path=schemas.NODE_PATH,
+)
 def node_detail(request: HttpRequest, node_id: str) -> JsonResponse:
     """One node"""
     node = _get_node(node_id)
@@ -130,7 +143,10 @@ def node_detail(request: HttpRequest, node_id: str) -> JsonResponse:
 
 
 @api_view(
-    responses={200: array_of("NodeBackend")}, errors=(404,), path=schemas.NODE_PATH
+    permission=roles.VIEW,
+    responses={200: array_of("NodeBackend")},
+    errors=(404,),
+    path=schemas.NODE_PATH,
 )
 def node_backends(request: HttpRequest, node_id: str) -> JsonResponse:
     """Backends installed on a node"""
@@ -180,7 +196,7 @@ node_job_view = partial(
 )
 
 
-@node_job_view(body=schemas.NODE_INSTALL_BODY)
+@node_job_view(permission=roles.INSTALL, body=schemas.NODE_INSTALL_BODY)
 def node_install(request: ApiRequest, node_id: str) -> JsonResponse:
     """Install a backend on one node (a job)"""
     node = _get_node(node_id)
@@ -199,6 +215,8 @@ def node_install(request: ApiRequest, node_id: str) -> JsonResponse:
             validate_name(alias, "alias")
     except (BadRequest, ValueError) as exc:
         return json_error(400, str(exc))
+    if not backend and (refusal := host_path_refused(request, uri)):
+        return refusal
     username = request.user.get_username()
     try:
         if backend:
@@ -221,13 +239,13 @@ def _backend_from_body(request: ApiRequest) -> str:
     return _backend_id(request.json["backend"]).rpartition("@")[2]
 
 
-@node_job_view(body=schemas.NODE_BACKEND_BODY)
+@node_job_view(permission=roles.UPGRADE, body=schemas.NODE_BACKEND_BODY)
 def node_upgrade(request: ApiRequest, node_id: str) -> JsonResponse:
     """Upgrade a backend on one node (a job)"""
     return _installed_backend_job(request, node_id, Job.Kind.UPGRADE)
 
 
-@node_job_view(body=schemas.NODE_BACKEND_BODY)
+@node_job_view(permission=roles.DELETE, body=schemas.NODE_BACKEND_BODY)
 def node_delete(request: ApiRequest, node_id: str) -> JsonResponse:
     """Delete a backend from one node (a job)"""
     return _installed_backend_job(request, node_id, Job.Kind.DELETE)
@@ -260,13 +278,13 @@ node_status_view = partial(
 )
 
 
-@node_status_view()
+@node_status_view(permission=roles.MANAGE_NODES)
 def node_drain(request: HttpRequest, node_id: str) -> JsonResponse:
     """Drain a node: it takes no new work"""
     return _change_status(node_id, Node.drain)
 
 
-@node_status_view()
+@node_status_view(permission=roles.MANAGE_NODES)
 def node_resume(request: HttpRequest, node_id: str) -> JsonResponse:
     """Resume a drained node"""
     return _change_status(node_id, Node.resume)

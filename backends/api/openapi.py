@@ -108,6 +108,9 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
         }
     if contract.auth == "agent":
         operation["security"] = [{"registration": []}]
+    else:
+        # The permission the token's user needs (README, "Roles").
+        operation["x-permission"] = contract.permission
     return operation
 
 
@@ -131,7 +134,7 @@ def openapi_document(server_url: str = "/") -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "an API token of a staff user",
+                    "description": "an API token: it acts with its user's permissions",
                 },
                 "registration": {
                     "type": "http",

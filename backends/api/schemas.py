@@ -212,6 +212,10 @@ COMPONENTS: dict[str, Schema] = {
                 "properties": {"code": INTEGER, "message": STRING, "type": STRING},
             },
             "job_id": {**STRING, "description": "a conflict: the job already active"},
+            "permission": {
+                **STRING,
+                "description": "a 403: the permission the user lacks",
+            },
             "code": {
                 **STRING,
                 "description": "why, for scripts: node_takes_no_work, "

@@ -15,6 +15,7 @@ from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
 from django_htmx.middleware import HtmxDetails
 
+from backends import roles
 from backends.services import jobs
 
 View = Callable[..., HttpResponse]
@@ -24,21 +25,29 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
-def staff_required(view: View) -> View:
-    """Staff only: anonymous users are sent to log in, signed-in non-staff get 403.
+def requires(permission: str) -> Callable[[View], View]:
+    """The permission a page needs (``backends.roles``): anonymous users are sent to log
+    in, signed-in users without it get the 403 page naming it.
 
-    Django's ``staff_member_required`` sends non-staff to the admin login page, which
-    sends a signed-in user back again: a loop instead of an answer.
+    Django's ``permission_required`` sends a signed-in user without the permission to the
+    login page, which sends them back again: a loop instead of an answer.
     """
 
-    @login_required
-    @wraps(view)
-    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_staff:
-            raise PermissionDenied("Only staff members can change backends.")
-        return view(request, *args, **kwargs)
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def checked(
+            request: HtmxHttpRequest, *args: Any, **kwargs: Any
+        ) -> HttpResponse:
+            if not request.user.has_perm(permission):
+                raise PermissionDenied(f"Not allowed: {roles.refusal(permission)}.")
+            return view(request, *args, **kwargs)
 
-    return wrapper
+        guarded: View = login_required(checked)
+        # Read by the route table test: every page declares what it needs.
+        guarded.permission = permission  # type: ignore[attr-defined]
+        return guarded
+
+    return decorator
 
 
 def wants_fragment(request: HtmxHttpRequest) -> bool:

@@ -6,13 +6,13 @@ from collections.abc import Iterable, Mapping
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from backends import roles
 from backends.core import resolve
 from backends.models import Gallery, GalleryBackend, Job, Node
 from backends.services import catalogue as read
@@ -21,7 +21,7 @@ from backends.services.catalogue import Entry, EntryRow
 from backends.web.base import (
     HtmxHttpRequest,
     render_page,
-    staff_required,
+    requires,
     wants_fragment,
 )
 from backends.web.forms import CatalogueQueryForm, InstallForm
@@ -70,7 +70,7 @@ def _tag_link_query(request: HtmxHttpRequest) -> str:
     return query.urlencode()
 
 
-@login_required
+@requires(roles.VIEW)
 def catalogue(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     capability = node.current_capability()
@@ -135,7 +135,7 @@ def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> Ent
     )
 
 
-@login_required
+@requires(roles.VIEW)
 def catalogue_entry(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
     entry = _get_entry(gallery, name)
     node = Node.objects.local()
@@ -144,7 +144,7 @@ def catalogue_entry(request: HtmxHttpRequest, gallery: str, name: str) -> HttpRe
 
 
 @require_POST
-@staff_required
+@requires(roles.INSTALL)
 def catalogue_install(
     request: HtmxHttpRequest, gallery: str, name: str
 ) -> HttpResponse:

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from backends import tasks
+from backends import roles, tasks
 from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
 from backends.services import jobs
-from backends.web.base import HtmxHttpRequest, not_started, render_page, staff_required
+from backends.web.base import HtmxHttpRequest, not_started, render_page, requires
 
 
-@login_required
+@requires(roles.VIEW)
 def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     records = {r.name: r for r in InstalledBackend.objects.filter(node=node)}
@@ -51,7 +50,7 @@ def _get_installed(name: str) -> tuple[DiskBackend, dict[str, DiskBackend]]:
 
 
 @require_POST
-@staff_required
+@requires(roles.UPGRADE)
 def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
     _get_installed(name)
     try:
@@ -64,7 +63,7 @@ def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@requires(roles.INSTALL)
 def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
     _get_installed(name)
     try:
@@ -77,7 +76,7 @@ def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@staff_required
+@requires(roles.DELETE)
 def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
     """GET: the confirmation naming every folder that goes; POST: start the delete."""
     disk, folders = _get_installed(name)
@@ -106,7 +105,7 @@ def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@requires(roles.UPGRADE)
 def installed_upgrade_all(request: HtmxHttpRequest) -> HttpResponse:
     started, refused = jobs.upgrade_all(requested_by=request.user.get_username())
     for reason in refused:
@@ -119,7 +118,7 @@ def installed_upgrade_all(request: HtmxHttpRequest) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@requires(roles.UPGRADE)
 def installed_check_upgrades(request: HtmxHttpRequest) -> HttpResponse:
     tasks.check_upgrades()
     messages.info(

@@ -6,20 +6,21 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
+from backends import roles
 from backends.core.redact import redact_uri
 from backends.models import Job
 from backends.services import jobs
 from backends.web.base import (
     HtmxHttpRequest,
     render_page,
-    staff_required,
+    requires,
     wants_fragment,
 )
 from backends.web.forms import JobHistoryForm
@@ -43,7 +44,7 @@ def _job_history(form: JobHistoryForm) -> Any:
     return history
 
 
-@login_required
+@requires(roles.VIEW)
 def job_list(request: HtmxHttpRequest) -> HttpResponse:
     form = JobHistoryForm(request.GET)
     history = Paginator(_job_history(form), HISTORY_PAGE_SIZE).get_page(
@@ -84,14 +85,14 @@ def _job_fragment(request: HtmxHttpRequest, job: Job) -> HttpResponse:
     return response
 
 
-@login_required
+@requires(roles.VIEW)
 def job_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     job = get_object_or_404(Job.objects.select_related("node", "parent"), pk=pk)
     return _job_fragment(request, job)
 
 
 @require_POST
-@staff_required
+@requires(roles.CANCEL_JOB)
 def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
     if jobs.cancel(job):
@@ -106,10 +107,21 @@ def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     return redirect("backends:job-detail", job.pk)
 
 
+def _work_permission(job: Job) -> str:
+    if job.kind == Job.Kind.DELETE:
+        return roles.DELETE
+    if job.external_uri:
+        return roles.to_install_from(job.external_uri)
+    return ""
+
+
 @require_POST
-@staff_required
+@requires(roles.RETRY_JOB)
 def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
+    # A retry starts the job's work again: it needs what starting that work needs.
+    if (needed := _work_permission(job)) and not request.user.has_perm(needed):
+        raise PermissionDenied(f"Not allowed: {roles.refusal(needed)}.")
     try:
         shown = jobs.retry(job, requested_by=request.user.get_username())
     except jobs.Refused as exc:

@@ -8,13 +8,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 
+from backends import roles
 from backends.core import installed
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import catalogue as read
@@ -22,7 +22,7 @@ from backends.services import jobs
 from backends.web.base import (
     HtmxHttpRequest,
     render_page,
-    staff_required,
+    requires,
     wants_fragment,
 )
 from backends.web.forms import NodeInstallForm
@@ -140,21 +140,21 @@ def _back_to_node(request: HtmxHttpRequest, node: Node) -> HttpResponse:
     return redirect(f"{reverse('backends:nodes')}#node-{node.pk}")
 
 
-@login_required
+@requires(roles.VIEW)
 def node_list(request: HtmxHttpRequest) -> HttpResponse:
     Node.objects.local().current_capability()  # probes a local node never probed
     cards = _node_cards(Node.objects.all())
-    staff = request.user.is_staff
+    may_install = request.user.has_perm(roles.INSTALL)
     context = {
         "cards": cards,
         "distributed": settings.DISTRIBUTED,
         "offline_after": settings.NODE_OFFLINE_SECONDS,
-        "choices": _choices(c for c in cards if c.takes_work) if staff else {},
+        "choices": _choices(c for c in cards if c.takes_work) if may_install else {},
     }
     return render_page(request, "backends/nodes.html", context)
 
 
-@login_required
+@requires(roles.VIEW)
 def node_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """A node's page; for htmx, the part of it that changes by itself (its state)."""
     node = get_object_or_404(Node, pk=pk)
@@ -162,7 +162,7 @@ def node_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     context: dict[str, Any] = {"card": card, "distributed": settings.DISTRIBUTED}
     if not wants_fragment(request):  # the state polls every few seconds: keep it light
         context["recent"] = Job.objects.filter(node=node).select_related("node")[:10]
-        if request.user.is_staff and card.takes_work:
+        if request.user.has_perm(roles.INSTALL) and card.takes_work:
             context["choices"] = _choices([card])
     return render_page(
         request,
@@ -173,7 +173,7 @@ def node_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@requires(roles.INSTALL)
 def node_install(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     node = get_object_or_404(Node, pk=pk)
     form = NodeInstallForm(request.POST)
@@ -213,7 +213,7 @@ def _change_status(
 
 
 @require_POST
-@staff_required
+@requires(roles.MANAGE_NODES)
 def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _change_status(
         request,
@@ -224,6 +224,6 @@ def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@requires(roles.MANAGE_NODES)
 def node_resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _change_status(request, pk, Node.resume, "takes new work again")

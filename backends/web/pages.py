@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from backends import tasks
+from backends import roles, tasks
 from backends.models import Gallery, Node
 from backends.services import catalogue as read
-from backends.web.base import HtmxHttpRequest, render_page, staff_required
+from backends.web.base import HtmxHttpRequest, render_page, requires
 from backends.web.forms import KnownFilterForm
 
 
-@login_required
+@requires(roles.VIEW)
 def known_list(request: HtmxHttpRequest) -> HttpResponse:
     rows = read.known_backends(set(read.local_disk().keys()))
     modalities = sorted({row["modality"] for row in rows if row["modality"]})
@@ -31,7 +30,7 @@ def known_list(request: HtmxHttpRequest) -> HttpResponse:
     )
 
 
-@login_required
+@requires(roles.VIEW)
 def gallery_list(request: HtmxHttpRequest) -> HttpResponse:
     return render(
         request, "backends/galleries.html", {"galleries": Gallery.objects.all()}
@@ -39,7 +38,7 @@ def gallery_list(request: HtmxHttpRequest) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@requires(roles.SYNC_GALLERY)
 def gallery_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     gallery = get_object_or_404(Gallery, pk=pk)
     tasks.sync_gallery(gallery.pk, force=True)
@@ -47,7 +46,7 @@ def gallery_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return redirect("backends:galleries")
 
 
-@login_required
+@requires(roles.VIEW)
 def hardware(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     node.current_capability()  # probes a node that was never probed
@@ -57,7 +56,7 @@ def hardware(request: HtmxHttpRequest) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@requires(roles.MANAGE_NODES)
 def hardware_probe(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     node.probe_local_hardware()

@@ -25,7 +25,7 @@ from django.test import Client
 from backends import tasks
 from backends.models import Gallery, KnownBackend
 from backends.services import pipeline
-from tests.base import REAL_GALLERY
+from tests.base import REAL_GALLERY, user_with_role
 from tests.imagebuild import file, make_layer
 from tests.parts import missing_part
 from tests.registry_fixtures import RegistryProcess
@@ -89,8 +89,8 @@ class Console:
 @pytest.fixture
 def users(db: None) -> dict[str, User]:
     return {
-        "alice": User.objects.create_user("alice", password="password", is_staff=True),
-        "bob": User.objects.create_user("bob", password="password"),
+        "alice": user_with_role("alice", "admin", is_staff=True),
+        "bob": user_with_role("bob", "viewer"),
     }
 
 
