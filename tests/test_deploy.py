@@ -4,6 +4,7 @@ front of gunicorn, the worker beside them, real processes on free loopback ports
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -309,6 +310,33 @@ def test_a_body_over_the_limit_is_refused_by_nginx_with_the_json_envelope(
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "too_large"
     assert "oversized=1" not in stack.app_log()
+
+
+def test_bodies_and_responses_beyond_nginx_memory_buffers_still_get_through(
+    stack: Stack,
+) -> None:
+    # Both spill to nginx's temp files, which its workers must be able to write.
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    with client(stack) as http:
+        upload = http.post(
+            stack.url + "/backends/apply?buffered=1",
+            content=b"{" + b" " * (256 * 1024) + b"}",
+            headers=headers | {"Content-Type": "application/json"},
+        )
+        manifest = json.loads(
+            (stack.clone / "staticfiles" / "staticfiles.json").read_text()
+        )
+        jquery = manifest["paths"]["admin/js/vendor/jquery/jquery.js"]
+        script = http.get(
+            stack.url + "/static/" + jquery, headers={"Accept-Encoding": "identity"}
+        )
+    # The app's own refusal (its limit is smaller than nginx's), not an nginx error.
+    assert upload.status_code < 500
+    assert "error" in upload.json()
+    assert "buffered=1" in stack.app_log()
+    assert script.status_code == 200
+    assert len(script.content) > 256 * 1024
+    assert script.content == (stack.clone / "staticfiles" / jquery).read_bytes()
 
 
 def open_half_request(stack: Stack, context: ssl.SSLContext) -> ssl.SSLSocket:
