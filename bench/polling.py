@@ -8,8 +8,8 @@ in the temp dir by default, ``BENCH_POLLING_DB=postgresql`` for PostgreSQL) is p
 beforehand by a child: a staff user, an API token, and a Job in state running.
 
 Load: ``wrk -t2 -c100 -d<duration>s --latency`` with ``Authorization: Bearer <token>``
-and ``X-Forwarded-Proto: https`` (production settings redirect plain HTTP; behind the
-TLS proxy they expect, that header is what arrives), alternately on
+and ``X-Forwarded-Proto: https`` (what the nginx of deploy/ sends; gunicorn trusts it
+from loopback, so requests are served as behind that proxy), alternately on
 ``/backends/jobs/<uuid>`` and ``/bench/trivial`` (the same ``api_view`` token check, then
 ``{"ok": true}``). ``bench/wrk_count.lua`` counts responses outside 2xx.
 

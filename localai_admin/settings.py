@@ -202,14 +202,28 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
-if not DEBUG:
-    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "True")
+
+# HTTPS and the proxy in front (docs/deployment.md). X-Forwarded-Proto is whatever the
+# client sends unless a proxy that overwrites it is the only way in, so it is trusted only
+# when the deployment says so (make serve does, for the nginx of deploy/).
+LOCALAI_ADMIN_BEHIND_PROXY = envbool("LOCALAI_ADMIN_BEHIND_PROXY", "False")
+if LOCALAI_ADMIN_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "31536000")
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+if not DEBUG:
+    # False only for plain HTTP on a trusted network: browsers drop secure cookies there.
+    LOCALAI_ADMIN_HTTPS = envbool("LOCALAI_ADMIN_HTTPS", "True")
+    # Without a proxy one gunicorn port speaks one scheme, so a redirect to https on
+    # that same port could never answer: redirect only where a proxy can tell plain HTTP.
+    SECURE_SSL_REDIRECT = envbool(
+        "SECURE_SSL_REDIRECT", str(LOCALAI_ADMIN_HTTPS and LOCALAI_ADMIN_BEHIND_PROXY)
+    )
+    SECURE_HSTS_SECONDS = envint(
+        "SECURE_HSTS_SECONDS", "31536000" if LOCALAI_ADMIN_HTTPS else "0"
+    )
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "True")
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "True")
+    SESSION_COOKIE_SECURE = LOCALAI_ADMIN_HTTPS
+    CSRF_COOKIE_SECURE = LOCALAI_ADMIN_HTTPS
 
 # Huey: SQLite storage in the data dir by default, Redis for scale-out.
 HUEY_REDIS_URL = os.getenv("HUEY_REDIS_URL", "")
