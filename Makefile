@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/localai_admin
 # make serve: the production stack (deploy/serve, docs/deployment.md).
-WORKER_COMMAND ?= manage.py run_huey
+WORKER_COMMAND ?= manage.py run_worker
 LOCALAI_ADMIN_DATA_DIR ?= $(CURDIR)/var
 SERVE_HOST ?= localhost
 SERVE_ADDRESS ?= 127.0.0.1
@@ -35,7 +35,7 @@ run: $(BIN)/.installed
 	$(BIN)/python manage.py sync_galleries --background
 	@echo "localai-admin: http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
 	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/python manage.py run_worker & \
+	$(BIN)/python $(WORKER_COMMAND) & \
 	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
 
 # nginx in front of gunicorn with TLS, the worker beside them; Ctrl-C stops all three.
