@@ -21,6 +21,7 @@ from backends.core import extract, installed, oci, resolve
 from backends.core.gallery import validate_name
 from backends.core.install import Installer, InstallError, Source
 from backends.core.limits import Limits
+from backends.core.policy import SourcePolicy
 from backends.core.sources import default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
@@ -186,6 +187,7 @@ class Runner:
             progress=self.writer,
             should_cancel=self.writer.should_cancel,
             limits=install_limits(),
+            policy=source_policy(),
         )
 
     def run(self) -> str:
@@ -239,7 +241,9 @@ class Runner:
     def install_concrete(self, entry: GalleryBackend, installer: Installer) -> None:
         installer.install(
             entry.name,
-            Source(entry.uri, tuple(entry.mirrors), entry.sha256),
+            Source(
+                entry.uri, tuple(entry.mirrors), entry.sha256, gallery_source(entry)
+            ),
             installed.Metadata(
                 name=entry.name,
                 alias=entry.alias,
@@ -279,7 +283,9 @@ class Runner:
         current = installed.read_metadata(self.backends_path / concrete)
         self.installer().install(
             entry.name,
-            Source(entry.uri, tuple(entry.mirrors), entry.sha256),
+            Source(
+                entry.uri, tuple(entry.mirrors), entry.sha256, gallery_source(entry)
+            ),
             installed.Metadata(
                 name=entry.name,
                 alias=(current.alias if current else "") or entry.alias,
@@ -321,6 +327,12 @@ class Runner:
         return "deleted " + ", ".join(removed)
 
 
+def gallery_source(entry: GalleryBackend) -> str:
+    """Where the entry's gallery was read from (the source that answered at the last
+    sync, else its URL): a gallery read over the network may not name local sources."""
+    return entry.gallery.source or entry.gallery.url
+
+
 def find_entry(requested: str) -> GalleryBackend:
     entry = GalleryBackend.objects.find(requested)
     if entry is None:
@@ -343,11 +355,22 @@ def install_limits() -> Limits:
     )
 
 
+def source_policy() -> SourcePolicy:
+    """The source policy of the settings: which hosts and local files fetches reach."""
+    return SourcePolicy.parse(
+        settings.LOCALAI_ADMIN_PRIVATE_HOSTS, settings.LOCALAI_ADMIN_LOCAL_ROOTS
+    )
+
+
 def registry_client() -> oci.RegistryClient:
     credentials = {
-        host: oci.Credentials(value["username"], value["password"])
+        host: oci.Credentials(
+            value["username"], value["password"], tuple(value.get("realms", ()))
+        )
         for host, value in settings.LOCALAI_ADMIN_REGISTRY_CREDENTIALS.items()
     }
     return oci.RegistryClient(
-        insecure=settings.LOCALAI_ADMIN_INSECURE_REGISTRIES, credentials=credentials
+        insecure=settings.LOCALAI_ADMIN_INSECURE_REGISTRIES,
+        credentials=credentials,
+        policy=source_policy(),
     )

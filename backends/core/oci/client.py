@@ -41,6 +41,7 @@ from backends.core.oci.manifest import (
     select_platform,
 )
 from backends.core.oci.reference import Platform, Reference, as_reference, is_digest
+from backends.core.policy import SourcePolicy, default_policy
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def tls_context() -> ssl.SSLContext:
 class RegistryClient:
     """A registry v2 client. Thread-safe; reuse one for many pulls (connection pool,
     token cache). ``retries`` extra attempts follow a failed request with a doubling
-    ``backoff``."""
+    ``backoff``; ``policy`` says which addresses it may connect to."""
 
     def __init__(
         self,
@@ -79,13 +80,16 @@ class RegistryClient:
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
+        policy: SourcePolicy | None = None,
     ) -> None:
         self._insecure = frozenset(insecure)
         self.retries = retries
         self.backoff = backoff
         self._http = httpx.Client(
             auth=RegistryAuth(credentials),
-            verify=tls_context(),
+            # Every connection (the registry, each redirect hop, the token realm) is
+            # checked against the source policy.
+            transport=(policy or default_policy()).transport(verify=tls_context()),
             timeout=timeout,
             follow_redirects=True,
             max_redirects=_MAX_REDIRECTS,
