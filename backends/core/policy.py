@@ -149,14 +149,15 @@ class SourcePolicy:
 
     # -- local files -------------------------------------------------------------------
 
-    def check_local(self, path: str | os.PathLike[str]) -> Path:
+    def check_local(self, path: str | os.PathLike[str], shown: str = "") -> Path:
         """The real path of a local source that may be read: a regular file or a folder
         under a local root. Outside the roots the answer is the same whether the path
-        exists or not."""
+        exists or not. Messages name ``shown`` (what the user gave), else ``path``."""
+        shown = shown or os.fspath(path)
         real = Path(os.path.realpath(path))
         if not any(real.is_relative_to(root) for root in self.local_roots):
             raise SourceRefused(
-                f"{os.fspath(path)} is not under a folder local sources may be read "
+                f"{shown} is not under a folder local sources may be read "
                 f"from; {LOCAL_ROOTS_SETTING} lists those folders"
             )
         try:
@@ -166,14 +167,14 @@ class SourcePolicy:
             raise SourceRefused(f"file not found: {os.fspath(path)}") from None
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise SourceRefused(
-                f"{os.fspath(path)} is not a regular file or folder; only those are "
+                f"{shown} is not a regular file or folder; only those are "
                 f"read under {LOCAL_ROOTS_SETTING}"
             )
         return real
 
     def check_local_uri(self, uri: str) -> Path:
         """``check_local`` of a ``file://`` URL or a plain path."""
-        return self.check_local(local_path(uri))
+        return self.check_local(local_path(uri), uri)
 
     # -- gallery entries ---------------------------------------------------------------
 
