@@ -30,7 +30,7 @@ from backends.core.oci import (
     pull_image,
 )
 from backends.core.policy import SourcePolicy, SourceRefused, may_send_credentials
-from backends.models import Gallery, GalleryBackend
+from backends.models import Gallery, GalleryBackend, Job, Node
 from tests.base import PipelineTestCase, make_build
 from tests.imagebuild import make_layer
 from tests.registry_fixtures import FaultProxy, RegistryProcess
@@ -401,6 +401,19 @@ class SourcePolicyTestCase(PipelineTestCase):
                 "LOCALAI_ADMIN_LOCAL_ROOTS lists those folders",
             )
         self.assertFalse(self.backends.joinpath("x").exists())
+
+    def test_a_node_install_from_outside_the_roots_is_400(self) -> None:
+        node = Node.objects.local()
+
+        r = self.api_post(
+            f"/api/nodes/{node.pk}/backends/install",
+            {"uri": "file:///etc/shadow", "name": "x"},
+        )
+
+        self.assertEqual(r.status_code, 400, r.content)
+        self.assertEqual(r.json()["code"], "source_refused")
+        self.assertIn("LOCALAI_ADMIN_LOCAL_ROOTS", r.json()["error"]["message"])
+        self.assertFalse(Job.objects.exists())
 
     def test_a_network_gallery_naming_local_sources_reports_each_entry(self) -> None:
         index = (
