@@ -21,7 +21,7 @@ run: $(BIN)/.installed
 	$(BIN)/python manage.py sync_galleries --background
 	@echo "localai-admin: http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
 	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/python manage.py run_huey & \
+	$(BIN)/python manage.py run_worker & \
 	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
 
 # Debian packages the tests drive for real: the OCI registry and the browser.

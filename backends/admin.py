@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
+from backends.core.redact import redact_uri
 from backends.models import (
     ApiToken,
     Gallery,
@@ -15,11 +19,55 @@ from backends.models import (
 )
 
 
+def _shown(field: str) -> Callable[[Any, Model], str]:
+    @admin.display(description=field.replace("_", " "))
+    def shown(self: Any, obj: Model) -> str:
+        value = getattr(obj, field)
+        if isinstance(value, list):
+            return ", ".join(redact_uri(str(item)) for item in value)
+        return redact_uri(value)
+
+    return shown
+
+
+class RedactingAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """An admin whose ``secret_fields`` (URIs that may hold credentials) are shown
+    redacted, as ``shown_<field>``, in the list and on the detail page. With
+    ``editable_secrets``, a user who may change the row edits the real value."""
+
+    secret_fields: tuple[str, ...] = ()
+    editable_secrets = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for field in cls.secret_fields:
+            setattr(cls, f"shown_{field}", _shown(field))
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Model | None = None
+    ) -> list[str]:
+        shown = [f"shown_{field}" for field in self.secret_fields]
+        return [*super().get_readonly_fields(request, obj), *shown]
+
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> list[Any]:
+        fields = list(super().get_fields(request, obj))
+        if self.editable_secrets and self.has_change_permission(request, obj):
+            drop = {f"shown_{field}" for field in self.secret_fields}
+            return [field for field in fields if field not in drop]
+        shown = [
+            f"shown_{field}" if field in self.secret_fields else field
+            for field in fields
+        ]
+        return list(dict.fromkeys(shown))
+
+
 @admin.register(Gallery)
-class GalleryAdmin(admin.ModelAdmin):
+class GalleryAdmin(RedactingAdmin):
+    secret_fields = ("url", "mirrors")
+    editable_secrets = True
     list_display = (
         "name",
-        "url",
+        "shown_url",
         "enabled",
         "position",
         "entry_count",
@@ -50,10 +98,11 @@ class GalleryAdmin(admin.ModelAdmin):
 
 
 @admin.register(GalleryBackend)
-class GalleryBackendAdmin(admin.ModelAdmin):
+class GalleryBackendAdmin(RedactingAdmin):
     """Synced entries are read-only: edit the gallery source, then sync."""
 
-    list_display = ("name", "gallery", "is_meta", "alias", "uri", "version")
+    secret_fields = ("uri", "mirrors")
+    list_display = ("name", "gallery", "is_meta", "alias", "shown_uri", "version")
     list_filter = ("gallery", "is_meta")
     search_fields = ("name", "alias", "description", "uri")
     list_select_related = ("gallery",)
@@ -84,7 +133,8 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(InstalledBackend)
-class InstalledBackendAdmin(admin.ModelAdmin):
+class InstalledBackendAdmin(RedactingAdmin):
+    secret_fields = ("uri", "gallery_url")
     list_display = (
         "name",
         "node",
@@ -104,8 +154,17 @@ class InstalledBackendAdmin(admin.ModelAdmin):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "target", "node", "state", "progress", "created_at")
+class JobAdmin(RedactingAdmin):
+    secret_fields = ("target", "external_uri")
+    list_display = (
+        "id",
+        "kind",
+        "shown_target",
+        "node",
+        "state",
+        "progress",
+        "created_at",
+    )
     list_filter = ("state", "kind", "node")
     search_fields = ("id", "target", "error")
     date_hierarchy = "created_at"

@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from backends.core import gallery as gallery_format
 from backends.core import hardware
-from backends.core.installed import DiskBackend, human_size
+from backends.core.installed import DiskBackend, Metadata, human_size
 from backends.core.policy import SourcePolicy, SourceRefused
+from backends.core.redact import redact_text, redact_uri, unredacted
 from backends.fixedsql import FixedSelect
 
 
@@ -70,8 +71,12 @@ class Gallery(models.Model):
         return self.name
 
     def to_localai(self) -> dict[str, Any]:
-        """The shape of LocalAI's ``config.Gallery``."""
-        return {"name": self.name, "url": self.url, "mirrors": list(self.mirrors)}
+        """The shape of LocalAI's ``config.Gallery``, as shown: without secrets."""
+        return {
+            "name": self.name,
+            "url": redact_uri(self.url),
+            "mirrors": [redact_uri(mirror) for mirror in self.mirrors],
+        }
 
     @property
     def is_healthy(self) -> bool:
@@ -96,7 +101,12 @@ class Gallery(models.Model):
         )
         try:
             fetched = gallery_format.fetch_gallery(
-                self.url, self.mirrors, limits=limits, policy=policy, **unchanged
+                self.url,
+                self.mirrors,
+                limits=limits,
+                policy=policy,
+                stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
+                **unchanged,
             )
             if fetched.not_modified:
                 self.last_synced_at, self.last_error = self.last_attempt_at, ""
@@ -125,12 +135,12 @@ class Gallery(models.Model):
             self.last_synced_at = self.last_attempt_at
             self.last_error = ""
             self.problems = parsed.problems + parsed.duplicates
-            self.source = gallery_format.redact_url(fetched.source)
+            self.source = redact_uri(fetched.source)
             self.etag = fetched.etag
             self.content_hash = fetched.sha256
             self.entry_count = len(parsed.entries)
             self.save()
-        source = gallery_format.redact_url(fetched.source)
+        source = redact_uri(fetched.source)
         summary = f"{self.name}: {len(parsed.entries)} entries from {source}"
         if self.problems:
             summary += f" ({len(self.problems)} problems)"
@@ -284,13 +294,14 @@ class GalleryBackend(models.Model):
         )
 
     def to_localai(self, installed: bool = False) -> dict[str, Any]:
-        """LocalAI's ``gallery.GalleryBackend`` JSON, plus our ``id`` and ``is_meta``."""
+        """LocalAI's ``gallery.GalleryBackend`` JSON, plus our ``id`` and ``is_meta``;
+        as shown, so without the secrets a source may hold."""
         return {
             "id": self.id_in_gallery,
             "name": self.name,
             "alias": self.alias,
-            "uri": self.uri,
-            "mirrors": self.mirrors,
+            "uri": redact_uri(self.uri),
+            "mirrors": [redact_uri(mirror) for mirror in self.mirrors],
             "capabilities": self.capabilities or None,
             "description": self.description,
             "license": self.license,
@@ -504,9 +515,19 @@ class InstalledBackend(models.Model):
 
     @classmethod
     def reconcile(
-        cls, node: Node, rows: dict[str, DiskBackend], sizes: dict[str, int]
+        cls,
+        node: Node,
+        rows: dict[str, DiskBackend],
+        sizes: dict[str, int],
+        fresh: dict[str, Metadata] | None = None,
     ) -> None:
-        """Make the table say what the disk says for ``node`` (alias rows are not stored)."""
+        """Make the table say what the disk says for ``node`` (alias rows are not stored).
+
+        ``metadata.json`` holds source URIs redacted; the table keeps them whole, for an
+        upgrade to fetch again: from ``fresh`` (what was just installed, by name) or
+        from the row itself, when the disk shows the redacted form of that URI.
+        """
+        fresh = fresh or {}
         wanted = {
             row.name: row
             for key, row in rows.items()
@@ -521,10 +542,15 @@ class InstalledBackend(models.Model):
                 obj = existing.get(name) or cls(node=node, name=name)
                 obj.alias = meta.alias if meta else ""
                 obj.meta_backend_for = meta.meta_backend_for if meta else ""
-                obj.uri = meta.uri if meta else ""
+                just = fresh.get(name, Metadata())
+                obj.uri = unredacted(meta.uri, just.uri, obj.uri) if meta else ""
                 obj.digest = meta.digest if meta else ""
                 obj.version = meta.version if meta else ""
-                obj.gallery_url = meta.gallery_url if meta else ""
+                obj.gallery_url = (
+                    unredacted(meta.gallery_url, just.gallery_url, obj.gallery_url)
+                    if meta
+                    else ""
+                )
                 obj.installed_at = _parse_time(meta.installed_at) if meta else None
                 obj.is_system = row.is_system
                 obj.is_meta = row.is_meta
@@ -771,9 +797,9 @@ class Job(models.Model):
             progress = mean_progress(children)
         status: dict[str, Any] = {
             "deletion": self.kind == Job.Kind.DELETE,
-            "file_name": self.file_name,
+            "file_name": redact_text(self.file_name),
             "processed": self.is_finished,
-            "message": self.message,
+            "message": redact_text(self.message),
             "progress": round(progress, 2),
             "phase": self.phase,
             "current_bytes": self.current_bytes,
@@ -782,7 +808,7 @@ class Job(models.Model):
             "downloaded_size": human_size(self.current_bytes)
             if self.current_bytes
             else "",
-            "gallery_element_name": self.target,
+            "gallery_element_name": redact_uri(self.target),
             "cancelled": self.state == Job.State.CANCELLED,
             "cancellable": self.cancellable and self.is_active,
             "nodes": [child.node_progress() for child in children],
@@ -795,7 +821,7 @@ class Job(models.Model):
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
         if self.error:
-            status["error"] = self.error
+            status["error"] = redact_text(self.error)
         return status
 
     NODE_STATUS = {
@@ -816,11 +842,11 @@ class Job(models.Model):
             "job_id": str(self.pk),
         }
         optional = {
-            "file_name": self.file_name,
+            "file_name": redact_text(self.file_name),
             "current": human_size(self.current_bytes) if self.current_bytes else "",
             "total": human_size(self.total_bytes) if self.total_bytes else "",
             "phase": self.phase,
-            "error": self.error,
+            "error": redact_text(self.error),
         }
         entry.update({key: value for key, value in optional.items() if value})
         return entry

@@ -1,4 +1,9 @@
-"""Background work, run by the Huey consumer. Each task is a thin wrapper."""
+"""Background work, run by the Huey consumers of ``manage.py run_worker``. Thin wrappers.
+
+Two queues (docs/workers.md): djhuey's ``HUEY`` for maintenance (gallery syncs, upgrade
+checks and every periodic task) and ``INSTALLS`` for this host's jobs, each with workers of
+its own, so that installs stalled on a slow source never hold up maintenance.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,16 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
-from huey import crontab
-from huey.contrib.djhuey import db_periodic_task, db_task, lock_task, on_startup
+from huey import Huey, crontab
+from huey.contrib.djhuey import db_periodic_task, db_task, lock_task
+from huey.utils import load_class
 
 from backends.core.install import Installer
 from backends.models import Gallery, Job, Node
@@ -33,14 +42,46 @@ def every_n_minutes(minutes: int) -> Callable[[datetime.datetime], bool]:
     return is_due
 
 
+def queue_from_settings(config: dict[str, Any]) -> Huey:
+    """A Huey built from a settings dict shaped like djhuey's ``HUEY``."""
+    options = {
+        key: value
+        for key, value in config.items()
+        if key not in ("name", "huey_class", "consumer")
+    }
+    huey_class: type[Huey] = load_class(config["huey_class"])
+    return huey_class(config["name"], **options)
+
+
+INSTALLS = queue_from_settings(settings.HUEY_INSTALLS)
+
+
+def closing_connections[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
+    """Djhuey's ``db_task`` for the install queue: a worker thread never reuses a
+    connection the database closed; immediate mode (tests) keeps the test's own."""
+
+    @wraps(fn)
+    def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not INSTALLS.immediate:
+            close_old_connections()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not INSTALLS.immediate:
+                close_old_connections()
+
+    return inner
+
+
 _recovery = threading.Lock()
 _recovered = False
 
 
-@on_startup()
+@INSTALLS.on_startup()
 def recover_from_a_killed_worker() -> None:
-    """Once per consumer process, before its first job: fail what a killed worker left
-    running and tidy the backends folder (every worker thread calls this hook)."""
+    """Once per worker process, before its first install: fail what a killed worker left
+    running and tidy the backends folder (every install thread calls this hook; only the
+    install consumer runs jobs, so only it may decide that a running job was orphaned)."""
     global _recovered
     with _recovery:
         if _recovered:
@@ -52,7 +93,8 @@ def recover_from_a_killed_worker() -> None:
             log.warning("recovered after a stop: %d job(s) failed; %s", failed, actions)
 
 
-@db_task()
+@INSTALLS.task()
+@closing_connections
 def run_job(job_id: str) -> str:
     return pipeline.run_job(job_id)
 

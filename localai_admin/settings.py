@@ -198,6 +198,23 @@ else:
         "huey_class": "huey.SqliteHuey",
         "filename": str(DATA_DIR / "huey.sqlite3"),
     }
+# Installs have a queue and threads of their own (docs/workers.md): an install stalled on a
+# slow source never holds up a gallery sync, an upgrade check or the offline sweep, which
+# stay on the queue above. Four threads, because installs wait on the network far more than
+# they use the CPU: two stalled ones leave two for fresh work.
+LOCALAI_ADMIN_INSTALL_WORKERS = envint("LOCALAI_ADMIN_INSTALL_WORKERS", "4")
+if LOCALAI_ADMIN_INSTALL_WORKERS < 1:
+    raise ImproperlyConfigured("LOCALAI_ADMIN_INSTALL_WORKERS must be 1 or more")
+HUEY_INSTALLS = HUEY | {
+    "name": f"{HUEY['name']}-installs",
+    "consumer": {
+        "workers": LOCALAI_ADMIN_INSTALL_WORKERS,
+        "worker_type": "thread",
+        "periodic": False,
+    },
+}
+if not HUEY_REDIS_URL:
+    HUEY_INSTALLS["filename"] = str(DATA_DIR / "huey-installs.sqlite3")
 
 # The product itself.
 LOCALAI_BACKENDS_PATH = Path(
@@ -286,6 +303,10 @@ LOCALAI_ADMIN_MAX_BACKEND_BYTES = envint(
 LOCALAI_ADMIN_DISK_RESERVE_BYTES = envint(
     "LOCALAI_ADMIN_DISK_RESERVE_BYTES", str(1024**3)
 )
+# Deadlines on every transfer (backends/core/transfer.py): a download, registry or
+# gallery request that makes less than 1 KiB of progress in this many seconds fails
+# that attempt; a source that stalls twice fails the job (or the sync).
+LOCALAI_ADMIN_STALL_SECONDS = envint("LOCALAI_ADMIN_STALL_SECONDS", "60")
 
 # Distributed mode: agents on several hosts share PostgreSQL and a Redis queue per node.
 DISTRIBUTED = bool(HUEY_REDIS_URL) and DATABASES["default"]["ENGINE"].endswith(
@@ -300,9 +321,12 @@ NODE_OFFLINE_SECONDS = envint("LOCALAI_ADMIN_NODE_OFFLINE_SECONDS", "30")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Every URL in a log line is redacted (backends/core/redact.py), whoever logs it.
+    "filters": {"redact": {"()": "backends.core.redact.RedactingFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {
+        # httpx logs every request's full URL (tokens in queries included) at INFO.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         # The Huey consumer adds its own handler unless the logger has one already.

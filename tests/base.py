@@ -12,6 +12,7 @@ from django.test import TestCase
 from huey.contrib.djhuey import HUEY
 from huey.storage import MemoryStorage
 
+from backends import tasks
 from backends.models import ApiToken, Gallery
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
@@ -54,17 +55,21 @@ def queued_tasks() -> Iterator[None]:
     """Enqueued tasks wait in memory, as with a stopped worker, instead of running at once.
 
     Tests run with Huey's immediate mode (tests/conftest.py); leaving it also swaps the
-    storage back to the configured one, so an in-memory queue replaces it here.
+    storage back to the configured one, so an in-memory queue replaces it here, on the
+    maintenance queue and the install queue alike.
     Use ``with queued_tasks():`` or ``self.enterContext(queued_tasks())`` in ``setUp``.
     """
-    immediate, storage = HUEY.immediate, HUEY.storage
-    HUEY.immediate = False
-    HUEY.storage = MemoryStorage("tests")
+    queues = (HUEY, tasks.INSTALLS)
+    saved = [(queue.immediate, queue.storage) for queue in queues]
+    for queue in queues:
+        queue.immediate = False
+        queue.storage = MemoryStorage(queue.name)
     try:
         yield
     finally:
-        HUEY.immediate = immediate
-        HUEY.storage = storage
+        for queue, (immediate, storage) in zip(queues, saved, strict=True):
+            queue.immediate = immediate
+            queue.storage = storage
 
 
 class BaseTestCase(TestCase):

@@ -35,7 +35,7 @@ def manage(env: dict[str, str], *args: str) -> str:
 def consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "manage.py", "run_huey", "--workers", "2"],
+            [sys.executable, "manage.py", "run_worker"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -15,6 +15,7 @@ from backends.api.backends import BadRequest, _backend_id, _text, refused
 from backends.api.http import ApiRequest, Contract, api_view, declared, json_error
 from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_name
+from backends.core.redact import redact_uri
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import jobs, nodes
 
@@ -144,9 +145,9 @@ def node_backends(request: HttpRequest, node_id: str) -> JsonResponse:
             "is_meta": row.is_meta,
             "meta_backend_for": row.meta_backend_for,
             "installed_at": row.installed_at.isoformat() if row.installed_at else "",
-            "gallery_url": row.gallery_url,
+            "gallery_url": redact_uri(row.gallery_url),
             "version": row.version,
-            "uri": row.uri,
+            "uri": redact_uri(row.uri),
             "digest": row.digest,
         }
         for row in InstalledBackend.objects.filter(node=node)

@@ -9,7 +9,7 @@ Public API:
   byte chunks (the registry download). Compression (gzip, zstd, none) is detected from
   the first bytes, as containerd does, so a mislabelled layer still extracts; the
   caller only checks that the media type is a layer type at all.
-* ``extract_tarball(path, target, *, budget=None) -> int`` extracts a ``.tar``,
+* ``extract_tarball(path, target, *, budget=None, on_piece=None) -> int`` extracts a ``.tar``,
   ``.tar.gz`` or ``.tar.zst`` file (no whiteout handling: ``.wh.*`` names are ordinary
   files there).
 * ``bounded(budget)``: the budget every extraction in the block charges when it is
@@ -76,6 +76,9 @@ _MAX_READ = 16 << 20
 # _PIECE_SIZE bytes, so the queue adds about 2 MiB to the memory of a layer.
 _QUEUE_PIECES = 8
 _PIECE_SIZE = 256 << 10
+# While the producer has nothing (a stalled download), the consumer still calls
+# ``on_piece`` this often: the cancel check must not wait for the network.
+_WAIT_SECONDS = 0.25
 # Files are always created anew, never through a symlink.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Linux gives up after 40 symlink hops (ELOOP); a chain longer than that is hostile.
@@ -121,8 +124,11 @@ def extract_layer(
 
     Reading ``source`` and decompressing happen in a producer thread (see
     ``_Producer``), so ``source`` must not need the calling thread. ``on_piece`` is
-    called in the calling thread before each decompressed piece is written and once
-    at the end: the place for progress reports and cancel checks.
+    called in the calling thread before each decompressed piece is written, every
+    quarter second while it waits for the producer, and once at the end: the place
+    for progress reports and cancel checks (an exception it raises ends the
+    extraction; a producer blocked in a read must be woken by the caller, as
+    ``transfer.Watch.cancel`` does).
 
     Every decompressed byte is charged to ``budget``, else to the one of an enclosing
     ``bounded`` block, else to a budget of the default limits for this layer alone.
@@ -139,10 +145,18 @@ def extract_layer(
     return count
 
 
-def extract_tarball(path: Path, target: Path, *, budget: Budget | None = None) -> int:
+def extract_tarball(
+    path: Path,
+    target: Path,
+    *,
+    budget: Budget | None = None,
+    on_piece: Callable[[], None] | None = None,
+) -> int:
     """Extract a plain, gzip or zstd tarball into ``target``."""
     with open(path, "rb") as file:
-        return extract_layer(file, target, whiteouts=False, budget=budget)
+        return extract_layer(
+            file, target, whiteouts=False, budget=budget, on_piece=on_piece
+        )
 
 
 def _raw_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
@@ -223,7 +237,13 @@ class _Producer:
             put(_Failure(exc))
 
     def _get(self, on_piece: Callable[[], None] | None) -> object:
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=_WAIT_SECONDS)
+                break
+            except queue.Empty:
+                if on_piece is not None:
+                    on_piece()
         if on_piece is not None:
             on_piece()
         if item is _END:

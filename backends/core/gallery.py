@@ -20,7 +20,7 @@ from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -32,6 +32,8 @@ from yaml.resolver import Resolver
 
 from backends.core.installed import TRANSIENT_SUFFIXES
 from backends.core.policy import SourcePolicy, default_policy
+from backends.core.redact import redact_message, redact_uri
+from backends.core.transfer import DEFAULT_STALL_SECONDS, Stalled, Watch, stalled
 
 # --- names -----------------------------------------------------------------------------
 
@@ -736,7 +738,7 @@ _GITHUB_RAW = "https://raw.githubusercontent.com"
 class FetchResult:
     body: bytes = field(repr=False)
     # The candidate that answered, as configured (before github: expansion). It may hold
-    # credentials: show redact_url(source) to people.
+    # credentials: show redact_uri(source) to people.
     source: str
     etag: str
     sha256: str
@@ -763,7 +765,7 @@ def expand_source(url: str) -> str:
     scheme = scheme.lower()
     if not colon or scheme not in ALLOWED_SCHEMES:
         raise ValueError(
-            f"unsupported source {redact_url(url)!r}: use one of "
+            f"unsupported source {redact_uri(url)!r}: use one of "
             + ", ".join(f"{allowed}:" for allowed in ALLOWED_SCHEMES)
         )
     if scheme == "github":
@@ -773,11 +775,11 @@ def expand_source(url: str) -> str:
         # file://host/... would be a network share; only local paths are meant.
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ValueError(
-                f"file source {redact_url(url)!r} must be file:///absolute/path"
+                f"file source {redact_uri(url)!r} must be file:///absolute/path"
             )
         return url
     if not parts.hostname:
-        raise ValueError(f"source {redact_url(url)!r} has no host")
+        raise ValueError(f"source {redact_uri(url)!r} has no host")
     return url
 
 
@@ -810,21 +812,6 @@ def candidates(url: str, mirrors: Sequence[str]) -> list[str]:
     return result
 
 
-def redact_url(url: str) -> str:
-    """``url`` without user info and query values, safe for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
 def fetch_gallery(
     url: str,
     mirrors: Sequence[str] = (),
@@ -833,6 +820,7 @@ def fetch_gallery(
     sha256: str = "",
     client: httpx.Client | None = None,
     timeout: float = 60.0,
+    stall_seconds: float = DEFAULT_STALL_SECONDS,
     limits: GalleryLimits = DEFAULT_LIMITS,
     policy: SourcePolicy | None = None,
 ) -> FetchResult:
@@ -845,6 +833,8 @@ def fetch_gallery(
     an identical body returns ``not_modified=True``. A body that is not a non-empty YAML
     list (an HTML error page behind a 200, ``[]``, an empty file) or that has more
     entries than ``limits`` allow fails that candidate, so the next mirror is tried.
+    A source that stalls (``transfer``: less than 1 KiB in ``stall_seconds``) fails
+    too, and ``timeout`` bounds the whole transfer.
     """
     sources = candidates(url, mirrors)
     if not sources:
@@ -868,7 +858,7 @@ def fetch_gallery(
                                 transport=policy.transport(),
                             )
                         )
-                    response = _read_http(http, target, etag, timeout)
+                    response = _read_http(http, target, etag, timeout, stall_seconds)
                     if response is None:
                         return FetchResult(
                             b"", source, etag, sha256, True, errors=tuple(failures)
@@ -876,7 +866,9 @@ def fetch_gallery(
                     body, new_etag = response
                 return _accept(body, source, new_etag, sha256, limits, tuple(failures))
             except (ValueError, _SourceFailed) as exc:
-                failures.append(f"{redact_url(source)}: {_scrub(str(exc), source)}")
+                failures.append(
+                    f"{redact_uri(source)}: {redact_message(str(exc), source)}"
+                )
     raise GalleryFetchError(
         f"all {len(sources)} source(s) failed: " + "; ".join(failures)
     )
@@ -918,18 +910,23 @@ def _read_file(path: Path) -> bytes:
 
 
 def _read_http(
-    client: httpx.Client, url: str, etag: str, timeout: float
+    client: httpx.Client, url: str, etag: str, timeout: float, stall_seconds: float
 ) -> tuple[bytes, str] | None:
     """(body, etag) of a successful GET, or None when the server says 304 Not Modified."""
     headers = {"User-Agent": USER_AGENT}
     if etag:
         headers["If-None-Match"] = etag
-    # httpx's timeout bounds each network operation; the deadline bounds the transfer,
-    # so a server trickling bytes cannot hold a sync forever.
+    # The stall rule bounds each read and the progress made; the deadline bounds the
+    # whole transfer, so a server trickling bytes cannot hold a sync for long.
     deadline = time.monotonic() + timeout
+    watch = Watch(stall_seconds=min(stall_seconds, timeout))
     try:
         with client.stream(
-            "GET", url, headers=headers, follow_redirects=True, timeout=timeout
+            "GET",
+            url,
+            headers=headers,
+            follow_redirects=True,
+            timeout=watch.timeout,
         ) as response:
             status = response.status_code
             if status == 304 and etag:
@@ -942,7 +939,7 @@ def _read_http(
                 raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")
             chunks: list[bytes] = []
             size = 0
-            for chunk in response.iter_bytes():
+            for chunk in watch.read(response):
                 size += len(chunk)
                 if size > MAX_GALLERY_BYTES:
                     raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")
@@ -950,26 +947,15 @@ def _read_http(
                     raise _SourceFailed(f"timed out after {timeout:g}s")
                 chunks.append(chunk)
             return b"".join(chunks), response.headers.get("etag", "")
-    except httpx.TimeoutException:
-        raise _SourceFailed(f"timed out after {timeout:g}s") from None
+    except Stalled as exc:
+        raise _SourceFailed(str(exc)) from None
+    except httpx.TimeoutException as exc:
+        if stall_seconds >= timeout:  # the whole transfer's deadline was the bound
+            raise _SourceFailed(f"timed out after {timeout:g}s") from None
+        raise _SourceFailed(str(stalled(exc.request.url, stall_seconds))) from None
     except httpx.ConnectError as exc:
         raise _SourceFailed(f"connection failed: {exc}") from None
     except httpx.TooManyRedirects:
         raise _SourceFailed("too many redirects") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _SourceFailed(f"{type(exc).__name__}: {exc}") from None
-
-
-def _scrub(message: str, url: str) -> str:
-    """Remove the credentials of ``url`` from an error text that may quote it."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return message
-    secrets = [parts.netloc.rpartition("@")[0]] if "@" in parts.netloc else []
-    if parts.password:
-        secrets.append(parts.password)
-    secrets += [value for _, value in parse_qsl(parts.query) if value]
-    for secret in sorted(secrets, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message

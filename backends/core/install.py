@@ -12,6 +12,11 @@ path depth and length; see that module), given by the caller; folders are remove
 without recursion (``trees.remove_tree``), so every tree that got in can be deleted,
 replaced and cleaned up after a crash.
 
+Every transfer runs under the installer's ``transfer.Watch``: a source that stalls
+(``stall_seconds``) fails that attempt and the next mirror is tried; a cancel is seen
+within a fraction of a second in every phase (registry token, manifest, blob, tarball
+download, folder copy, extraction), even while a read is blocked.
+
 No Django imports: the job runner, the management commands and the benchmarks drive it.
 """
 
@@ -24,7 +29,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +51,9 @@ from backends.core.installed import (
 )
 from backends.core.limits import Budget, LimitExceeded, Limits, shown
 from backends.core.policy import SourcePolicy, SourceRefused, default_policy
+from backends.core.redact import redact_message
 from backends.core.sources import looks_like_oci
+from backends.core.transfer import DEFAULT_STALL_SECONDS, Watch, stalled
 from backends.core.trees import remove_tree
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,12 @@ class Installer:
     # Which hosts and local files the sources may reach (the registry client has its
     # own, given where it is built).
     policy: SourcePolicy = field(default_factory=default_policy)
+    stall_seconds: float = DEFAULT_STALL_SECONDS
+    # Made in the thread that runs the job: the one that polls should_cancel.
+    watch: Watch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch = Watch(self.should_cancel, stall_seconds=self.stall_seconds)
 
     # -- install -------------------------------------------------------------------
 
@@ -240,8 +253,9 @@ class Installer:
                 httpx.HTTPError,
                 SourceRefused,
             ) as exc:
-                log.warning("fetching %s failed: %s", uri, exc)
-                errors.append(f"{uri}: {exc}")
+                failure = redact_message(f"{uri}: {exc}", uri)
+                log.warning("fetching failed: %s", failure)
+                errors.append(failure)
                 self._fresh(staging)
         if len(errors) == 1:
             raise InstallError(f"download failed: {errors[0]}")
@@ -270,7 +284,7 @@ class Installer:
 
     def _pull(self, uri: str, staging: Path, budget: Budget) -> str:
         client = self.registry or oci.RegistryClient(policy=self.policy)
-        image = client.resolve(uri, self.platform)
+        image = client.resolve(uri, self.platform, watch=self.watch)
         self._check_free_space(sum(layer.size for layer in image.layers))
         # pull_image extracts each layer itself; the budget reaches it this way.
         with extract.bounded(budget):
@@ -280,7 +294,7 @@ class Installer:
                 client=client,
                 platform=self.platform,
                 progress=self.progress,
-                should_cancel=self.should_cancel,
+                watch=self.watch,
             )
         return pulled.digest
 
@@ -305,6 +319,7 @@ class Installer:
         """
         pending = [""]
         while pending:
+            self._check_cancel()
             rel = pending.pop()
             with os.scandir(folder / rel) as entries:
                 listing = list(entries)
@@ -376,7 +391,9 @@ class Installer:
                     f"sha256 mismatch for {uri}: expected {sha256}, got {digest.hexdigest()}"
                 )
             tmp.flush()
-            extract.extract_tarball(Path(tmp.name), staging, budget=budget)
+            extract.extract_tarball(
+                Path(tmp.name), staging, budget=budget, on_piece=self._check_cancel
+            )
 
     def _download(
         self,
@@ -386,12 +403,24 @@ class Installer:
         digest: hashlib._Hash,
         budget: Budget,
     ) -> None:
-        with client.stream("GET", uri) as response:
+        watch = self.watch
+        request = client.build_request(
+            "GET", uri, timeout=watch.timeout, extensions=watch.extensions
+        )
+        try:
+            # Headers and body are waited for in a helper thread, so this one keeps
+            # checking for a cancel whatever the server does.
+            response = watch.call(lambda: client.send(request, stream=True))
+        except httpx.TimeoutException:
+            raise stalled(uri, watch.stall_seconds) from None
+        with closing(response):
             if response.status_code >= 400:
                 raise InstallError(f"{uri} answered HTTP {response.status_code}")
             total = int(response.headers.get("Content-Length") or 0)
             self._check_free_space(total)
-            self._copy_stream(response.iter_bytes(), out, digest, total, uri, budget)
+            # Closed before the response, whatever happens: the helper must be done.
+            with closing(watch.pump(watch.read(response), response)) as chunks:
+                self._copy_stream(chunks, out, digest, total, uri, budget)
 
     def _copy_stream(
         self,
@@ -413,8 +442,7 @@ class Installer:
                 self.progress(oci.Progress("downloading", label, done, total))
 
     def _check_cancel(self) -> None:
-        if self.should_cancel and self.should_cancel():
-            raise oci.Cancelled("cancelled")
+        self.watch.check()
 
     # -- delete --------------------------------------------------------------------
 

@@ -15,8 +15,10 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from backends.core.redact import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,13 @@ class Metadata:
         # LocalAI writes every key with omitempty: leave the empty ones out.
         return {k: v for k, v in asdict(self).items() if v}
 
+    def redacted(self) -> Metadata:
+        """This metadata as it may be shown or written to disk: without the secrets its
+        source URIs hold (the database keeps the full ones)."""
+        return replace(
+            self, uri=redact_uri(self.uri), gallery_url=redact_uri(self.gallery_url)
+        )
+
 
 @dataclass
 class DiskBackend:
@@ -104,7 +113,7 @@ class DiskBackend:
             "IsMeta": self.is_meta,
             "IsSystem": self.is_system,
         }
-        row["Metadata"] = self.metadata.to_json() if self.metadata else None
+        row["Metadata"] = self.metadata.redacted().to_json() if self.metadata else None
         return row
 
 
@@ -126,10 +135,14 @@ def read_metadata(folder: Path) -> Metadata | None:
 
 
 def write_metadata(folder: Path, metadata: Metadata) -> None:
-    """Write ``metadata.json`` atomically (2-space indented, as LocalAI does)."""
+    """Write ``metadata.json`` atomically (2-space indented, as LocalAI does).
+
+    The file stays world-readable, as LocalAI reads it, so its URIs are written
+    redacted: nothing in it is a secret.
+    """
     target = folder / METADATA_FILE
     tmp = folder / f".{METADATA_FILE}.tmp"
-    tmp.write_text(json.dumps(metadata.to_json(), indent=2) + "\n")
+    tmp.write_text(json.dumps(metadata.redacted().to_json(), indent=2) + "\n")
     tmp.chmod(0o644)
     os.replace(tmp, target)
 

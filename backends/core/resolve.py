@@ -169,13 +169,22 @@ def _checked_build(
     return build
 
 
-def concretes_by_name(entries: Iterable[Candidate]) -> dict[str, Candidate]:
-    """Concrete builds by lower-cased name; the first one wins, like LocalAI's lookup."""
-    found: dict[str, Candidate] = {}
+def first_by_name[Named: Candidate](entries: Iterable[Named]) -> list[Named]:
+    """One entry per name, case-insensitively: the first one (the first gallery) wins."""
+    seen: set[str] = set()
+    kept = []
     for entry in entries:
-        if not entry.is_meta:
-            found.setdefault(entry.name.lower(), entry)
-    return found
+        key = entry.name.lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(entry)
+    return kept
+
+
+def concretes_by_name(entries: Iterable[Candidate]) -> dict[str, Candidate]:
+    """Concrete builds by lower-cased name, the first one winning (LocalAI's lookup)."""
+    builds = first_by_name(entry for entry in entries if not entry.is_meta)
+    return {build.name.lower(): build for build in builds}
 
 
 # --- availability ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 
 from backends.core import installed, resolve
 from backends.core.install import Installer
+from backends.core.redact import redact_uri
 from backends.models import (
     Gallery,
     GalleryBackend,
@@ -51,21 +52,11 @@ def installed_folders() -> dict[str, installed.DiskBackend]:
 # -- gallery entries -------------------------------------------------------------------
 
 
-def first_by_name[Named: resolve.Candidate](entries: Iterable[Named]) -> list[Named]:
-    """One entry per name, case-insensitively: the first gallery (in order) wins it."""
-    seen: set[str] = set()
-    kept = []
-    for entry in entries:
-        key = entry.name.lower()
-        if key not in seen:
-            seen.add(key)
-            kept.append(entry)
-    return kept
-
-
 def gallery_entries() -> list[GalleryBackend]:
     """Every entry of the enabled galleries, galleries in order; the first name wins."""
-    return first_by_name(GalleryBackend.objects.enabled().select_related("gallery"))
+    return resolve.first_by_name(
+        GalleryBackend.objects.enabled().select_related("gallery")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +164,7 @@ def installed_on_agents() -> dict[str, list[str]]:
 
 def runnable(capability: str) -> list[Entry]:
     """The entries a node with ``capability`` can install (one per name)."""
-    entries = first_by_name(light_entries(GalleryBackend.objects.enabled()))
+    entries = resolve.first_by_name(light_entries(GalleryBackend.objects.enabled()))
     concretes = resolve.concretes_by_name(entries)
     return [e for e in entries if resolve.verdict(e, concretes, capability).runs_here]
 
@@ -411,7 +402,7 @@ def cluster_installed() -> list[dict[str, Any]]:
             "node_status": row.node.status,
             "version": row.version,
             "digest": row.digest,
-            "uri": row.uri,
+            "uri": redact_uri(row.uri),
             "installed_at": row.installed_at.isoformat() if row.installed_at else "",
         }
         entry["nodes"].append({key: value for key, value in ref.items() if value})

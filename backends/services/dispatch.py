@@ -1,7 +1,9 @@
-"""Where a job runs: this host's Huey queue, an agent's own queue, or one job per agent.
+"""Where a job runs: this host's install queue, an agent's own queue, or one job per agent.
 
 Every job is queued from here, once its row is committed, so a worker never looks for a
-row that is not there yet. Models know nothing of queues.
+row that is not there yet. Models know nothing of queues. This host's jobs go to
+``tasks.INSTALLS``, never to the maintenance queue, so that slow installs cannot keep
+gallery syncs and upgrade checks waiting (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -74,9 +76,7 @@ def revoke(job: Job) -> None:
         queue, _task = node_queue(queue_name(job.node.name))
         queue.revoke_by_id(job.task_id)
     else:
-        from huey.contrib.djhuey import HUEY
-
-        HUEY.revoke_by_id(job.task_id)
+        tasks.INSTALLS.revoke_by_id(job.task_id)
 
 
 def fan_out(kind: str, target: str, *, dedup_key: str, **fields: Any) -> Job:

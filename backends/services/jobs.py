@@ -15,6 +15,7 @@ from django.conf import settings
 from backends.core.gallery import validate_backend_id, validate_name
 from backends.core.installed import DiskBackend
 from backends.core.policy import SourceRefused, is_local_source
+from backends.core.redact import redact_uri
 from backends.core.sources import SourceKind, classify, default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
 from backends.services import catalogue, dispatch, pipeline
@@ -173,11 +174,14 @@ class ExternalSource:
     folder: str
 
 
-def check_external(uri: str, name: str = "", alias: str = "") -> ExternalSource | str:
+def check_external(
+    uri: str, name: str = "", alias: str = "", *, here: bool = True
+) -> ExternalSource | str:
     """Check an external install request; a bare gallery name comes back as a str.
 
     LocalAI reads a URI that is neither a URL, an image reference nor a local path as a
-    gallery backend name; so do we.
+    gallery backend name; so do we. ``here`` is False for an agent's install: a path is
+    looked up on that agent's disk, not this one's.
     """
     try:
         if name:
@@ -200,8 +204,8 @@ def check_external(uri: str, name: str = "", alias: str = "") -> ExternalSource 
                 400, "specifying a name or alias is not supported for gallery backends"
             )
         return _check_id(uri)
-    if kind == SourceKind.PATH:
-        raise Refused(400, f"{uri} is not a folder on this host")
+    if kind == SourceKind.PATH and here:
+        raise Refused(400, f"{redact_uri(uri)} is not a folder on this host")
     if not name:
         if kind == SourceKind.OCI:
             raise Refused(400, "specifying a name is required for OCI images")
@@ -226,7 +230,7 @@ def install_external(
     queue: bool = True,
 ) -> Job:
     """Install from an OCI image, a download, or a local folder (or a gallery name)."""
-    source = check_external(uri, name, alias)
+    source = check_external(uri, name, alias, here=node is None or node.is_local)
     if isinstance(source, str):
         if node is None:
             entry = _gallery_entry(source)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from backends.core.gallery import validate_name
 from backends.core.install import Installer, InstallError, Source
 from backends.core.limits import Limits
 from backends.core.policy import SourcePolicy
+from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
@@ -61,7 +62,8 @@ class ProgressWriter:
             if progress.total_bytes
             else 0
         )
-        label = progress.label
+        # A tarball's label is its URI, which may carry a token.
+        label = redact_uri(progress.label)
         Job.objects.filter(pk=self.job_id).update(
             phase=progress.phase,
             file_name=label,
@@ -108,8 +110,9 @@ def run_job(job_id: str) -> str:
     if job.kind == Job.Kind.DELETE:
         Job.objects.filter(pk=job.pk).update(cancellable=False)
     writer = ProgressWriter(job)
+    runner = Runner(job, writer)
     try:
-        message = Runner(job, writer).run()
+        message = runner.run()
     except oci.Cancelled:
         finish(job, Job.State.CANCELLED, "cancelled")
     except (
@@ -121,20 +124,21 @@ def run_job(job_id: str) -> str:
         resolve.NoBuildError,
         ValueError,
     ) as exc:
-        log.info("job %s failed: %s", job.pk, exc)
-        finish(job, Job.State.FAILED, f"error: {exc}", error=str(exc))
+        error = runner.shown(str(exc))
+        log.info("job %s failed: %s", job.pk, error)
+        finish(job, Job.State.FAILED, f"error: {error}", error=error)
     except Exception as exc:  # a bug must still end the job, not leave it running
         log.exception("job %s crashed", job.pk)
         finish(
             job,
             Job.State.FAILED,
             "error: internal error",
-            error=f"internal error: {exc!r}",
+            error=runner.shown(f"internal error: {exc!r}"),
         )
     else:
-        finish(job, Job.State.COMPLETED, message)
+        finish(job, Job.State.COMPLETED, runner.shown(message))
     finally:
-        reconcile(job.node)
+        reconcile(job.node, runner.fresh)
     return Job.objects.get(pk=job.pk).state
 
 
@@ -158,8 +162,11 @@ def finish(job: Job, state: str, message: str, error: str = "") -> None:
         Job.objects.settle_parent(job.parent_id)
 
 
-def reconcile(node: Node | None) -> None:
-    """Refresh the node's InstalledBackend rows from its backends folder."""
+def reconcile(
+    node: Node | None, fresh: dict[str, installed.Metadata] | None = None
+) -> None:
+    """Refresh the node's InstalledBackend rows from its backends folder; ``fresh``
+    is what a job just installed, with its full URIs (the disk has them redacted)."""
     node = node or Node.objects.local()
     # Each folder once: an alias must not stand in for the meta of the same name here.
     rows = catalogue.installed_folders()
@@ -168,13 +175,24 @@ def reconcile(node: Node | None) -> None:
         for name, row in rows.items()
         if row.folder is not None and name == row.name
     }
-    InstalledBackend.reconcile(node, rows, sizes)
+    InstalledBackend.reconcile(node, rows, sizes, fresh)
 
 
 @dataclass
 class Runner:
     job: Job
     writer: ProgressWriter
+    # What this job installed, by folder name, with the full source URIs.
+    fresh: dict[str, installed.Metadata] = field(default_factory=dict)
+    # Every URI this job reads (sources, mirrors, galleries): its errors may quote them.
+    read: list[str] = field(default_factory=list)
+
+    def shown(self, text: str) -> str:
+        """``text`` (an outcome or an error) as the job records it: without the secrets
+        of the sources this job reads nor of the configured registry credentials."""
+        return redact_message(
+            text, self.job.external_uri, *self.read, secrets=registry_secrets()
+        )
 
     @property
     def backends_path(self) -> Path:
@@ -188,6 +206,7 @@ class Runner:
             should_cancel=self.writer.should_cancel,
             limits=install_limits(),
             policy=source_policy(),
+            stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
         )
 
     def run(self) -> str:
@@ -231,7 +250,8 @@ class Runner:
         Job.objects.filter(pk=self.job.pk).update(message=choice.explanation)
         if self.job.force or not installer.is_runnable(concrete.name):
             self.install_concrete(concrete, installer)
-        installer.install_meta(
+        self.read.append(meta.gallery.url)
+        self.fresh[meta.name] = installer.install_meta(
             meta.name,
             concrete.name,
             installed.Metadata(gallery_url=meta.gallery.url, version=concrete.version),
@@ -239,11 +259,9 @@ class Runner:
         return f"installed {meta.name} as {concrete.name}: {choice.explanation}"
 
     def install_concrete(self, entry: GalleryBackend, installer: Installer) -> None:
-        installer.install(
+        self.fresh[entry.name] = installer.install(
             entry.name,
-            Source(
-                entry.uri, tuple(entry.mirrors), entry.sha256, gallery_source(entry)
-            ),
+            self.source_of(entry),
             installed.Metadata(
                 name=entry.name,
                 alias=entry.alias,
@@ -251,6 +269,12 @@ class Runner:
                 uri=entry.uri,
                 version=entry.version,
             ),
+        )
+
+    def source_of(self, entry: GalleryBackend) -> Source:
+        self.read += [entry.uri, *entry.mirrors, entry.gallery.url]
+        return Source(
+            entry.uri, tuple(entry.mirrors), entry.sha256, gallery_source(entry)
         )
 
     # -- external ------------------------------------------------------------------
@@ -265,10 +289,10 @@ class Runner:
         installer = self.installer()
         if not self.job.force and installer.is_runnable(name):
             return f"{name} is already installed (use force to reinstall)"
-        installer.install(
+        self.fresh[name] = installer.install(
             name, Source(uri), installed.Metadata(name=name, alias=alias, uri=uri)
         )
-        return f"installed {name} from {uri}"
+        return f"installed {name} from {redact_uri(uri)}"
 
     # -- upgrade -------------------------------------------------------------------
 
@@ -281,11 +305,9 @@ class Runner:
                 f"{concrete} is a meta backend in the gallery; upgrade its build"
             )
         current = installed.read_metadata(self.backends_path / concrete)
-        self.installer().install(
+        self.fresh[entry.name] = self.installer().install(
             entry.name,
-            Source(
-                entry.uri, tuple(entry.mirrors), entry.sha256, gallery_source(entry)
-            ),
+            self.source_of(entry),
             installed.Metadata(
                 name=entry.name,
                 alias=(current.alias if current else "") or entry.alias,
@@ -360,6 +382,15 @@ def source_policy() -> SourcePolicy:
     return SourcePolicy.parse(
         settings.LOCALAI_ADMIN_PRIVATE_HOSTS, settings.LOCALAI_ADMIN_LOCAL_ROOTS
     )
+
+
+def registry_secrets() -> list[str]:
+    """The configured registry credentials, as ``redact.scrub`` looks for them."""
+    return [
+        secret
+        for value in settings.LOCALAI_ADMIN_REGISTRY_CREDENTIALS.values()
+        for secret in (value["password"], f"{value['username']}:{value['password']}")
+    ]
 
 
 def registry_client() -> oci.RegistryClient:

@@ -14,6 +14,7 @@ from typing import Any
 from django.utils import timezone
 
 from backends.core import oci
+from backends.core.redact import redact_message
 from backends.core.sources import looks_like_oci
 from backends.models import GalleryBackend, InstalledBackend, Node
 from backends.services.pipeline import reconcile, registry_client
@@ -82,7 +83,11 @@ def evaluate(
     try:
         digest = client.head_digest(entry.uri)
     except oci.OCIError as exc:
-        log.warning("upgrade check of %s skipped: %s", row.name, exc)
+        log.warning(
+            "upgrade check of %s skipped: %s",
+            row.name,
+            redact_message(str(exc), entry.uri),
+        )
         return row.upgrade_available, row.available_version, row.available_digest
     return (not row.digest or digest != row.digest), "", digest
 

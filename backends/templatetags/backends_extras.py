@@ -12,7 +12,8 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from backends.models import Job, Node
+from backends.core.redact import redact_text, redact_uri
+from backends.models import Job, Node, mean_progress
 
 register = template.Library()
 
@@ -49,6 +50,14 @@ def duration(seconds: float | None) -> str:
         return f"{minutes}m {secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+@register.filter
+def redact(value: str) -> str:
+    """A URI, or a text quoting URIs, without the secrets they hold (core/redact.py)."""
+    if not isinstance(value, str):
+        return value
+    return redact_text(redact_uri(value))
 
 
 @register.filter
@@ -131,5 +140,4 @@ def fan_out(job: Job) -> FanOut | None:
         part = child.node_progress()
         part["badge"] = PART_BADGES.get(part["status"], "")
         parts.append(part)
-    progress = sum(child.progress for child in children) / len(children)
-    return FanOut(progress, parts)
+    return FanOut(mean_progress(children), parts)

@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
+from backends.core.redact import redact_uri
 from backends.models import Job
 from backends.services import jobs
 from backends.web.base import (
@@ -94,10 +95,11 @@ def job_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 def job_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
     if jobs.cancel(job):
-        messages.success(request, f"Cancelling {job.kind} of {job.target}.")
+        messages.success(request, f"Cancelling {job.kind} of {redact_uri(job.target)}.")
     else:
         messages.error(
-            request, f"The {job.kind} of {job.target} can no longer be cancelled."
+            request,
+            f"The {job.kind} of {redact_uri(job.target)} can no longer be cancelled.",
         )
     if wants_fragment(request):
         return _job_fragment(request, job)
@@ -114,7 +116,9 @@ def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         messages.error(request, f"Not retried: {exc}.")
         shown = job
     else:
-        messages.success(request, f"Retrying the {shown.kind} of {shown.target}.")
+        messages.success(
+            request, f"Retrying the {shown.kind} of {redact_uri(shown.target)}."
+        )
     if wants_fragment(request):
         return _job_fragment(request, shown)
     return redirect("backends:job-detail", shown.pk)

@@ -19,12 +19,14 @@ import threading
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from backends.core.oci.errors import AuthenticationError
 from backends.core.oci.reference import canonical_registry
 from backends.core.policy import CREDENTIALS_SETTING, may_send_credentials
+from backends.core.transfer import DEFAULT_STALL_SECONDS, StallClock, stalled
 
 # Answers worth asking again: the registry (or its token service) is overloaded or
 # restarting. The client's retry loop acts on them, wherever they come from.
@@ -36,6 +38,8 @@ _REPOSITORY_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags)/")
 # start with a token about to go stale.
 _TOKEN_MARGIN = 10.0
 _DEFAULT_TOKEN_LIFETIME = 60.0
+# A token answer is a small JSON document; a bigger one is refused, not kept in memory.
+_MAX_TOKEN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,9 @@ def _token_request(
     params: Mapping[str, str],
     scope: str,
 ) -> httpx.Request:
-    """The GET to the challenge's token realm, with the deadline and User-Agent of the
-    request that was refused (a bare httpx.Request would have no timeout at all)."""
+    """The GET to the challenge's token realm, with the deadline, the connection
+    tracing (how a cancel reaches its socket) and the User-Agent of the request that
+    was refused (a bare httpx.Request would have no timeout at all)."""
     # The challenge's scope is what the registry wants; ours is the fallback.
     query = {"scope": params.get("scope") or scope}
     if params.get("service"):
@@ -152,11 +157,11 @@ def _token_request(
     except httpx.InvalidURL as exc:
         raise AuthenticationError(f"invalid token realm {params['realm']!r}") from exc
     headers = {"User-Agent": request.headers.get("User-Agent", "")}
-    extensions = (
-        {"timeout": request.extensions["timeout"]}
-        if "timeout" in request.extensions
-        else {}
-    )
+    extensions: dict[str, Any] = {
+        key: request.extensions[key]
+        for key in ("timeout", "trace")
+        if key in request.extensions
+    }
     return httpx.Request("GET", url, headers=headers, extensions=extensions)
 
 
@@ -182,7 +187,7 @@ def _read_token(response: httpx.Response, realm: str) -> tuple[str, float]:
             f"token service {realm} answered HTTP {response.status_code}"
         )
     try:
-        data = json.loads(response.read())
+        data = json.loads(_read_body(response, realm))
         token = data.get("token") or data.get("access_token")
         expires_in = float(data.get("expires_in") or _DEFAULT_TOKEN_LIFETIME)
     except (ValueError, AttributeError, TypeError):
@@ -190,3 +195,27 @@ def _read_token(response: httpx.Response, realm: str) -> tuple[str, float]:
     if not isinstance(token, str) or not token:
         raise AuthenticationError(f"token service {realm} returned no token")
     return f"Bearer {token}", max(expires_in - _TOKEN_MARGIN, 1.0)
+
+
+def _read_body(response: httpx.Response, realm: str) -> bytes:
+    """The token answer, read under the stall rule: the read timeout alone would let a
+    service trickling a byte a second hold the job forever."""
+    timeout = response.request.extensions.get("timeout") or {}
+    clock = StallClock(
+        response.request.url, timeout.get("read") or DEFAULT_STALL_SECONDS
+    )
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            clock.advance(len(chunk))
+            body += chunk
+            if len(body) > _MAX_TOKEN_BYTES:
+                raise AuthenticationError(
+                    f"token service {realm} answered more than {_MAX_TOKEN_BYTES} bytes"
+                )
+    except httpx.TimeoutException:
+        raise stalled(response.request.url, clock.stall_seconds) from None
+    # httpx reads every response of an auth flow once the flow moves on; read(),
+    # the only public way, has no stall rule, so the body read here is handed over.
+    response._content = bytes(body)
+    return response._content

@@ -5,10 +5,17 @@ Plain http for loopback and listed insecure registries, https otherwise; auth by
 the Authorization header when a redirect leaves the registry's origin; one retry loop,
 with a doubling backoff, for connection errors and 5xx/429 answers on every request; a
 blob transfer cut mid-way resumed with a Range request.
+
+Every call takes an optional ``transfer.Watch`` (the job's deadlines and cancel switch;
+without one, the stall period is the client's read timeout): a request that stalls is
+one failed attempt, and a source that stalls ``transfer.STALL_ATTEMPTS`` times fails
+with ``RegistryStalled``; a blob stalled mid-way resumes with a Range request, within
+the same bound.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import ipaddress
@@ -29,6 +36,7 @@ from backends.core.oci.errors import (
     DigestMismatchError,
     NotFoundError,
     RegistryError,
+    RegistryStalled,
 )
 from backends.core.oci.manifest import (
     INDEX_TYPES,
@@ -42,6 +50,15 @@ from backends.core.oci.manifest import (
 )
 from backends.core.oci.reference import Platform, Reference, as_reference, is_digest
 from backends.core.policy import SourcePolicy, default_policy
+from backends.core.redact import scrub
+from backends.core.transfer import (
+    DEFAULT_STALL_SECONDS,
+    POLL_SECONDS,
+    STALL_ATTEMPTS,
+    Stalled,
+    Watch,
+    stalled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +100,12 @@ class RegistryClient:
         policy: SourcePolicy | None = None,
     ) -> None:
         self._insecure = frozenset(insecure)
+        # What a registry's error body must not repeat: it may echo what it was sent.
+        self._secrets = tuple(
+            secret
+            for cred in (credentials or {}).values()
+            for secret in (cred.password, f"{cred.username}:{cred.password}")
+        )
         self.retries = retries
         self.backoff = backoff
         self._http = httpx.Client(
@@ -105,6 +128,11 @@ class RegistryClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def watch(self, should_cancel: Callable[[], bool] | None = None) -> Watch:
+        """A watch with this client's read timeout as its stall period."""
+        stall = self._http.timeout.read or DEFAULT_STALL_SECONDS
+        return Watch(should_cancel, stall_seconds=stall)
+
     def base_url(self, registry: str) -> str:
         host = _split_host(registry)
         plain = (
@@ -115,24 +143,32 @@ class RegistryClient:
     # -- manifests --
 
     def resolve(
-        self, ref: Reference | str, platform: Platform | None = None
+        self,
+        ref: Reference | str,
+        platform: Platform | None = None,
+        *,
+        watch: Watch | None = None,
     ) -> ResolvedImage:
         """Manifest (through the index, for ``platform``) and layer list of ``ref``."""
         ref = as_reference(ref)
         platform = platform or Platform.host()
-        top = manifest = self.get_manifest(ref)
+        top = manifest = self.get_manifest(ref, watch=watch)
         for _ in range(_MAX_INDEX_DEPTH):
             if manifest.media_type not in INDEX_TYPES:
                 break
             manifest = self.get_manifest(
-                ref, select_platform(manifest, platform, ref).digest
+                ref, select_platform(manifest, platform, ref).digest, watch=watch
             )
         return ResolvedImage(
             ref, top.digest, manifest.digest, image_layers(manifest, ref)
         )
 
     def get_manifest(
-        self, ref: Reference | str, reference: str | None = None
+        self,
+        ref: Reference | str,
+        reference: str | None = None,
+        *,
+        watch: Watch | None = None,
     ) -> Manifest:
         """The manifest or index ``reference`` (default: the ref's tag or digest)
         names, verified against the digest it was asked by or announced with."""
@@ -140,11 +176,22 @@ class RegistryClient:
         reference = reference or ref.reference
         url = f"{self._repository_url(ref)}/manifests/{reference}"
         what = f"manifest {reference}"
-        with closing(
-            self._request(ref, "GET", url, {"Accept": MANIFEST_ACCEPT}, stream=True)
-        ) as response:
-            _raise_for_status(response, ref, what)
-            raw = _read_limited(response, MAX_MANIFEST_BYTES, f"{ref}: {what}")
+        watch = watch or self.watch()
+
+        def fetch() -> tuple[httpx.Response, bytes]:
+            with closing(
+                self._request(
+                    ref, "GET", url, {"Accept": MANIFEST_ACCEPT}, watch, stream=True
+                )
+            ) as response:
+                _raise_for_status(response, ref, what, watch, self._secrets)
+                raw = _read_limited(
+                    response, MAX_MANIFEST_BYTES, f"{ref}: {what}", watch=watch
+                )
+            return response, raw
+
+        # In a helper thread when the caller must keep polling for a cancel.
+        response, raw = watch.call(fetch)
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         expected = (
             reference
@@ -164,18 +211,26 @@ class RegistryClient:
         content_type = response.headers.get("Content-Type", "")
         return Manifest(media_type_of(body, content_type), digest, body)
 
-    def head_digest(self, ref: Reference | str) -> str:
+    def head_digest(self, ref: Reference | str, *, watch: Watch | None = None) -> str:
         """Digest the reference points to now (Docker-Content-Digest of a HEAD)."""
         ref = as_reference(ref)
         url = f"{self._repository_url(ref)}/manifests/{ref.reference}"
-        with closing(
-            self._request(ref, "HEAD", url, {"Accept": MANIFEST_ACCEPT})
-        ) as response:
-            _raise_for_status(response, ref, f"manifest {ref.reference}")
-            digest: str = response.headers.get("Docker-Content-Digest", "")
+        watch = watch or self.watch()
+
+        def head() -> str:
+            with closing(
+                self._request(ref, "HEAD", url, {"Accept": MANIFEST_ACCEPT}, watch)
+            ) as response:
+                _raise_for_status(
+                    response, ref, f"manifest {ref.reference}", watch, self._secrets
+                )
+                return str(response.headers.get("Docker-Content-Digest", ""))
+
+        digest = watch.call(head)
         if is_digest(digest):
             return digest
-        return self.get_manifest(ref).digest  # some registries omit the header on HEAD
+        # Some registries omit the header on HEAD.
+        return self.get_manifest(ref, watch=watch).digest
 
     # -- blobs --
 
@@ -185,17 +240,24 @@ class RegistryClient:
         descriptor: Descriptor,
         *,
         on_bytes: Callable[[int], None] | None = None,
+        watch: Watch | None = None,
     ) -> Iterator[bytes]:
         """Yield the blob's bytes as they arrive, in pieces of about BLOB_CHUNK bytes
         (``on_bytes`` gets each piece's size); raise DigestMismatchError at the end if
-        they are not what the descriptor promised. A transfer cut mid-way resumes with
-        a Range request, so the consumer just sees one continuous stream."""
+        they are not what the descriptor promised. A transfer cut or stalled mid-way
+        resumes with a Range request, so the consumer just sees one continuous stream.
+
+        The stall and cancel checks run on every network read, not per piece. Meant
+        to be read in a thread other than the watch's (``pull_image`` reads it in the
+        extraction's producer thread): a cancel there shuts the socket down."""
+        watch = watch or self.watch()
         algorithm, _, expected = descriptor.digest.partition(":")
         hasher = hashlib.new(algorithm)
         url = f"{self._repository_url(ref)}/blobs/{descriptor.digest}"
         what = f"blob {descriptor.digest}"
         received = 0
         resumes = 0
+        stalls = 0
         # What arrived before a cut is handed on before resuming.
         pieces = _Pieces(hasher, on_bytes)
         while True:
@@ -203,12 +265,12 @@ class RegistryClient:
             if received:
                 headers["Range"] = f"bytes={received}-"
             with closing(
-                self._request(ref, "GET", url, headers, stream=True)
+                self._request(ref, "GET", url, headers, watch, stream=True)
             ) as response:
-                _raise_for_status(response, ref, what)
+                _raise_for_status(response, ref, what, watch, self._secrets)
                 skip = _already_received(response, received, ref, what)
                 try:
-                    for chunk in response.iter_raw():
+                    for chunk in watch.read(response, raw=True):
                         if skip:
                             if len(chunk) <= skip:
                                 skip -= len(chunk)
@@ -221,6 +283,14 @@ class RegistryClient:
                             )
                         if piece := pieces.add(chunk):
                             yield piece
+                except Stalled as exc:
+                    if piece := pieces.take():
+                        yield piece
+                    stalls += 1
+                    if stalls >= STALL_ATTEMPTS:
+                        raise RegistryStalled(f"{ref}: {exc}") from exc
+                    logger.info("%s: %s, resuming", ref, exc)
+                    continue
                 except httpx.TransportError as exc:
                     if piece := pieces.take():
                         yield piece
@@ -236,7 +306,7 @@ class RegistryClient:
                         received,
                         exc,
                     )
-                    self._sleep(resumes - 1)
+                    self._sleep(resumes - 1, watch)
                     continue
             break
         if piece := pieces.take():
@@ -257,20 +327,42 @@ class RegistryClient:
         method: str,
         url: str,
         headers: Mapping[str, str],
+        watch: Watch,
         *,
         stream: bool = False,
     ) -> httpx.Response:
-        """Send (with auth, following redirects); connection errors and 5xx/429
-        answers, the token service's included, are retried. The last answer is
-        returned whatever its status; errors name ``ref``."""
+        """Send (with auth, following redirects); connection errors, stalls and
+        5xx/429 answers, the token service's included, are retried (a stall at most
+        STALL_ATTEMPTS times in all). The last answer is returned whatever its status;
+        errors name ``ref``."""
         attempt = 0
+        stalls = 0
         while True:
-            request = self._http.build_request(method, url, headers=headers)
+            watch.check()
+            request = self._http.build_request(
+                method,
+                url,
+                headers=headers,
+                timeout=watch.timeout,
+                extensions=watch.extensions,
+            )
             try:
                 response = self._http.send(request, stream=stream)
             except AuthenticationError as exc:
                 raise AuthenticationError(f"{ref}: {exc}") from exc
+            except (httpx.TimeoutException, Stalled) as exc:
+                watch.check()
+                stalls += 1
+                reason = (
+                    exc
+                    if isinstance(exc, Stalled)
+                    else stalled(exc.request.url, watch.stall_seconds)
+                )
+                if stalls >= STALL_ATTEMPTS or attempt >= self.retries:
+                    raise RegistryStalled(f"{ref}: {reason}") from exc
+                logger.info("%s: %s, retrying", ref, reason)
             except httpx.TransportError as exc:
+                watch.check()  # a cancel shut the socket: not a network failure
                 if attempt >= self.retries:
                     raise RegistryError(f"{ref}: {method} {url} failed: {exc}") from exc
                 logger.info("%s: %s %s failed (%s), retrying", ref, method, url, exc)
@@ -290,11 +382,15 @@ class RegistryClient:
                     url,
                     response.status_code,
                 )
-            self._sleep(attempt)
+            self._sleep(attempt, watch)
             attempt += 1
 
-    def _sleep(self, attempt: int) -> None:
-        time.sleep(min(self.backoff * 2**attempt, _MAX_BACKOFF))
+    def _sleep(self, attempt: int, watch: Watch) -> None:
+        # In slices, so that a cancel during the backoff is seen at once.
+        end = time.monotonic() + min(self.backoff * 2**attempt, _MAX_BACKOFF)
+        while (left := end - time.monotonic()) > 0:
+            watch.check()
+            time.sleep(min(left, POLL_SECONDS))
 
 
 class _Pieces:
@@ -341,14 +437,21 @@ def _split_host(registry: str) -> str:
     return registry.rsplit(":", 1)[0]
 
 
-def _raise_for_status(response: httpx.Response, ref: Reference, what: str) -> None:
+def _raise_for_status(
+    response: httpx.Response,
+    ref: Reference,
+    what: str,
+    watch: Watch,
+    secrets: Iterable[str] = (),
+) -> None:
     status = response.status_code
     if status in (200, 206):
         return
     detail = ""
     if response.request.method != "HEAD":
         detail = _registry_error_detail(
-            _read_limited(response, 64 << 10, "", truncate=True)
+            _read_limited(response, 64 << 10, "", truncate=True, watch=watch),
+            [*secrets, *_sent_credentials(response.request)],
         )
     detail = f" ({detail})" if detail else f" (HTTP {status})"
     if response.url.host != _split_host(ref.registry).strip("[]").lower():
@@ -379,25 +482,49 @@ def _already_received(
 
 
 def _read_limited(
-    response: httpx.Response, limit: int, what: str, *, truncate: bool = False
+    response: httpx.Response,
+    limit: int,
+    what: str,
+    *,
+    truncate: bool = False,
+    watch: Watch,
 ) -> bytes:
     data = bytearray()
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) > limit:
-            if truncate:
-                return bytes(data[:limit])
-            raise RegistryError(f"{what} is larger than {limit} bytes")
+    try:
+        for chunk in watch.read(response):
+            data += chunk
+            if len(data) > limit:
+                if truncate:
+                    return bytes(data[:limit])
+                raise RegistryError(f"{what} is larger than {limit} bytes")
+    except Stalled as exc:
+        # A body is read once its headers came: a stall here is the attempt's end.
+        raise RegistryStalled(f"{what or 'registry'}: {exc}") from exc
     return bytes(data)
 
 
-def _registry_error_detail(body: bytes) -> str:
-    """'MANIFEST_UNKNOWN: manifest unknown' from the registry's JSON error body."""
+def _registry_error_detail(body: bytes, secrets: Iterable[str] = ()) -> str:
+    """'MANIFEST_UNKNOWN: manifest unknown' from the registry's JSON error body, without
+    any of ``secrets`` (a hostile or careless registry may echo the credentials)."""
     try:
         errors = json.loads(body)["errors"]
-        return "; ".join(
+        detail = "; ".join(
             f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
             for error in errors
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""
+    return scrub(detail, secrets)
+
+
+def _sent_credentials(request: httpx.Request) -> list[str]:
+    """The credential the request carried (a bearer token, or Basic's base64 pair)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if not value:
+        return []
+    if scheme.lower() == "basic":
+        try:
+            return [value, base64.b64decode(value).decode()]
+        except (ValueError, UnicodeDecodeError):
+            return [value]
+    return [value]

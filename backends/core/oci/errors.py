@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+from backends.core.transfer import Cancelled, Stalled
+
+__all__ = [
+    "AuthenticationError",
+    "Cancelled",
+    "DigestMismatchError",
+    "InvalidReferenceError",
+    "NotFoundError",
+    "OCIError",
+    "PlatformNotFoundError",
+    "RegistryError",
+    "RegistryStalled",
+    "UnsupportedMediaTypeError",
+]
+
 
 class OCIError(Exception):
     """Base of every registry/pull failure."""
@@ -35,5 +50,5 @@ class RegistryError(OCIError):
     """Any other unexpected answer, or the registry stayed unreachable after retries."""
 
 
-class Cancelled(Exception):
-    """``should_cancel`` returned True. Not an OCIError: nothing failed."""
+class RegistryStalled(RegistryError, Stalled):
+    """The registry, its token service or a blob store stalled (see core.transfer)."""

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from backends.core.extract import ArchiveError, extract_layer
 from backends.core.oci.client import RegistryClient
-from backends.core.oci.errors import Cancelled
 from backends.core.oci.manifest import Descriptor, ResolvedImage
 from backends.core.oci.reference import Platform, Reference, as_reference
+from backends.core.transfer import Cancelled, Watch
 
 
 @dataclass(frozen=True)
@@ -37,30 +37,40 @@ def pull_image(
     platform: Platform | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    watch: Watch | None = None,
 ) -> ResolvedImage:
     """Pull ``ref`` for ``platform`` (default: this host) and extract its layers, in
     order and with whiteouts, into ``dest``: a staging folder, discarded on error.
-    Returns what was pulled (its ``digest`` is what upgrade checks compare)."""
+    Returns what was pulled (its ``digest`` is what upgrade checks compare).
+
+    ``watch`` (else one made of ``should_cancel`` and the client's timeout) holds the
+    deadlines; it must have been made in this thread, which polls it for a cancel at
+    least every ``transfer.POLL_SECONDS`` whatever the network does."""
     ref = as_reference(ref)
     platform = platform or Platform.host()
-    _check_cancel(should_cancel, ref)
-    image = client.resolve(ref, platform)
+    watch = watch or client.watch(should_cancel)
+    _check_cancel(watch, ref)
+    image = client.resolve(ref, platform, watch=watch)
     tracker = _ProgressTracker(progress, sum(layer.size for layer in image.layers))
     for number, layer in enumerate(image.layers, 1):
-        _check_cancel(should_cancel, ref)
+        _check_cancel(watch, ref)
         tracker.start_layer(
             f"layer {number}/{len(image.layers)} {layer.digest[:19]}", layer.size
         )
         # The download runs in extract_layer's producer thread; progress and cancel
         # callbacks (which may use the database) stay in this thread: the producer
-        # only records piece sizes, replayed here in order with a cancel check
-        # before each one.
+        # only records piece sizes, replayed here in order. extract_layer calls
+        # replay for every piece and every POLL_SECONDS while it waits, so the cancel
+        # check runs even while the network sends nothing; a cancel shuts the
+        # producer's socket down (Watch.cancel).
         received: deque[int] = deque()
-        chunks = client.iter_blob(ref, layer, on_bytes=received.append)
+        chunks = client.iter_blob(ref, layer, on_bytes=received.append, watch=watch)
 
         def replay(received: deque[int] = received) -> None:
-            while received:
-                _check_cancel(should_cancel, ref)
+            while True:
+                _check_cancel(watch, ref)
+                if not received:
+                    return
                 tracker.received(received.popleft())
 
         _extract_verified(chunks, Path(dest), ref, layer, replay)
@@ -110,6 +120,8 @@ def _extract_verified(
         raise type(exc)(f"{ref}: layer {layer.digest}: {exc}") from exc
 
 
-def _check_cancel(should_cancel: Callable[[], bool] | None, ref: Reference) -> None:
-    if should_cancel is not None and should_cancel():
-        raise Cancelled(f"{ref}: cancelled")
+def _check_cancel(watch: Watch, ref: Reference) -> None:
+    try:
+        watch.check()
+    except Cancelled:
+        raise Cancelled(f"{ref}: cancelled") from None

@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from backends.core.installed import human_size
+from backends.core.redact import redact_uri
 from backends.models import Job
 from backends.services import jobs, pipeline
 
@@ -28,7 +29,9 @@ class JobCommand(BaseCommand):
         except jobs.Refused as exc:
             raise CommandError(str(exc)) from None
         if job.state != Job.State.QUEUED:
-            raise CommandError(f"job {job.pk} for {job.target} is already {job.state}")
+            raise CommandError(
+                f"job {job.pk} for {redact_uri(job.target)} is already {job.state}"
+            )
         job = self.run_with_progress(job)
         if job.state != Job.State.COMPLETED:
             raise CommandError(f"{job.state}: {job.error or job.message}")

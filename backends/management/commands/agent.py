@@ -27,13 +27,20 @@ class Command(BaseCommand):
         parser.add_argument(
             "--controller", required=True, help="the dashboard's base URL"
         )
-        parser.add_argument("--workers", type=int, default=2, help="jobs run at once")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=settings.LOCALAI_ADMIN_INSTALL_WORKERS,
+            help="jobs run at once (default: LOCALAI_ADMIN_INSTALL_WORKERS)",
+        )
 
     def handle(self, *args: Any, controller: str, workers: int, **options: Any) -> None:
         if not settings.DISTRIBUTED:
             raise CommandError(
                 "an agent needs distributed mode: DATABASE_URL on PostgreSQL and HUEY_REDIS_URL"
             )
+        if workers < 1:
+            raise CommandError("--workers must be 1 or more")
         token = settings.LOCALAI_ADMIN_REGISTRATION_TOKEN
         if not token and not settings.LOCALAI_ADMIN_ALLOW_EMPTY_TOKEN:
             raise CommandError(
@@ -57,7 +64,11 @@ class Command(BaseCommand):
             f"agent {node.name} ({node.capability}) consuming {queue.name}"
         )
         try:
-            queue.create_consumer(workers=workers, worker_type="thread").run()
+            # The node queue holds only install jobs: periodic maintenance runs on the
+            # controller's own worker, so an agent busy with slow installs delays none.
+            queue.create_consumer(
+                workers=workers, worker_type="thread", periodic=False
+            ).run()
         finally:
             stop.set()
 
