@@ -16,6 +16,7 @@ from django.utils import timezone
 from backends.core import gallery as gallery_format
 from backends.core import hardware
 from backends.core.installed import DiskBackend, Metadata, human_size
+from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_text, redact_uri, unredacted
 from backends.fixedsql import FixedSelect
 
@@ -82,12 +83,16 @@ class Gallery(models.Model):
     def is_healthy(self) -> bool:
         return not self.last_error
 
-    def sync(self, *, force: bool = False) -> str:
+    def sync(self, *, force: bool = False, policy: SourcePolicy | None = None) -> str:
         """Fetch the source and replace this gallery's entries; returns a one-line summary.
 
         A failure of any kind keeps the last good entries and records the error, so a
-        broken or unreachable source never empties the catalogue.
+        broken or unreachable source never empties the catalogue. ``policy`` (default:
+        the settings') decides which hosts and local files the fetch may reach.
         """
+        policy = policy or SourcePolicy.parse(
+            settings.LOCALAI_ADMIN_PRIVATE_HOSTS, settings.LOCALAI_ADMIN_LOCAL_ROOTS
+        )
         self.last_attempt_at = timezone.now()
         unchanged = {"etag": self.etag, "sha256": self.content_hash}
         if force or not self.entry_count:
@@ -100,6 +105,7 @@ class Gallery(models.Model):
                 self.url,
                 self.mirrors,
                 limits=limits,
+                policy=policy,
                 stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
                 **unchanged,
             )
@@ -110,6 +116,7 @@ class Gallery(models.Model):
             parsed = gallery_format.parse_gallery(
                 fetched.body, self.name, limits, fetched.shape
             )
+            self._drop_local_sources(parsed, fetched.source, policy)
             if not parsed.entries:
                 raise gallery_format.GalleryError(
                     f"gallery {self.name}: no usable entry; "
@@ -139,6 +146,23 @@ class Gallery(models.Model):
         if self.problems:
             summary += f" ({len(self.problems)} problems)"
         return summary
+
+    def _drop_local_sources(
+        self, parsed: gallery_format.ParseResult, source: str, policy: SourcePolicy
+    ) -> None:
+        """Entries naming local sources in a gallery read over the network become
+        per-entry problems (the install would refuse them anyway)."""
+        kept = []
+        for entry in parsed.entries:
+            try:
+                policy.check_gallery_entry(source, (entry.uri, *entry.mirrors))
+            except SourceRefused as exc:
+                parsed.problems.append(
+                    f"gallery {self.name}, entry {entry.name!r}: {exc}"
+                )
+            else:
+                kept.append(entry)
+        parsed.entries[:] = kept
 
 
 class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):

@@ -436,10 +436,12 @@ def _install(args: dict[str, Any]) -> dict[str, Any]:
         from backends.core import oci
         from backends.core.install import Installer, Source
         from backends.core.installed import Metadata
+        from backends.core.policy import SourcePolicy
     except ImportError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     backends = Path(args["backends"])
-    installer = Installer(backends)
+    # The registry listens on loopback, which the source policy refuses unless listed.
+    installer = Installer(backends, policy=SourcePolicy.parse(["127.0.0.1"], []))
     # Built once per process, like the imports: a long-running worker has it from its
     # first job on (this child process only ever runs one).
     oci.tls_context()

@@ -296,7 +296,9 @@ NODE_NAME = os.getenv("LOCALAI_ADMIN_NODE_NAME", "local")
 LOCALAI_ADMIN_INSECURE_REGISTRIES = [
     h for h in os.getenv("LOCALAI_ADMIN_INSECURE_REGISTRIES", "").split(",") if h
 ]
-# Basic-auth credentials per registry host: {"host": {"username": "...", "password": "..."}}.
+# Basic-auth credentials per registry host: {"host": {"username": "...", "password":
+# "...", "realms": ["auth.example.com"]}}. They go to that host only, and to its token
+# service when that is on the same host or is an https host listed in "realms".
 try:
     LOCALAI_ADMIN_REGISTRY_CREDENTIALS = json.loads(
         envsecret("LOCALAI_ADMIN_REGISTRY_CREDENTIALS") or "{}"
@@ -305,6 +307,34 @@ except json.JSONDecodeError as exc:
     raise ImproperlyConfigured(
         f"LOCALAI_ADMIN_REGISTRY_CREDENTIALS is not valid JSON: {exc}"
     ) from None
+if not isinstance(LOCALAI_ADMIN_REGISTRY_CREDENTIALS, dict) or not all(
+    isinstance(value, dict)
+    and isinstance(value.get("username"), str)
+    and isinstance(value.get("password"), str)
+    and isinstance(value.get("realms", []), list)
+    and all(isinstance(realm, str) for realm in value.get("realms", []))
+    for value in LOCALAI_ADMIN_REGISTRY_CREDENTIALS.values()
+):
+    raise ImproperlyConfigured(
+        "LOCALAI_ADMIN_REGISTRY_CREDENTIALS must map each registry host to "
+        '{"username": "...", "password": "...", "realms": ["https host", ...]}'
+    )
+# The source policy (backends/core/policy.py). Loopback, private, link-local and other
+# non-public addresses are reached only when listed here (comma-separated hosts,
+# host:port or CIDRs), after DNS resolution and on every redirect and token realm.
+LOCALAI_ADMIN_PRIVATE_HOSTS = [
+    h.strip()
+    for h in os.getenv("LOCALAI_ADMIN_PRIVATE_HOSTS", "").split(",")
+    if h.strip()
+]
+# file:// URLs and local paths are read only under these folders (comma-separated).
+LOCALAI_ADMIN_LOCAL_ROOTS = [
+    Path(p.strip())
+    for p in os.getenv("LOCALAI_ADMIN_LOCAL_ROOTS", str(DATA_DIR / "imports")).split(
+        ","
+    )
+    if p.strip()
+]
 UPGRADE_CHECK_HOURS = envint("LOCALAI_ADMIN_UPGRADE_CHECK_HOURS", "6")
 # Bounds on one install (backends/core/limits.py): the bytes it may write (200 GiB), and
 # the free space it must leave on the backends disk (1 GiB), which also holds the

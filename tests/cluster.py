@@ -150,6 +150,10 @@ def cluster(
         "HUEY_NAME": name,
         "LOCALAI_ADMIN_REGISTRATION_TOKEN": TOKEN,
         "LOCALAI_ADMIN_HEARTBEAT_SECONDS": "1",
+        # The builds are local folders and loopback servers: the source policy allows
+        # them as the suite's own settings do (tests/conftest.py).
+        "LOCALAI_ADMIN_LOCAL_ROOTS": str(tmp_path),
+        "LOCALAI_ADMIN_PRIVATE_HOSTS": "127.0.0.1,localhost",
     }
     handle = Cluster(tmp_path, live_server.url, env)
     try:

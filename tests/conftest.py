@@ -7,14 +7,35 @@ import pytest
 from huey.contrib.djhuey import HUEY
 
 from backends import tasks
+from backends.core import policy
 from backends.core.trees import remove_tree
 
 pytest_plugins = ["tests.registry_fixtures", "tests.cluster"]
 
 
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
+# The shared fixtures (tests/base.py FIXTURES: the real gallery) are read as file:// URLs.
+SHARED_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def loopback_sources(tmp_path: Path) -> Iterator[None]:
+    """The core's default source policy, for the tests that build clients and
+    installers themselves (no Django needed): loopback servers and tmp_path allowed."""
+    previous = policy.set_default_policy(
+        policy.SourcePolicy.parse(LOOPBACK_HOSTS, [tmp_path, SHARED_FIXTURES])
+    )
+    yield
+    policy.set_default_policy(previous)
+
+
 @pytest.fixture(autouse=True)
 def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
-    """Every test gets its own backends folder and an empty probe root (a CPU-only host)."""
+    """Every test gets its own backends folder and an empty probe root (a CPU-only host).
+
+    The suite's registries and servers listen on loopback and its local sources live
+    under tmp_path: the source policy's settings allow both here (the policy tests
+    narrow them)."""
     settings.LOCALAI_BACKENDS_PATH = tmp_path / "backends"
     settings.LOCALAI_BACKENDS_PATH.mkdir()
     settings.LOCALAI_BACKENDS_SYSTEM_PATH = None
@@ -22,6 +43,8 @@ def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
     settings.LOCALAI_ADMIN_PROBE_ROOT.mkdir()
     settings.LOCALAI_FORCE_META_BACKEND_CAPABILITY = ""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.LOCALAI_ADMIN_PRIVATE_HOSTS = list(LOOPBACK_HOSTS)
+    settings.LOCALAI_ADMIN_LOCAL_ROOTS = [tmp_path, SHARED_FIXTURES]
     HUEY.immediate = True
     tasks.INSTALLS.immediate = True
     yield

@@ -123,3 +123,18 @@ def test_a_malformed_boolean_is_a_clear_error(tmp_path: Path) -> None:
     result = check(tmp_path, DEBUG="yes")
     assert result.returncode != 0
     assert "DEBUG must be True or False" in result.stderr
+
+
+def test_a_malformed_private_hosts_entry_is_a_clear_error(tmp_path: Path) -> None:
+    result = check(tmp_path, LOCALAI_ADMIN_PRIVATE_HOSTS="10.0.0.0/8,registry:http")
+    assert result.returncode != 0
+    assert "LOCALAI_ADMIN_PRIVATE_HOSTS: 'registry:http'" in result.stderr
+
+
+def test_registry_credentials_with_malformed_realms_are_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    credentials = '{"reg.example": {"username": "a", "password": "b", "realms": "x"}}'
+    result = check(tmp_path, LOCALAI_ADMIN_REGISTRY_CREDENTIALS=credentials)
+    assert result.returncode != 0
+    assert "LOCALAI_ADMIN_REGISTRY_CREDENTIALS must map" in result.stderr

@@ -83,6 +83,10 @@ def test_a_killed_worker_fails_its_job_and_the_previous_install_survives(
         "LOCALAI_BACKEND_GALLERIES": json.dumps(
             [{"name": "localai", "url": gallery.as_uri()}]
         ),
+        # The gallery file and the download server are local: the source policy must
+        # allow them, as a deployment would.
+        "LOCALAI_ADMIN_LOCAL_ROOTS": str(tmp_path),
+        "LOCALAI_ADMIN_PRIVATE_HOSTS": "127.0.0.1",
     }
     old = make_build(backends / "cpu-slow", "old")
     (old / "metadata.json").write_text(json.dumps({"name": "cpu-slow"}))

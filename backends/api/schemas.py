@@ -219,7 +219,7 @@ COMPONENTS: dict[str, Schema] = {
             "code": {
                 **STRING,
                 "description": "why, for scripts: node_takes_no_work, "
-                "not_runnable_here, no_online_node",
+                "not_runnable_here, no_online_node, source_refused",
             },
         },
     },

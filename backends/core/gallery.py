@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from yaml.nodes import Node
 from yaml.resolver import Resolver
 
 from backends.core.installed import TRANSIENT_SUFFIXES
+from backends.core.policy import SourcePolicy, default_policy
 from backends.core.redact import redact_message, redact_uri
 from backends.core.transfer import DEFAULT_STALL_SECONDS, Stalled, Watch, stalled
 
@@ -822,8 +822,12 @@ def fetch_gallery(
     timeout: float = 60.0,
     stall_seconds: float = DEFAULT_STALL_SECONDS,
     limits: GalleryLimits = DEFAULT_LIMITS,
+    policy: SourcePolicy | None = None,
 ) -> FetchResult:
     """Fetch a gallery from the first candidate that serves a usable document.
+
+    ``policy`` decides which hosts (each redirect hop included) and local files the
+    candidates may reach; a ``client`` passed in is the caller's and is used as is.
 
     ``etag`` and ``sha256`` describe the copy the caller already holds: an HTTP 304 or
     an identical body returns ``not_modified=True``. A body that is not a non-empty YAML
@@ -835,6 +839,7 @@ def fetch_gallery(
     sources = candidates(url, mirrors)
     if not sources:
         raise GalleryFetchError("the gallery has neither a URL nor mirrors")
+    policy = policy or default_policy()
     failures: list[str] = []
     with ExitStack() as stack:
         http = client
@@ -842,13 +847,15 @@ def fetch_gallery(
             try:
                 target = expand_source(source)
                 if urlsplit(target).scheme.lower() == "file":
-                    body, new_etag = _read_file(target), ""
+                    body, new_etag = _read_file(policy.check_local_uri(target)), ""
                 else:
                     if http is None:
                         # Created only when needed: a file:// gallery loads no TLS setup.
                         http = stack.enter_context(
                             httpx.Client(
-                                headers={"User-Agent": USER_AGENT}, timeout=timeout
+                                headers={"User-Agent": USER_AGENT},
+                                timeout=timeout,
+                                transport=policy.transport(),
                             )
                         )
                     response = _read_http(http, target, etag, timeout, stall_seconds)
@@ -887,8 +894,7 @@ def _accept(
     return FetchResult(body, source, etag, digest, False, shape, failures)
 
 
-def _read_file(url: str) -> bytes:
-    path = Path(urllib.request.url2pathname(urlsplit(url).path))
+def _read_file(path: Path) -> bytes:
     try:
         if path.stat().st_size > MAX_GALLERY_BYTES:
             raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")

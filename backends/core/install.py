@@ -50,8 +50,9 @@ from backends.core.installed import (
     write_metadata,
 )
 from backends.core.limits import Budget, LimitExceeded, Limits, shown
+from backends.core.policy import SourcePolicy, SourceRefused, default_policy
 from backends.core.redact import redact_message
-from backends.core.sources import local_folder, looks_like_oci
+from backends.core.sources import looks_like_oci
 from backends.core.transfer import DEFAULT_STALL_SECONDS, Watch, stalled
 from backends.core.trees import remove_tree
 
@@ -76,11 +77,14 @@ class NotFoundError(InstallError):
 
 @dataclass(frozen=True)
 class Source:
-    """Where a build comes from: an OCI reference, a tarball URL, or a local folder."""
+    """Where a build comes from: an OCI reference, a tarball URL, or a local folder.
+    ``gallery`` is the source of the gallery that named it ("" for an external
+    install): a gallery fetched over the network may not name local sources."""
 
     uri: str
     mirrors: tuple[str, ...] = ()
     sha256: str = ""
+    gallery: str = ""
 
     @property
     def candidates(self) -> list[str]:
@@ -102,6 +106,9 @@ class Installer:
     should_cancel: CancelCheck | None = None
     http: httpx.Client | None = None
     limits: Limits = field(default_factory=Limits)
+    # Which hosts and local files the sources may reach (the registry client has its
+    # own, given where it is built).
+    policy: SourcePolicy = field(default_factory=default_policy)
     stall_seconds: float = DEFAULT_STALL_SECONDS
     # Made in the thread that runs the job: the one that polls should_cancel.
     watch: Watch = field(init=False)
@@ -227,6 +234,7 @@ class Installer:
         """Fill ``staging`` from the first candidate that works; returns the OCI digest."""
         if not source.candidates:
             raise InstallError("the gallery entry has no uri to download")
+        self.policy.check_gallery_entry(source.gallery, source.candidates)
         errors = []
         for uri in source.candidates:
             self._check_cancel()
@@ -243,6 +251,7 @@ class Installer:
                 extract.ArchiveError,
                 OSError,
                 httpx.HTTPError,
+                SourceRefused,
             ) as exc:
                 failure = redact_message(f"{uri}: {exc}", uri)
                 log.warning("fetching failed: %s", failure)
@@ -255,13 +264,18 @@ class Installer:
     def _fetch_one(self, uri: str, sha256: str, staging: Path) -> str:
         # One budget per attempt: the staging folder is emptied between attempts.
         budget = Budget(self.limits, self.backends_path)
-        folder = local_folder(uri)
-        if folder is not None:
-            self._copy_folder(folder, staging, budget)
+        if uri.startswith(("file://", "/")):
+            # Checked and read by its real path, so a link swapped in later is not
+            # followed out of the local roots.
+            path = self.policy.check_local_uri(uri)
+            if path.is_dir():
+                self._copy_folder(path, staging, budget)
+            else:
+                self._fetch_tarball(path.as_uri(), sha256, staging, budget)
             return ""
         if looks_like_oci(uri):
             return self._pull(uri, staging, budget)
-        if uri.startswith(("http://", "https://", "file://")):
+        if uri.startswith(("http://", "https://")):
             self._fetch_tarball(uri, sha256, staging, budget)
             return ""
         raise InstallError(
@@ -269,7 +283,7 @@ class Installer:
         )
 
     def _pull(self, uri: str, staging: Path, budget: Budget) -> str:
-        client = self.registry or oci.RegistryClient()
+        client = self.registry or oci.RegistryClient(policy=self.policy)
         image = client.resolve(uri, self.platform, watch=self.watch)
         self._check_free_space(sum(layer.size for layer in image.layers))
         # pull_image extracts each layer itself; the budget reaches it this way.
@@ -366,7 +380,9 @@ class Installer:
                     nullcontext(self.http)
                     if self.http
                     else httpx.Client(
-                        verify=oci.tls_context(), follow_redirects=True, timeout=60
+                        transport=self.policy.transport(verify=oci.tls_context()),
+                        follow_redirects=True,
+                        timeout=60,
                     )
                 ) as client:
                     self._download(client, uri, tmp, digest, download)

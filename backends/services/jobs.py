@@ -14,10 +14,11 @@ from django.conf import settings
 
 from backends.core.gallery import validate_backend_id, validate_name
 from backends.core.installed import DiskBackend
+from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_uri
 from backends.core.sources import SourceKind, classify, default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
-from backends.services import catalogue, dispatch
+from backends.services import catalogue, dispatch, pipeline
 
 
 class Refused(Exception):
@@ -189,6 +190,13 @@ def check_external(
             validate_name(alias, "alias")
     except ValueError as exc:
         raise Refused(400, str(exc)) from None
+    if is_local_source(uri):
+        # Before anything looks at the path, so the answer cannot tell whether a path
+        # outside the local roots exists. Remote addresses are checked on connection.
+        try:
+            pipeline.source_policy().check_local_uri(uri)
+        except SourceRefused as exc:
+            raise Refused(400, str(exc), code="source_refused") from None
     kind = classify(uri)
     if kind == SourceKind.NAME:
         if name or alias:

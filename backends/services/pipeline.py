@@ -21,6 +21,7 @@ from backends.core import extract, installed, oci, resolve
 from backends.core.gallery import validate_name
 from backends.core.install import Installer, InstallError, Source
 from backends.core.limits import Limits
+from backends.core.policy import SourcePolicy
 from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
@@ -204,6 +205,7 @@ class Runner:
             progress=self.writer,
             should_cancel=self.writer.should_cancel,
             limits=install_limits(),
+            policy=source_policy(),
             stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
         )
 
@@ -271,7 +273,9 @@ class Runner:
 
     def source_of(self, entry: GalleryBackend) -> Source:
         self.read += [entry.uri, *entry.mirrors, entry.gallery.url]
-        return Source(entry.uri, tuple(entry.mirrors), entry.sha256)
+        return Source(
+            entry.uri, tuple(entry.mirrors), entry.sha256, gallery_source(entry)
+        )
 
     # -- external ------------------------------------------------------------------
 
@@ -345,6 +349,12 @@ class Runner:
         return "deleted " + ", ".join(removed)
 
 
+def gallery_source(entry: GalleryBackend) -> str:
+    """Where the entry's gallery was read from (the source that answered at the last
+    sync, else its URL): a gallery read over the network may not name local sources."""
+    return entry.gallery.source or entry.gallery.url
+
+
 def find_entry(requested: str) -> GalleryBackend:
     entry = GalleryBackend.objects.find(requested)
     if entry is None:
@@ -367,6 +377,13 @@ def install_limits() -> Limits:
     )
 
 
+def source_policy() -> SourcePolicy:
+    """The source policy of the settings: which hosts and local files fetches reach."""
+    return SourcePolicy.parse(
+        settings.LOCALAI_ADMIN_PRIVATE_HOSTS, settings.LOCALAI_ADMIN_LOCAL_ROOTS
+    )
+
+
 def registry_secrets() -> list[str]:
     """The configured registry credentials, as ``redact.scrub`` looks for them."""
     return [
@@ -378,9 +395,13 @@ def registry_secrets() -> list[str]:
 
 def registry_client() -> oci.RegistryClient:
     credentials = {
-        host: oci.Credentials(value["username"], value["password"])
+        host: oci.Credentials(
+            value["username"], value["password"], tuple(value.get("realms", ()))
+        )
         for host, value in settings.LOCALAI_ADMIN_REGISTRY_CREDENTIALS.items()
     }
     return oci.RegistryClient(
-        insecure=settings.LOCALAI_ADMIN_INSECURE_REGISTRIES, credentials=credentials
+        insecure=settings.LOCALAI_ADMIN_INSECURE_REGISTRIES,
+        credentials=credentials,
+        policy=source_policy(),
     )

@@ -5,7 +5,9 @@ On a 401 the flow reads the ``WWW-Authenticate`` challenge: ``Bearer`` sends it 
 token realm (anonymously, or with the registry's configured credentials as Basic) and
 retries with the token; ``Basic`` retries with the credentials. httpx runs the flow
 around its redirect handling, so a redirect to blob storage on another origin never
-carries the header.
+carries the header. Credentials go to a token realm only when the source policy's
+``may_send_credentials`` allows it (the registry's own host, or an https realm
+configured for it); otherwise the token is asked for anonymously.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import httpx
 
 from backends.core.oci.errors import AuthenticationError
 from backends.core.oci.reference import canonical_registry
+from backends.core.policy import CREDENTIALS_SETTING, may_send_credentials
 from backends.core.transfer import DEFAULT_STALL_SECONDS, StallClock, stalled
 
 # Answers worth asking again: the registry (or its token service) is overloaded or
@@ -43,6 +46,9 @@ _MAX_TOKEN_BYTES = 1 << 20
 class Credentials:
     username: str
     password: str
+    # https hosts (host or host:port) of token realms on another host that may receive
+    # these credentials; a realm on the registry's own host always may.
+    realms: tuple[str, ...] = ()
 
     def basic(self) -> str:
         """The value of a Basic Authorization header."""
@@ -95,11 +101,23 @@ class RegistryAuth(httpx.Auth):
             return
         scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         credentials = self._credentials.get(registry)
+        withheld = ""
         if scheme == "bearer" and params.get("realm"):
-            token_response = yield _token_request(request, params, key[1], credentials)
+            token_request = _token_request(request, params, key[1])
+            if credentials is not None:
+                if may_send_credentials(
+                    request.url, token_request.url, credentials.realms
+                ):
+                    token_request.headers["Authorization"] = credentials.basic()
+                else:
+                    withheld = _withheld(registry, token_request.url)
+            token_response = yield token_request
             if token_response.status_code in RETRY_STATUSES:
                 return  # handed to the client's retry loop like any 5xx
-            header, lifetime = _read_token(token_response, params["realm"])
+            try:
+                header, lifetime = _read_token(token_response, params["realm"])
+            except AuthenticationError as exc:
+                raise AuthenticationError(f"{exc}{withheld}") from None
         elif scheme == "basic" and credentials is not None:
             header, lifetime = credentials.basic(), float("inf")
         else:
@@ -108,7 +126,11 @@ class RegistryAuth(httpx.Auth):
         with self._lock:
             self._cache[key] = (header, time.monotonic() + lifetime)
         request.headers["Authorization"] = header
-        yield request
+        response = yield request
+        if withheld and response.status_code in (401, 403):
+            raise AuthenticationError(
+                f"access denied with an anonymous token{withheld}"
+            )
 
     def _cached(self, key: tuple[str, str]) -> str | None:
         with self._lock:
@@ -122,7 +144,6 @@ def _token_request(
     request: httpx.Request,
     params: Mapping[str, str],
     scope: str,
-    credentials: Credentials | None,
 ) -> httpx.Request:
     """The GET to the challenge's token realm, with the deadline, the connection
     tracing (how a cancel reaches its socket) and the User-Agent of the request that
@@ -136,14 +157,23 @@ def _token_request(
     except httpx.InvalidURL as exc:
         raise AuthenticationError(f"invalid token realm {params['realm']!r}") from exc
     headers = {"User-Agent": request.headers.get("User-Agent", "")}
-    if credentials is not None:
-        headers["Authorization"] = credentials.basic()
     extensions: dict[str, Any] = {
         key: request.extensions[key]
         for key in ("timeout", "trace")
         if key in request.extensions
     }
     return httpx.Request("GET", url, headers=headers, extensions=extensions)
+
+
+def _withheld(registry: str, realm: httpx.URL) -> str:
+    """Why the registry's credentials did not go to the token realm, for the error."""
+    how = "" if realm.scheme == "https" else " over plain HTTP"
+    return (
+        f"; the credentials for {registry} were not sent to the token service "
+        f"{realm.scheme}://{realm.netloc.decode('ascii')}{how}: a token service on "
+        'another host gets them only over https and when listed in the "realms" of '
+        f"that registry in {CREDENTIALS_SETTING}"
+    )
 
 
 def _read_token(response: httpx.Response, realm: str) -> tuple[str, float]:

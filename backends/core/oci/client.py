@@ -49,6 +49,7 @@ from backends.core.oci.manifest import (
     select_platform,
 )
 from backends.core.oci.reference import Platform, Reference, as_reference, is_digest
+from backends.core.policy import SourcePolicy, default_policy
 from backends.core.redact import scrub
 from backends.core.transfer import (
     DEFAULT_STALL_SECONDS,
@@ -86,7 +87,7 @@ def tls_context() -> ssl.SSLContext:
 class RegistryClient:
     """A registry v2 client. Thread-safe; reuse one for many pulls (connection pool,
     token cache). ``retries`` extra attempts follow a failed request with a doubling
-    ``backoff``."""
+    ``backoff``; ``policy`` says which addresses it may connect to."""
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class RegistryClient:
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
+        policy: SourcePolicy | None = None,
     ) -> None:
         self._insecure = frozenset(insecure)
         # What a registry's error body must not repeat: it may echo what it was sent.
@@ -108,7 +110,9 @@ class RegistryClient:
         self.backoff = backoff
         self._http = httpx.Client(
             auth=RegistryAuth(credentials),
-            verify=tls_context(),
+            # Every connection (the registry, each redirect hop, the token realm) is
+            # checked against the source policy.
+            transport=(policy or default_policy()).transport(verify=tls_context()),
             timeout=timeout,
             follow_redirects=True,
             max_redirects=_MAX_REDIRECTS,
