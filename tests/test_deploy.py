@@ -255,6 +255,17 @@ def test_plain_http_is_redirected_to_the_same_url_over_https(stack: Stack) -> No
     )
 
 
+def _wait_for_log_line(stack: Stack, needle: str) -> str:
+    # gunicorn writes its access log line after the response has gone out.
+    deadline = time.monotonic() + 10
+    while True:
+        for line in stack.app_log().splitlines():
+            if needle in line:
+                return line
+        assert time.monotonic() < deadline, f"{needle} never reached the app log"
+        time.sleep(0.1)
+
+
 def test_forwarded_headers_a_client_sends_never_reach_the_app(stack: Stack) -> None:
     with client(stack) as http:
         response = http.get(
@@ -268,11 +279,7 @@ def test_forwarded_headers_a_client_sends_never_reach_the_app(stack: Stack) -> N
     # The app saw HTTPS: no redirect to https, and HSTS (sent only on secure requests).
     assert response.status_code == 200
     assert "strict-transport-security" in response.headers
-    line = next(
-        line
-        for line in stack.app_log().splitlines()
-        if "/accounts/login/?forged=1" in line
-    )
+    line = _wait_for_log_line(stack, "/accounts/login/?forged=1")
     assert line.startswith("127.0.0.1 https ")
     assert "203.0.113.9" not in line
 
