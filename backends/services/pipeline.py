@@ -21,7 +21,7 @@ from backends.core import extract, installed, oci, resolve
 from backends.core.gallery import validate_name
 from backends.core.install import Installer, InstallError, Source
 from backends.core.limits import Limits
-from backends.core.sources import default_name
+from backends.core.sources import ImageTags, default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
 
@@ -237,14 +237,15 @@ class Runner:
         return f"installed {meta.name} as {concrete.name}: {choice.explanation}"
 
     def install_concrete(self, entry: GalleryBackend, installer: Installer) -> None:
+        source = gallery_source(entry)
         installer.install(
             entry.name,
-            Source(entry.uri, tuple(entry.mirrors), entry.sha256),
+            source,
             installed.Metadata(
                 name=entry.name,
                 alias=entry.alias,
                 gallery_url=entry.gallery.url,
-                uri=entry.uri,
+                uri=source.uri,
                 version=entry.version,
             ),
         )
@@ -277,14 +278,15 @@ class Runner:
                 f"{concrete} is a meta backend in the gallery; upgrade its build"
             )
         current = installed.read_metadata(self.backends_path / concrete)
+        source = gallery_source(entry)
         self.installer().install(
             entry.name,
-            Source(entry.uri, tuple(entry.mirrors), entry.sha256),
+            source,
             installed.Metadata(
                 name=entry.name,
                 alias=(current.alias if current else "") or entry.alias,
                 gallery_url=entry.gallery.url,
-                uri=entry.uri,
+                uri=source.uri,
                 version=entry.version,
             ),
         )
@@ -326,6 +328,22 @@ def find_entry(requested: str) -> GalleryBackend:
     if entry is None:
         raise JobFailed(f'no backend found with name "{requested}"')
     return entry
+
+
+def gallery_source(entry: GalleryBackend) -> Source:
+    """Where a gallery build is fetched from: its image (or, when development builds are
+    preferred, its development image), then its mirrors, then LocalAI's tag fallbacks."""
+    tags = ImageTags(
+        settings.LOCALAI_BACKEND_IMAGES_RELEASE_TAG,
+        settings.LOCALAI_BACKEND_IMAGES_BRANCH_TAG,
+        settings.LOCALAI_BACKEND_DEV_SUFFIX,
+    )
+    primary, fallbacks = tags.candidates(
+        entry.uri,
+        entry.mirrors,
+        prefer_development=settings.LOCALAI_PREFER_DEV_BACKENDS,
+    )
+    return Source(primary, fallbacks, entry.sha256)
 
 
 def external_default_name(uri: str) -> str:
