@@ -204,6 +204,12 @@ class ImageTagsTestCase(SimpleTestCase):
         self.assertEqual(primary, "q.io/b:master-x")
         self.assertEqual(fallbacks[:2], ("q.io/b:latest-x", "m.io/b:x"))
 
+    # Ours only (docs/localai-compatibility.md): LocalAI also rewrites a tarball URL,
+    # whose checksum would then refuse the other build anyway.
+    def test_a_tarball_url_gets_no_tag_fallbacks(self) -> None:
+        url = "https://example.org/latest-x.tar.gz"
+        self.assertEqual(ImageTags().candidates(url, []), (url, ()))
+
     # The tags are LocalAI's defaults and its settings change them (core/cli/run.go).
     def test_the_release_and_branch_tags_are_settings(self) -> None:
         tags = ImageTags(release="v3", branch="edge", dev_suffix="dev")
