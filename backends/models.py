@@ -5,6 +5,7 @@ import hashlib
 import json
 import secrets
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.utils import timezone
 from backends.core import gallery as gallery_format
 from backends.core import hardware
 from backends.core.installed import DiskBackend, Metadata, human_size
+from backends.core.known import KnownEntry
 from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_text, redact_uri, unredacted
 from backends.fixedsql import FixedSelect
@@ -303,7 +305,8 @@ class GalleryBackend(models.Model):
             "alias": self.alias,
             "uri": redact_uri(self.uri),
             "mirrors": [redact_uri(mirror) for mirror in self.mirrors],
-            "capabilities": self.capabilities or None,
+            # LocalAI leaves the key out for a concrete build; its swagger says object.
+            **({"capabilities": self.capabilities} if self.capabilities else {}),
             "description": self.description,
             "license": self.license,
             "icon": self.icon,
@@ -813,7 +816,11 @@ class Job(models.Model):
             "deletion": self.kind == Job.Kind.DELETE,
             "file_name": redact_text(self.file_name),
             "processed": self.is_finished,
-            "message": redact_text(self.message),
+            # LocalAI's UI and op cache recognise a success by this exact message;
+            # what the job did stays readable as ``outcome`` (and on the dashboard).
+            "message": "completed"
+            if self.state == Job.State.COMPLETED
+            else redact_text(self.message),
             "progress": round(progress, 2),
             "phase": self.phase,
             "current_bytes": self.current_bytes,
@@ -834,6 +841,8 @@ class Job(models.Model):
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
+        if self.state == Job.State.COMPLETED:
+            status["outcome"] = redact_text(self.message)
         if self.error:
             status["error"] = redact_text(self.error)
         return status
@@ -866,6 +875,30 @@ class Job(models.Model):
         return entry
 
 
+class KnownBackendManager(models.Manager["KnownBackend"]):
+    @transaction.atomic
+    def replace_all(self, entries: Iterable[KnownEntry]) -> tuple[int, int, int]:
+        """Make the registry exactly ``entries``; returns (added, changed, removed)."""
+        current = {known.name: known for known in self.all()}
+        added = changed = 0
+        for entry in entries:
+            fields = {
+                "modality": entry.modality,
+                "auto_detect": entry.auto_detect,
+                "description": entry.description,
+                "source": entry.source,
+            }
+            known = current.pop(entry.name, None)
+            if known is None:
+                self.create(name=entry.name, **fields)
+                added += 1
+            elif any(getattr(known, key) != value for key, value in fields.items()):
+                self.filter(pk=known.pk).update(**fields)
+                changed += 1
+        self.filter(name__in=list(current)).delete()
+        return added, changed, len(current)
+
+
 class KnownBackend(models.Model):
     """An entry of the known-backends registry (importers, drop-ins, preference-only)."""
 
@@ -879,6 +912,8 @@ class KnownBackend(models.Model):
     auto_detect = models.BooleanField(default=False)
     description = models.TextField(blank=True)
     source = models.CharField(max_length=20, choices=Source.choices)
+
+    objects = KnownBackendManager()
 
     class Meta:
         ordering = ("modality", "name")

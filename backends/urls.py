@@ -17,6 +17,7 @@ urlpatterns = [
     # patterns in order, and the job status route, which scripts poll, first of all.
     path("backends/jobs/<str:job_id>", api.job_detail, name="api-job"),
     path("backends", api.installed_list, name="api-installed"),
+    path("backends/", api.installed_list_slash, name="api-installed-slash"),
     path("backends/available", api.available_list, name="api-available"),
     path("backends/known", api.known_list, name="api-known"),
     path("backends/galleries", api.gallery_list, name="api-galleries"),

@@ -286,6 +286,16 @@ LOCALAI_FORCE_META_BACKEND_CAPABILITY = os.getenv(
     "LOCALAI_FORCE_META_BACKEND_CAPABILITY", ""
 )
 LOCALAI_ADMIN_PROBE_ROOT = Path(os.getenv("LOCALAI_ADMIN_PROBE_ROOT", "/"))
+# LocalAI's image tags: a missing released image (latest-X) falls back to its development
+# image (master-X, then master-X-development); preferring development installs that first.
+LOCALAI_PREFER_DEV_BACKENDS = envbool("LOCALAI_PREFER_DEV_BACKENDS", "False")
+LOCALAI_BACKEND_IMAGES_RELEASE_TAG = (
+    os.getenv("LOCALAI_BACKEND_IMAGES_RELEASE_TAG") or "latest"
+)
+LOCALAI_BACKEND_IMAGES_BRANCH_TAG = (
+    os.getenv("LOCALAI_BACKEND_IMAGES_BRANCH_TAG") or "master"
+)
+LOCALAI_BACKEND_DEV_SUFFIX = os.getenv("LOCALAI_BACKEND_DEV_SUFFIX") or "development"
 LOCALAI_ADMIN_CACHE_DIR = DATA_DIR / "cache"
 GALLERY_SYNC_MINUTES = envint("LOCALAI_ADMIN_GALLERY_SYNC_MINUTES", "60")
 # More entries than this fail a gallery's sync (its last good entries stay); the other

@@ -54,7 +54,7 @@ class ApplyTestCase(PipelineTestCase):
         self.status(self.apply("cpu-bar"))
         (self.backends / "cpu-bar" / "run.sh").write_text("#!/bin/sh\necho local\n")
         status = self.status(self.apply("cpu-bar"))
-        self.assertIn("already installed", status["message"])
+        self.assertIn("already installed", status["outcome"])
         self.assertIn("local", (self.backends / "cpu-bar" / "run.sh").read_text())
 
     def test_force_reinstalls_and_drops_stale_files(self) -> None:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import json
 
-from tests.base import KNOWN_BACKENDS, BaseTestCase
+from backends.core.known import BUNDLED
+from tests.base import BaseTestCase
 
 
 class KnownBackendsTestCase(BaseTestCase):
     def test_it_equals_the_registry_when_nothing_is_installed(self) -> None:
-        expected = json.loads(KNOWN_BACKENDS.read_text())
+        expected = json.loads(BUNDLED.read_text())
         for row in expected:
             del row["source"]
         got = self.api_get("/backends/known").json()

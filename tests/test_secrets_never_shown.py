@@ -198,7 +198,7 @@ class SecretsNeverShownTestCase(PipelineTestCase):
         self.install_external(self.server.basic_uri, "basic")
         node = Node.objects.local()
 
-        self.assertIn("token=***", status["message"])
+        self.assertIn("token=***", status["outcome"])
         for url in (
             "/backends",
             f"/backends/jobs/{status['id']}",

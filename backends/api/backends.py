@@ -76,6 +76,16 @@ def refused(exc: jobs.Refused) -> JsonResponse:
 @api_view(permission=roles.VIEW, responses={200: array_of("SystemBackend")})
 def installed_list(request: HttpRequest) -> JsonResponse:
     """Installed backends (LocalAI SystemBackend)"""
+    return _installed()
+
+
+@api_view(permission=roles.VIEW, responses={200: array_of("SystemBackend")})
+def installed_list_slash(request: HttpRequest) -> JsonResponse:
+    """Installed backends: ``/backends/`` answers as ``/backends`` (as LocalAI's router)"""
+    return _installed()
+
+
+def _installed() -> JsonResponse:
     if settings.DISTRIBUTED:
         return JsonResponse(catalogue.cluster_installed(), safe=False)
     rows = catalogue.local_disk().values()

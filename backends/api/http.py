@@ -228,8 +228,12 @@ def api_view(
                 response["Allow"] = ", ".join(methods)
                 return response
             header = request.headers.get("Authorization", "")
-            if header:
+            # LocalAI's clients may send the key as x-api-key or xi-api-key instead.
+            key = request.headers.get("X-Api-Key") or request.headers.get("Xi-Api-Key")
+            if header or key:
                 scheme, _, value = header.partition(" ")
+                if key and not header:
+                    scheme, value = "bearer", key
                 token = (
                     ApiToken.objects.authenticate(value.strip())
                     if scheme.lower() == "bearer"

@@ -276,7 +276,7 @@ COMPONENTS: dict[str, Schema] = {
             "uri": STRING,
             "mirrors": STRINGS,
             "capabilities": {
-                "type": ["object", "null"],
+                "type": "object",
                 "additionalProperties": STRING,
                 "description": "capability -> concrete backend name (meta backends)",
             },
@@ -360,6 +360,11 @@ COMPONENTS: dict[str, Schema] = {
             "gallery_element_name": STRING,
             "cancelled": BOOL,
             "cancellable": BOOL,
+            "outcome": {
+                **STRING,
+                "description": "a completed job: what it did (message is LocalAI's "
+                "'completed')",
+            },
             "nodes": {"type": "array", "items": {"type": "object"}},
             "id": STRING,
             "kind": {"type": "string", "enum": list(Job.Kind.values)},

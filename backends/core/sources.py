@@ -3,6 +3,8 @@ a local file or folder, or a gallery backend name."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -64,3 +66,55 @@ def default_name(uri: str) -> str:
     for suffix in (".tar.gz", ".tgz", ".tar.zst", ".tar"):
         stem = stem.removesuffix(suffix)
     return stem
+
+
+@dataclass(frozen=True)
+class ImageTags:
+    """How released and development backend images are tagged (LocalAI's defaults).
+
+    A released image ``...:latest-cpu-x`` has a development twin ``...:master-cpu-x``, and
+    some builds exist only as ``...:master-cpu-x-development``.
+    """
+
+    release: str = "latest"
+    branch: str = "master"
+    dev_suffix: str = "development"
+
+    def development(self, uri: str) -> str:
+        """The development image of a released one; "" when ``uri`` has no released tag
+        to swap, or already is a development image."""
+        if f"{self.branch}-" in uri:
+            return ""
+        swapped = uri.replace(f"{self.release}-", f"{self.branch}-", 1)
+        return swapped if swapped != uri else ""
+
+    def fallbacks(self, uri: str) -> list[str]:
+        """What to try when the released image is missing: its development image, then
+        the same with the development suffix."""
+        branch = uri.replace(f"{self.release}-", f"{self.branch}-", 1)
+        if branch == uri:
+            return []
+        found = [branch]
+        if f"-{self.dev_suffix}" not in branch:
+            found.append(f"{branch}-{self.dev_suffix}")
+        return found
+
+    def candidates(
+        self, uri: str, mirrors: Sequence[str], *, prefer_development: bool = False
+    ) -> tuple[str, tuple[str, ...]]:
+        """The primary image and the ordered fallbacks for a gallery build.
+
+        Mirrors first, then the tag fallbacks of the released image; preferring
+        development puts the development image first and the released one right after.
+        Only OCI references: a tarball's name carries no tag, and its checksum would
+        refuse another build anyway.
+        """
+        if not looks_like_oci(uri):
+            return uri, tuple(mirrors)
+        primary, rest = uri, list(mirrors)
+        development = self.development(uri) if prefer_development else ""
+        if development:
+            primary, rest = development, [uri, *mirrors]
+        rest += self.fallbacks(uri)
+        unique = [u for i, u in enumerate(rest) if u != primary and u not in rest[:i]]
+        return primary, tuple(unique)

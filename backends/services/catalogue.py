@@ -361,9 +361,14 @@ def galleries() -> list[dict[str, Any]]:
 
 
 def cluster_available() -> list[dict[str, Any]]:
-    """Distributed mode: entries that at least one online node can run (the union)."""
+    """Distributed mode: entries that at least one online node can run (the union).
+
+    The controller's own hardware counts too, as in LocalAI: before any agent registers
+    the catalogue shows what this host runs instead of nothing.
+    """
     entries = gallery_entries()
     capabilities = set(Node.objects.taking_work().values_list("capability", flat=True))
+    capabilities.add(Node.objects.local().current_capability())
     runnable: set[str] = set()
     for capability in sorted(capabilities):
         runnable.update(entry.name for entry in resolve.available(entries, capability))

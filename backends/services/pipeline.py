@@ -23,7 +23,7 @@ from backends.core.install import Installer, InstallError, Source
 from backends.core.limits import Limits
 from backends.core.policy import SourcePolicy
 from backends.core.redact import redact_message, redact_uri
-from backends.core.sources import default_name
+from backends.core.sources import ImageTags, default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
 
@@ -259,23 +259,22 @@ class Runner:
         return f"installed {meta.name} as {concrete.name}: {choice.explanation}"
 
     def install_concrete(self, entry: GalleryBackend, installer: Installer) -> None:
+        source = self.source_of(entry)
         self.fresh[entry.name] = installer.install(
             entry.name,
-            self.source_of(entry),
+            source,
             installed.Metadata(
                 name=entry.name,
                 alias=entry.alias,
                 gallery_url=entry.gallery.url,
-                uri=entry.uri,
+                uri=source.uri,
                 version=entry.version,
             ),
         )
 
     def source_of(self, entry: GalleryBackend) -> Source:
         self.read += [entry.uri, *entry.mirrors, entry.gallery.url]
-        return Source(
-            entry.uri, tuple(entry.mirrors), entry.sha256, gallery_source(entry)
-        )
+        return gallery_source(entry)
 
     # -- external ------------------------------------------------------------------
 
@@ -305,14 +304,15 @@ class Runner:
                 f"{concrete} is a meta backend in the gallery; upgrade its build"
             )
         current = installed.read_metadata(self.backends_path / concrete)
+        source = self.source_of(entry)
         self.fresh[entry.name] = self.installer().install(
             entry.name,
-            self.source_of(entry),
+            source,
             installed.Metadata(
                 name=entry.name,
                 alias=(current.alias if current else "") or entry.alias,
                 gallery_url=entry.gallery.url,
-                uri=entry.uri,
+                uri=source.uri,
                 version=entry.version,
             ),
         )
@@ -349,7 +349,7 @@ class Runner:
         return "deleted " + ", ".join(removed)
 
 
-def gallery_source(entry: GalleryBackend) -> str:
+def gallery_origin(entry: GalleryBackend) -> str:
     """Where the entry's gallery was read from (the source that answered at the last
     sync, else its URL): a gallery read over the network may not name local sources."""
     return entry.gallery.source or entry.gallery.url
@@ -360,6 +360,22 @@ def find_entry(requested: str) -> GalleryBackend:
     if entry is None:
         raise JobFailed(f'no backend found with name "{requested}"')
     return entry
+
+
+def gallery_source(entry: GalleryBackend) -> Source:
+    """Where a gallery build is fetched from: its image (or, when development builds are
+    preferred, its development image), then its mirrors, then LocalAI's tag fallbacks."""
+    tags = ImageTags(
+        settings.LOCALAI_BACKEND_IMAGES_RELEASE_TAG,
+        settings.LOCALAI_BACKEND_IMAGES_BRANCH_TAG,
+        settings.LOCALAI_BACKEND_DEV_SUFFIX,
+    )
+    primary, fallbacks = tags.candidates(
+        entry.uri,
+        entry.mirrors,
+        prefer_development=settings.LOCALAI_PREFER_DEV_BACKENDS,
+    )
+    return Source(primary, fallbacks, entry.sha256, gallery_origin(entry))
 
 
 def external_default_name(uri: str) -> str:
