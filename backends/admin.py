@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -16,7 +18,7 @@ from backends.models import (
 
 
 @admin.register(Gallery)
-class GalleryAdmin(admin.ModelAdmin):
+class GalleryAdmin(admin.ModelAdmin[Gallery]):
     list_display = (
         "name",
         "url",
@@ -50,7 +52,7 @@ class GalleryAdmin(admin.ModelAdmin):
 
 
 @admin.register(GalleryBackend)
-class GalleryBackendAdmin(admin.ModelAdmin):
+class GalleryBackendAdmin(admin.ModelAdmin[GalleryBackend]):
     """Synced entries are read-only: edit the gallery source, then sync."""
 
     list_display = ("name", "gallery", "is_meta", "alias", "uri", "version")
@@ -69,7 +71,7 @@ class GalleryBackendAdmin(admin.ModelAdmin):
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(admin.ModelAdmin[Node]):
     list_display = (
         "name",
         "is_local",
@@ -84,7 +86,7 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(InstalledBackend)
-class InstalledBackendAdmin(admin.ModelAdmin):
+class InstalledBackendAdmin(admin.ModelAdmin[InstalledBackend]):
     list_display = (
         "name",
         "node",
@@ -104,7 +106,7 @@ class InstalledBackendAdmin(admin.ModelAdmin):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(admin.ModelAdmin[Job]):
     list_display = ("id", "kind", "target", "node", "state", "progress", "created_at")
     list_filter = ("state", "kind", "node")
     search_fields = ("id", "target", "error")
@@ -116,14 +118,14 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(KnownBackend)
-class KnownBackendAdmin(admin.ModelAdmin):
+class KnownBackendAdmin(admin.ModelAdmin[KnownBackend]):
     list_display = ("name", "modality", "auto_detect", "source")
     list_filter = ("modality", "source", "auto_detect")
     search_fields = ("name", "description")
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     list_display = (
         "name",
         "prefix",
@@ -138,10 +140,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     fields = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
 
     def save_model(
-        self, request: HttpRequest, obj: ApiToken, form: object, change: bool
+        self, request: HttpRequest, obj: ApiToken, form: Any, change: bool
     ) -> None:
         if change:
-            super().save_model(request, obj, form, change)  # type: ignore[arg-type]
+            super().save_model(request, obj, form, change)
             return
         token, value = ApiToken.objects.create_token(obj.user, obj.name)
         obj.pk, obj.prefix, obj.token_hash = token.pk, token.prefix, token.token_hash

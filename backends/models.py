@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from backends.core import gallery as gallery_format
 from backends.core import hardware
+from backends.core.hardware import HardwareReport
 from backends.core.installed import DiskBackend, human_size
-from backends.fixedsql import FixedSelect
+from backends.fixedsql import FixedSelect, column
 
 
 class GalleryManager(models.Manager["Gallery"]):
@@ -83,15 +84,15 @@ class Gallery(models.Model):
         broken or unreachable source never empties the catalogue.
         """
         self.last_attempt_at = timezone.now()
-        unchanged = {"etag": self.etag, "sha256": self.content_hash}
+        etag, sha256 = self.etag, self.content_hash
         if force or not self.entry_count:
-            unchanged = {"etag": "", "sha256": ""}
+            etag, sha256 = "", ""
         limits = gallery_format.GalleryLimits(
             entries=settings.LOCALAI_ADMIN_GALLERY_MAX_ENTRIES
         )
         try:
             fetched = gallery_format.fetch_gallery(
-                self.url, self.mirrors, limits=limits, **unchanged
+                self.url, self.mirrors, limits=limits, etag=etag, sha256=sha256
             )
             if fetched.not_modified:
                 self.last_synced_at, self.last_error = self.last_attempt_at, ""
@@ -157,7 +158,7 @@ class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
             )
         ops = connection.ops
         table = ops.quote_name(GalleryBackend._meta.db_table)
-        columns = ", ".join(ops.quote_name(f.column) for f in fields)
+        columns = ", ".join(ops.quote_name(column(f)) for f in fields)
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
@@ -431,9 +432,9 @@ class Node(models.Model):
 
     def apply_hardware_dict(self, data: dict[str, Any]) -> None:
         """Store a hardware report received as JSON (from an agent)."""
-        self.apply_hardware(hardware.HardwareReport.from_dict(data))
+        self.apply_hardware(HardwareReport.from_dict(data))
 
-    def apply_hardware(self, report: hardware.HardwareReport) -> None:
+    def apply_hardware(self, report: HardwareReport) -> None:
         """Store a hardware report on this node."""
         self.hardware = report.to_dict()
         self.capability = report.capability
@@ -775,7 +776,7 @@ class Job(models.Model):
             status["error"] = self.error
         return status
 
-    NODE_STATUS = {
+    NODE_STATUS: dict[str, str] = {
         State.QUEUED: "queued",
         State.RUNNING: "downloading",
         State.COMPLETED: "success",
@@ -839,6 +840,8 @@ class ApiTokenManager(models.Manager["ApiToken"]):
         if found is None:
             return None
         token, user = found
+        # FixedSelect gives the instances of the models it was built with, in order.
+        assert isinstance(token, ApiToken) and isinstance(user, get_user_model())
         if not user.is_active:
             return None
         token.user = user

@@ -157,7 +157,10 @@ class PipelineTestCase(BaseTestCase):
             return self.api_post("/backends/apply", {"id": target, **extra})
 
     def status(self, response: Any) -> dict[str, Any]:
-        return self.api_get(f"/backends/jobs/{response.json()['id']}").json()
+        body: dict[str, Any] = self.api_get(
+            f"/backends/jobs/{response.json()['id']}"
+        ).json()
+        return body
 
     @property
     def backends(self) -> Path:

@@ -208,4 +208,4 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
         return json_error(404, f"no route {request.path}")
     from django.views.defaults import page_not_found
 
-    return page_not_found(request, exception)  # type: ignore[arg-type]
+    return page_not_found(request, exception)

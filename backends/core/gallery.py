@@ -513,7 +513,7 @@ class _TooLarge(Exception):
         self.open = 0  # collections begun and not ended when reading stopped
 
 
-class _EntryReader(Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
     """GalleryLoader's rules, building one top-level entry at a time.
 
     ``yaml.load`` composes the whole document into nodes before it builds any value: a

@@ -136,13 +136,13 @@ def _missing_step(missing: list[str]) -> list[str]:
     return [f"no {' or '.join(missing)} build"] if missing else []
 
 
-def pick_build(
+def pick_build[C: Candidate](
     meta: Candidate,
-    entries: Iterable[Candidate],
+    entries: Iterable[C],
     capability: str,
     *,
     hardware_explanation: str = "",
-) -> tuple[Resolution, Candidate]:
+) -> tuple[Resolution, C]:
     """Resolve a meta and find its build among ``entries``, checking that it can run.
 
     This is what an install should use: it fails, with NoBuildError, exactly when
@@ -154,9 +154,9 @@ def pick_build(
     return resolution, _checked_build(resolution, concretes_by_name(entries))
 
 
-def _checked_build(
-    resolution: Resolution, concretes: Mapping[str, Candidate]
-) -> Candidate:
+def _checked_build[C: Candidate](
+    resolution: Resolution, concretes: Mapping[str, C]
+) -> C:
     build = concretes.get(resolution.concrete.lower())
     where = f"{resolution.concrete} ({resolution.key})"
     if build is None:
@@ -169,9 +169,9 @@ def _checked_build(
     return build
 
 
-def concretes_by_name(entries: Iterable[Candidate]) -> dict[str, Candidate]:
+def concretes_by_name[C: Candidate](entries: Iterable[C]) -> dict[str, C]:
     """Concrete builds by lower-cased name; the first one wins, like LocalAI's lookup."""
-    found: dict[str, Candidate] = {}
+    found: dict[str, C] = {}
     for entry in entries:
         if not entry.is_meta:
             found.setdefault(entry.name.lower(), entry)
@@ -215,11 +215,11 @@ def verdict(
     return Verdict(resolution=resolution)
 
 
-def available(entries: Iterable[Candidate], capability: str) -> list[Candidate]:
+def available[C: Candidate](entries: Iterable[C], capability: str) -> list[C]:
     """Entries a node with ``capability`` can install and run, in their input order."""
-    entries = list(entries)
-    concretes = concretes_by_name(entries)
-    return [e for e in entries if verdict(e, concretes, capability).runs_here]
+    listed = list(entries)
+    concretes = concretes_by_name(listed)
+    return [e for e in listed if verdict(e, concretes, capability).runs_here]
 
 
 # --- compatibility of a concrete build ---------------------------------------------------

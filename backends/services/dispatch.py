@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 from huey import RedisHuey
-from huey.api import Task, TaskWrapper
+from huey.api import TaskWrapper
 
 from backends import tasks
 from backends.models import Job, Node
@@ -29,7 +29,7 @@ def queue_name(node_name: str) -> str:
 
 
 @functools.cache
-def node_queue(name: str) -> tuple[RedisHuey, TaskWrapper]:
+def node_queue(name: str) -> tuple[RedisHuey, TaskWrapper[[str], str]]:
     """The Huey queue of one agent and its job task (the same in every process)."""
     queue = RedisHuey(name, url=settings.HUEY_REDIS_URL)
 
@@ -53,7 +53,7 @@ def enqueue(job: Job) -> None:
     if _runs_on_agent(job):
         assert job.node is not None
         _queue, task = node_queue(queue_name(job.node.name))
-        result: Task | Any = task(str(job.pk))
+        result = task(str(job.pk))
     else:
         result = tasks.run_job(str(job.pk))
     task_id = getattr(result, "id", "")
