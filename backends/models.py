@@ -73,10 +73,6 @@ class Gallery(models.Model):
         """The shape of LocalAI's ``config.Gallery``."""
         return {"name": self.name, "url": self.url, "mirrors": list(self.mirrors)}
 
-    @property
-    def is_healthy(self) -> bool:
-        return not self.last_error
-
     def sync(self, *, force: bool = False) -> str:
         """Fetch the source and replace this gallery's entries; returns a one-line summary.
 
@@ -244,22 +240,6 @@ class GalleryBackend(models.Model):
             "sha256": entry.sha256,
             "is_meta": entry.is_meta,
         }
-
-    def to_entry(self) -> gallery_format.GalleryEntry:
-        return gallery_format.GalleryEntry(
-            name=self.name,
-            uri=self.uri,
-            alias=self.alias,
-            description=self.description,
-            license=self.license,
-            icon=self.icon,
-            tags=tuple(self.tags),
-            urls=tuple(self.urls),
-            mirrors=tuple(self.mirrors),
-            capabilities=dict(self.capabilities),
-            version=self.version,
-            sha256=self.sha256,
-        )
 
     def to_localai(self, installed: bool = False) -> dict[str, Any]:
         """LocalAI's ``gallery.GalleryBackend`` JSON, plus our ``id`` and ``is_meta``."""
@@ -892,7 +872,3 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None

@@ -271,19 +271,6 @@ def parse_gallery(
     return _parse_items(items, gallery, limits)
 
 
-def parse_entries(
-    data: object, gallery: str, limits: GalleryLimits = DEFAULT_LIMITS
-) -> ParseResult:
-    """Build entries from an already loaded document (a list of mappings)."""
-    problem = _document_problem(data)
-    if problem:
-        raise GalleryError(f"gallery {gallery}: {problem}")
-    assert isinstance(data, list)
-    if len(data) > limits.entries:
-        raise GalleryError(f"gallery {gallery}: {_too_many(limits.entries)}")
-    return _parse_items(data, gallery, limits)
-
-
 def _too_many(limit: int) -> str:
     return (
         f"more than {limit:,} entries, the limit per gallery "

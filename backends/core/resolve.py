@@ -90,13 +90,11 @@ def resolve_meta(
     capability: str,
     *,
     hardware_explanation: str = "",
-    runnable_only: bool = True,
 ) -> Resolution:
     """The concrete build a meta backend stands for on a node with ``capability``.
 
-    Walks ``fallback_chain``; the first key present in the meta's map wins. With
-    ``runnable_only`` (the default) a key is passed over when the name of its build
-    shows it cannot run here, e.g. a CUDA 13 build on a CUDA 12 node, and the chain
+    Walks ``fallback_chain``; the first key present in the meta's map wins, but a key
+    is passed over when the name of its build shows it cannot run here, e.g. a CUDA 13 build on a CUDA 12 node, and the chain
     goes on to the next key. Raises NoBuildError when nothing is left.
     """
     if not meta.is_meta:
@@ -111,7 +109,7 @@ def resolve_meta(
             continue
         steps.extend(_missing_step(missing))
         missing = []
-        reason = why_incompatible(concrete, "", capability) if runnable_only else ""
+        reason = why_incompatible(concrete, "", capability)
         if reason:
             skipped.append(f"{concrete} ({key}) {reason}")
             steps.append(skipped[-1])
@@ -234,11 +232,6 @@ _CUDA_WORD = re.compile(r"cuda\d*")
 _ROCM_WORD = re.compile(r"rocm\d*|hip|hipblas\w*")
 _CUDA_MAJOR = re.compile(r"(?<![a-z0-9])cuda[-_]?(\d{1,2})(?!\d)")
 _NODE_CUDA_MAJOR = re.compile(r"nvidia(?:-l4t)?-cuda-(\d+)")
-
-
-def is_compatible(name: str, uri: str, capability: str) -> bool:
-    """Whether a concrete build can run on a node with ``capability``."""
-    return not why_incompatible(name, uri, capability)
 
 
 # Pure and called for every gallery entry on every catalogue render: worth caching.
