@@ -133,23 +133,6 @@ class GalleryEntry:
         """A meta backend only points at concrete builds: it has a map and no artifact."""
         return bool(self.capabilities) and not self.uri
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (``dataclasses.asdict`` cannot copy the read-only map)."""
-        return {
-            "name": self.name,
-            "uri": self.uri,
-            "alias": self.alias,
-            "description": self.description,
-            "license": self.license,
-            "icon": self.icon,
-            "tags": list(self.tags),
-            "urls": list(self.urls),
-            "mirrors": list(self.mirrors),
-            "capabilities": dict(self.capabilities),
-            "version": self.version,
-            "sha256": self.sha256,
-        }
-
 
 @dataclass
 class ParseResult:
