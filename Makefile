@@ -73,7 +73,7 @@ system-deps: serve-deps
 # Once on SQLite (everything but distributed mode, which needs PostgreSQL), then on
 # PostgreSQL + Redis (everything but the single-node browser tests and the deploy tests,
 # which bring their own SQLite).
-test: $(BIN)/.installed system-deps
+test: lint system-deps
 	$(BIN)/pytest
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -m "not browser and not deploy or distributed"
 
@@ -87,9 +87,12 @@ test-postgres: $(BIN)/.installed system-deps
 screenshots: $(BIN)/.installed system-deps
 	SCREENSHOTS=1 $(BIN)/pytest tests/browser/test_screenshots.py -q
 
+# Style, types and the import contracts of docs/architecture.md (pyproject.toml).
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo --no-cache
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .

@@ -118,7 +118,7 @@ class GalleryBackendAdmin(RedactingAdmin):
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(admin.ModelAdmin[Node]):
     list_display = (
         "name",
         "is_local",
@@ -175,14 +175,14 @@ class JobAdmin(RedactingAdmin):
 
 
 @admin.register(KnownBackend)
-class KnownBackendAdmin(admin.ModelAdmin):
+class KnownBackendAdmin(admin.ModelAdmin[KnownBackend]):
     list_display = ("name", "modality", "auto_detect", "source")
     list_filter = ("modality", "source", "auto_detect")
     search_fields = ("name", "description")
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     list_display = (
         "name",
         "prefix",
@@ -206,10 +206,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     )
 
     def save_model(
-        self, request: HttpRequest, obj: ApiToken, form: object, change: bool
+        self, request: HttpRequest, obj: ApiToken, form: Any, change: bool
     ) -> None:
         if change:
-            super().save_model(request, obj, form, change)  # type: ignore[arg-type]
+            super().save_model(request, obj, form, change)
             return
         token, value = ApiToken.objects.create_token(
             obj.user, obj.name, expires_at=obj.expires_at

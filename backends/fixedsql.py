@@ -17,6 +17,13 @@ from django.db import connections, models
 from django.db.models.sql import Query
 
 
+def column(field: models.Field[Any, Any]) -> str:
+    """A concrete field's column (the stubs allow None, which only relations have)."""
+    if field.column is None:
+        raise TypeError(f"{field} has no column")
+    return field.column
+
+
 class FixedSelect:
     """``SELECT <every column of each model> <rest>``, giving model instances.
 
@@ -49,7 +56,7 @@ class FixedSelect:
                 (alias, field) for _, alias, fields in self._sources for field in fields
             ]
             sql = "SELECT {} {}".format(
-                ", ".join(f"{quote(a)}.{quote(f.column)}" for a, f in columns),
+                ", ".join(f"{quote(a)}.{quote(column(f))}" for a, f in columns),
                 self._rest,
             )
             compiler = connection.ops.compiler("SQLCompiler")(

@@ -16,11 +16,12 @@ from django.utils import timezone
 
 from backends.core import gallery as gallery_format
 from backends.core import hardware
+from backends.core.hardware import HardwareReport
 from backends.core.installed import DiskBackend, Metadata, human_size
 from backends.core.known import KnownEntry
 from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_text, redact_uri, unredacted
-from backends.fixedsql import FixedSelect
+from backends.fixedsql import FixedSelect, column
 
 
 class GalleryManager(models.Manager["Gallery"]):
@@ -81,10 +82,6 @@ class Gallery(models.Model):
             "mirrors": [redact_uri(mirror) for mirror in self.mirrors],
         }
 
-    @property
-    def is_healthy(self) -> bool:
-        return not self.last_error
-
     def sync(self, *, force: bool = False, policy: SourcePolicy | None = None) -> str:
         """Fetch the source and replace this gallery's entries; returns a one-line summary.
 
@@ -96,9 +93,9 @@ class Gallery(models.Model):
             settings.LOCALAI_ADMIN_PRIVATE_HOSTS, settings.LOCALAI_ADMIN_LOCAL_ROOTS
         )
         self.last_attempt_at = timezone.now()
-        unchanged = {"etag": self.etag, "sha256": self.content_hash}
+        etag, sha256 = self.etag, self.content_hash
         if force or not self.entry_count:
-            unchanged = {"etag": "", "sha256": ""}
+            etag, sha256 = "", ""
         limits = gallery_format.GalleryLimits(
             entries=settings.LOCALAI_ADMIN_GALLERY_MAX_ENTRIES
         )
@@ -109,7 +106,8 @@ class Gallery(models.Model):
                 limits=limits,
                 policy=policy,
                 stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
-                **unchanged,
+                etag=etag,
+                sha256=sha256,
             )
             if fetched.not_modified:
                 self.last_synced_at, self.last_error = self.last_attempt_at, ""
@@ -193,7 +191,7 @@ class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
             )
         ops = connection.ops
         table = ops.quote_name(GalleryBackend._meta.db_table)
-        columns = ", ".join(ops.quote_name(f.column) for f in fields)
+        columns = ", ".join(ops.quote_name(column(f)) for f in fields)
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
@@ -279,22 +277,6 @@ class GalleryBackend(models.Model):
             "sha256": entry.sha256,
             "is_meta": entry.is_meta,
         }
-
-    def to_entry(self) -> gallery_format.GalleryEntry:
-        return gallery_format.GalleryEntry(
-            name=self.name,
-            uri=self.uri,
-            alias=self.alias,
-            description=self.description,
-            license=self.license,
-            icon=self.icon,
-            tags=tuple(self.tags),
-            urls=tuple(self.urls),
-            mirrors=tuple(self.mirrors),
-            capabilities=dict(self.capabilities),
-            version=self.version,
-            sha256=self.sha256,
-        )
 
     def to_localai(self, installed: bool = False) -> dict[str, Any]:
         """LocalAI's ``gallery.GalleryBackend`` JSON, plus our ``id`` and ``is_meta``;
@@ -470,9 +452,9 @@ class Node(models.Model):
 
     def apply_hardware_dict(self, data: dict[str, Any]) -> None:
         """Store a hardware report received as JSON (from an agent)."""
-        self.apply_hardware(hardware.HardwareReport.from_dict(data))
+        self.apply_hardware(HardwareReport.from_dict(data))
 
-    def apply_hardware(self, report: hardware.HardwareReport) -> None:
+    def apply_hardware(self, report: HardwareReport) -> None:
         """Store a hardware report on this node."""
         self.hardware = report.to_dict()
         self.capability = report.capability
@@ -847,7 +829,7 @@ class Job(models.Model):
             status["error"] = redact_text(self.error)
         return status
 
-    NODE_STATUS = {
+    NODE_STATUS: dict[str, str] = {
         State.QUEUED: "queued",
         State.RUNNING: "downloading",
         State.COMPLETED: "success",
@@ -943,6 +925,8 @@ class ApiTokenManager(models.Manager["ApiToken"]):
         if found is None:
             return None
         token, user = found
+        # FixedSelect gives the instances of the models it was built with, in order.
+        assert isinstance(token, ApiToken) and isinstance(user, get_user_model())
         now = timezone.now()
         if not user.is_active or token.has_expired(now):
             return None
@@ -995,10 +979,6 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
 
     def has_expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (

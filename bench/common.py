@@ -201,7 +201,8 @@ def run_worker(
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK) :])
+            result: dict[str, Any] = json.loads(line[len(RESULT_MARK) :])
+            return result
     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
     raise RuntimeError(f"{module} worker failed (exit {proc.returncode}): {tail}")
 
@@ -267,7 +268,8 @@ def postgres_database(tag: str) -> Iterator[str]:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
@@ -275,7 +277,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"{proc.args[0]} exited with {proc.returncode} before listening"
+                f"{proc.args!r} exited with {proc.returncode} before listening"
             )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):

@@ -315,7 +315,7 @@ def _random_layer(tmp: Path, size: int) -> _Layer:
     def fill(tar: tarfile.TarFile) -> int:
         info = tarfile.TarInfo("lib/model-runtime.bin")
         info.size, info.mode, info.mtime = size, 0o644, int(time.time())
-        tar.addfile(info, _RandomReader(size))  # type: ignore[arg-type]
+        tar.addfile(info, _RandomReader(size))
         return 1
 
     return _write_layer(tmp, fill)
@@ -409,7 +409,7 @@ def _baseline(image: Image, port: int, folder: Path) -> float:
 def _ours(
     image: Image, port: int, backends: Path, check: bool = False
 ) -> dict[str, Any]:
-    args = {
+    args: dict[str, Any] = {
         "task": "install",
         "backends": str(backends),
         "name": image.repo.rpartition("/")[2],

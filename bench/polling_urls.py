@@ -12,6 +12,7 @@ from __future__ import annotations
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
+from backends import roles
 from backends.api.http import api_view
 from localai_admin import urls as product
 
@@ -20,7 +21,7 @@ def trivial_anonymous(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
 
-trivial = api_view(("GET",))(trivial_anonymous)
+trivial = api_view(("GET",), permission=roles.VIEW)(trivial_anonymous)
 
 # The product's patterns themselves, not an include() of them: the product's routes
 # resolve at the depth they have in the product, not one level deeper.

@@ -10,7 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+
+# Lets classes say which model they serve (``admin.ModelAdmin[Job]``) for mypy; Django's
+# own classes are not subscriptable at run time.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -159,8 +164,8 @@ AXES_FAILURE_LIMIT = envint("LOCALAI_ADMIN_LOGIN_FAILURES", "5")
 AXES_COOLOFF_TIME = timedelta(minutes=envint("LOCALAI_ADMIN_LOCKOUT_MINUTES", "15"))
 # Either one locks: a username tried from many addresses, or an address trying many names.
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_LOCKOUT_CALLABLE = "backends.web.accounts.locked_out"
-AXES_CLIENT_IP_CALLABLE = "backends.web.accounts.client_ip"
+AXES_LOCKOUT_CALLABLE = "backends.accounts.locked_out"
+AXES_CLIENT_IP_CALLABLE = "backends.accounts.client_ip"
 AXES_RESET_ON_SUCCESS = True
 # Behind a reverse proxy every request comes from the proxy's address: trust the last
 # X-Forwarded-For entry (the one the proxy appended) only when told the proxy sets it.

@@ -13,8 +13,8 @@ from django.test import TestCase
 from huey.contrib.djhuey import HUEY
 from huey.storage import MemoryStorage
 
-from backends import tasks
 from backends.models import ApiToken, Gallery
+from backends.services import dispatch
 
 # The groups as migration 0004 makes them.
 ROLE_GROUPS = importlib.import_module("backends.migrations.0004_role_groups")
@@ -63,7 +63,7 @@ def queued_tasks() -> Iterator[None]:
     maintenance queue and the install queue alike.
     Use ``with queued_tasks():`` or ``self.enterContext(queued_tasks())`` in ``setUp``.
     """
-    queues = (HUEY, tasks.INSTALLS)
+    queues = (HUEY, dispatch.INSTALLS)
     saved = [(queue.immediate, queue.storage) for queue in queues]
     for queue in queues:
         queue.immediate = False
@@ -190,7 +190,10 @@ class PipelineTestCase(BaseTestCase):
             return self.api_post("/backends/apply", {"id": target, **extra})
 
     def status(self, response: Any) -> dict[str, Any]:
-        return self.api_get(f"/backends/jobs/{response.json()['id']}").json()
+        body: dict[str, Any] = self.api_get(
+            f"/backends/jobs/{response.json()['id']}"
+        ).json()
+        return body
 
     @property
     def backends(self) -> Path:

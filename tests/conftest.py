@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from huey.contrib.djhuey import HUEY
 
-from backends import tasks
 from backends.core import policy
 from backends.core.trees import remove_tree
+from backends.services import dispatch
 
 pytest_plugins = ["tests.registry_fixtures", "tests.cluster"]
 
@@ -46,7 +46,7 @@ def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
     settings.LOCALAI_ADMIN_PRIVATE_HOSTS = list(LOOPBACK_HOSTS)
     settings.LOCALAI_ADMIN_LOCAL_ROOTS = [tmp_path, SHARED_FIXTURES]
     HUEY.immediate = True
-    tasks.INSTALLS.immediate = True
+    dispatch.INSTALLS.immediate = True
     yield
     # Some tests leave trees thousands of folders deep, which pytest's own clean-up of
     # old runs (shutil.rmtree, recursive on Python 3.12) could never remove.

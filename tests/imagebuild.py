@@ -84,7 +84,8 @@ def special(name: str, kind: bytes) -> Entry:
     return Entry(name, kind, mode=0o644, devmajor=1, devminor=3)
 
 
-Entries = Mapping[str, "bytes | str | tuple[bytes | str, int]"] | Iterable[Entry]
+Content = bytes | str | tuple[bytes | str, int]
+Entries = Mapping[str, Content] | Iterable[Entry]
 
 
 def _entries(entries: Entries) -> list[Entry]:

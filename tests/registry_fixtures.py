@@ -49,7 +49,8 @@ TOKEN_USERS = {"alice": "wonderland"}
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -173,7 +174,7 @@ class TokenService:
     requests: list[dict[str, object]] = field(default_factory=list)
 
     def grant(self, user: str | None, scopes: list[str]) -> list[dict[str, object]]:
-        access = []
+        access: list[dict[str, object]] = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
@@ -481,6 +482,7 @@ class FaultProxy:
                 self._forward(path, body)
 
             def _forward(self, path: str, body: bytes | None) -> None:
+                assert proxy.upstream.hostname is not None
                 upstream = http.client.HTTPConnection(
                     proxy.upstream.hostname, proxy.upstream.port, timeout=10
                 )

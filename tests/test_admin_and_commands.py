@@ -43,6 +43,7 @@ class AdminTestCase(BaseTestCase):
 
     def test_synced_entries_are_read_only(self) -> None:
         entry = GalleryBackend.objects.first()
+        assert entry is not None
         r = self.client.post(
             f"/admin/backends/gallerybackend/{entry.pk}/change/", {"name": "x"}
         )

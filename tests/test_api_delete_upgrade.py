@@ -9,7 +9,7 @@ from tests.base import PipelineTestCase, make_build
 
 
 class DeleteTestCase(PipelineTestCase):
-    def delete(self, name: str):  # type: ignore[no-untyped-def]
+    def delete(self, name: str):
         with self.captureOnCommitCallbacks(execute=True):
             return self.api_post(f"/backends/delete/{name}")
 
@@ -64,7 +64,7 @@ class DeleteTestCase(PipelineTestCase):
 
 
 class UpgradeTestCase(PipelineTestCase):
-    def upgrade(self, name: str):  # type: ignore[no-untyped-def]
+    def upgrade(self, name: str):
         with self.captureOnCommitCallbacks(execute=True):
             return self.api_post(f"/backends/upgrade/{name}")
 

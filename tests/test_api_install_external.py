@@ -8,7 +8,7 @@ from tests.base import PipelineTestCase
 
 
 class InstallExternalTestCase(PipelineTestCase):
-    def post(self, body):  # type: ignore[no-untyped-def]
+    def post(self, body):
         with self.captureOnCommitCallbacks(execute=True):
             return self.api_post("/api/backends/install-external", body)
 

@@ -88,6 +88,7 @@ class CancelTestCase(PipelineTestCase):
             state=Job.State.RUNNING, started_at=timezone.now()
         )
         job = Job.objects.get(pk=job_id)
+        assert job.node is not None
         self.assertEqual(Job.objects.fail_interrupted(job.node, timezone.now()), 1)
         job.refresh_from_db()
         self.assertEqual(job.state, "failed")

@@ -33,7 +33,7 @@ class CancelRunningTestCase(TransactionTestCase):
         thread.start()
         return thread
 
-    def wait_for(self, job: Job, condition, timeout: float = 20) -> Job:  # type: ignore[no-untyped-def]
+    def wait_for(self, job: Job, condition, timeout: float = 20) -> Job:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job.refresh_from_db()

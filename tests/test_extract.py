@@ -10,6 +10,7 @@ import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -453,7 +454,7 @@ def test_an_iterable_source_is_read_to_its_end(tmp_path: Path) -> None:
     data = (
         make_layer([file("a", "x")]).data + b"\0" * 4096
     )  # padding after the gzip member
-    consumed = []
+    consumed: list[int | str] = []
 
     def chunks() -> Iterator[bytes]:
         for start in range(0, len(data), 100):
@@ -480,7 +481,11 @@ def test_memory_stays_flat_for_a_huge_highly_compressible_file(tmp_path: Path) -
     assert peak < 8 << 20
 
 
-def _header(info: tarfile.TarInfo, fmt: int, **fields: bytes) -> bytes:
+# tarfile's USTAR_FORMAT, GNU_FORMAT and PAX_FORMAT.
+TarFormat = Literal[0, 1, 2]
+
+
+def _header(info: tarfile.TarInfo, fmt: TarFormat, **fields: bytes) -> bytes:
     """One 512-byte header, with raw ``fields`` (name -> bytes) patched in and the
     checksum recomputed as tar writers do."""
     offsets = {"mode": (100, 8), "uid": (108, 8), "size": (124, 12), "mtime": (136, 12)}
@@ -568,10 +573,12 @@ def test_a_header_with_a_bad_checksum_is_left_to_tarfile_which_refuses_it(
 LONG = "site-packages/" + "very-long-package-name/" * 6 + "module.py"
 
 
-def _mixed_tar(global_headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
+def _mixed_tar(
+    global_headers: dict[str, str] | None = None,
+) -> tuple[bytes, dict[str, bytes]]:
     """Entries in every header kind, interleaved: plain ustar, ustar with a prefix
     field, pax (a long name, a non-ASCII name), GNU long names and long link names."""
-    plan = [
+    plan: list[tuple[TarFormat, str, bytes]] = [
         (tarfile.USTAR_FORMAT, "run.sh", b"#!/bin/sh\n"),
         (tarfile.PAX_FORMAT, LONG, b"pax long name"),
         (tarfile.USTAR_FORMAT, "lib/plain-after-pax.so", b"x" * 700),

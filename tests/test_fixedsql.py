@@ -28,7 +28,7 @@ class FixedSelectTestCase(BaseTestCase):
         assert found is not None
         (fixed,) = found
         orm = Job.objects.get(pk=job.pk)
-        self.assertIsInstance(fixed, Job)
+        assert isinstance(fixed, Job)
         self.assertEqual(fixed.pk, orm.pk)
         self.assertEqual(model_to_dict(fixed), model_to_dict(orm))
         for name in ("created_at", "started_at", "finished_at", "updated_at"):

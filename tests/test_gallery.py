@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from backends.core import gallery
 from backends.core.gallery import (
@@ -23,7 +22,6 @@ from backends.core.gallery import (
     candidates,
     expand_source,
     fetch_gallery,
-    parse_entries,
     parse_gallery,
     validate_name,
 )
@@ -109,13 +107,6 @@ def test_it_parses_the_real_index() -> None:
     assert cpu_kokoro.mirrors
 
 
-def test_it_gives_the_same_result_from_loaded_data() -> None:
-    body = REAL_INDEX.read_bytes()
-    loaded = yaml.load(body, Loader=gallery.GalleryLoader)
-
-    assert parse_entries(loaded, "localai") == parse_gallery(body, "localai")
-
-
 # --- anchors and merge keys --------------------------------------------------------------
 
 
@@ -177,11 +168,6 @@ def test_it_refuses_python_tags() -> None:
 def test_it_refuses_a_document_that_is_not_a_list(text: str, fragment: str) -> None:
     with pytest.raises(GalleryError, match=f"^gallery test: .*{fragment}"):
         parse(text)
-
-
-def test_it_refuses_loaded_data_that_is_not_a_list() -> None:
-    with pytest.raises(GalleryError, match="gallery test: the document is empty"):
-        parse_entries(None, "test")
 
 
 # --- entry problems ----------------------------------------------------------------------
@@ -275,16 +261,6 @@ def test_it_keeps_scalars_as_written() -> None:
     assert entry.icon == "2024-01-01"
     assert entry.tags == ("1", "yes", "0x10")
     assert entry.capabilities == {"12": "1.0"}
-
-
-def test_it_turns_numbers_loaded_elsewhere_into_text() -> None:
-    loaded = yaml.load(
-        "- name: a\n  version: 1.2\n  license: yes\n", Loader=yaml.CSafeLoader
-    )
-
-    (entry,) = parse_entries(loaded, "test").entries
-
-    assert (entry.version, entry.license) == ("1.2", "true")
 
 
 def test_it_treats_empty_values_as_absent() -> None:
@@ -391,7 +367,6 @@ def test_it_keeps_entries_immutable() -> None:
     assert hash(entry) == hash(
         GalleryEntry(name="x", capabilities={"default": "cpu-x"})
     )
-    assert entry.to_dict()["capabilities"] == {"default": "cpu-x"}
 
 
 # --- sources ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.test import override_settings
 
@@ -12,7 +14,6 @@ from backends.core.gallery import (
     GalleryFetchError,
     GalleryLimits,
     fetch_gallery,
-    parse_entries,
     parse_gallery,
 )
 from backends.models import GalleryBackend
@@ -22,7 +23,7 @@ SMALL = GalleryLimits(entries=3)
 
 
 @pytest.fixture(params=["whole", "entry by entry"])
-def reading(request, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+def reading(request, monkeypatch) -> str:
     """Run a test with small documents loaded whole and with large ones read by entry."""
     if request.param == "entry by entry":
         monkeypatch.setattr(gallery, "LOAD_WHOLE_VALUES", 0)
@@ -46,14 +47,15 @@ def test_a_gallery_at_the_entry_limit_parses() -> None:
 
 
 def test_a_gallery_over_the_entry_limit_fails_whole() -> None:
-    message = "gallery test: more than 3 entries, the limit per gallery"
-    with pytest.raises(GalleryError, match=message):
+    message = (
+        "gallery test: more than 3 entries, the limit per gallery "
+        "(LOCALAI_ADMIN_GALLERY_MAX_ENTRIES)"
+    )
+    with pytest.raises(GalleryError, match=re.escape(message)):
         parse_gallery(entries(4), "test", SMALL)
-    with pytest.raises(GalleryError, match="LOCALAI_ADMIN_GALLERY_MAX_ENTRIES"):
-        parse_entries([{"name": f"b{n}"} for n in range(4)], "test", SMALL)
 
 
-def test_a_source_over_the_entry_limit_fails_and_the_mirror_is_tried(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_source_over_the_entry_limit_fails_and_the_mirror_is_tried(tmp_path) -> None:
     big, small = tmp_path / "big.yaml", tmp_path / "small.yaml"
     big.write_text(entries(10))
     small.write_text(entries(2))
@@ -108,7 +110,7 @@ def test_fields_at_their_limits_are_kept() -> None:
     assert (entry.description, entry.tags) == ("abcde", ("abc", "de"))
 
 
-def test_anchors_may_not_hold_more_than_their_share(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_anchors_may_not_hold_more_than_their_share(monkeypatch) -> None:
     # Only a large document is read entry by entry and keeps anchored values around.
     monkeypatch.setattr(gallery, "LOAD_WHOLE_VALUES", 0)
     document = "- &a\n  name: a\n  tags: [" + ",".join(["t"] * 50) + "]\n"
@@ -117,7 +119,7 @@ def test_anchors_may_not_hold_more_than_their_share(monkeypatch) -> None:  # typ
 
 
 def test_both_ways_of_reading_give_the_same_result_for_the_real_index(
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     body = REAL_GALLERY.read_bytes()
     whole = parse_gallery(body, "localai")
@@ -126,7 +128,7 @@ def test_both_ways_of_reading_give_the_same_result_for_the_real_index(
 
 
 def test_a_gallery_too_large_to_load_whole_is_read_entry_by_entry(
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     monkeypatch.setattr(gallery, "_load_yaml", None)  # whole loading would fail
     monkeypatch.setattr(gallery, "LOAD_WHOLE_VALUES", 5)

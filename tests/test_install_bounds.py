@@ -274,7 +274,8 @@ class InstallLimitSettingsTestCase(PipelineTestCase):
             r = self.api_post(
                 "/api/backends/install-external", {"uri": source.uri, "name": "bomb"}
             )
-        return self.api_get(f"/backends/jobs/{r.json()['id']}").json()
+        body: dict[str, str] = self.api_get(f"/backends/jobs/{r.json()['id']}").json()
+        return body
 
     def test_the_byte_limit_is_read_from_its_setting(self) -> None:
         source = bomb_tarball(self.sources, "gzip", 64)

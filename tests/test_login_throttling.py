@@ -21,7 +21,7 @@ class LoginThrottlingTestCase(BaseTestCase):
             url, {"username": username, "password": password}, headers=headers
         )
 
-    def fail(self, url: str, times: int, **kwargs: Any) -> None:
+    def fail_logins(self, url: str, times: int, **kwargs: Any) -> None:
         for n in range(times):
             username = kwargs.get("username") or f"guess{n}"
             address = kwargs.get("address", f"10.0.0.{n + 1}")
@@ -42,7 +42,7 @@ class LoginThrottlingTestCase(BaseTestCase):
         self,
     ) -> None:
         # From a new address each time: only the username ties the tries together.
-        self.fail(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="alice")
+        self.fail_logins(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="alice")
         r = self.client.post(
             DASHBOARD,
             {"username": "alice", "password": "password"},
@@ -54,7 +54,7 @@ class LoginThrottlingTestCase(BaseTestCase):
         self,
     ) -> None:
         # A new username each time: only the address ties the tries together.
-        self.fail(DASHBOARD, settings.AXES_FAILURE_LIMIT, address="10.1.1.1")
+        self.fail_logins(DASHBOARD, settings.AXES_FAILURE_LIMIT, address="10.1.1.1")
         r = self.client.post(
             DASHBOARD,
             {"username": "alice", "password": "password"},
@@ -63,29 +63,29 @@ class LoginThrottlingTestCase(BaseTestCase):
         self.assert_locked(r)
 
     def test_the_admin_login_is_throttled_too(self) -> None:
-        self.fail(ADMIN, settings.AXES_FAILURE_LIMIT, username="alice")
+        self.fail_logins(ADMIN, settings.AXES_FAILURE_LIMIT, username="alice")
         r = self.client.post(ADMIN, {"username": "alice", "password": "password"})
         self.assert_locked(r)
 
     def test_failures_below_the_limit_still_let_the_right_password_in(self) -> None:
-        self.fail(DASHBOARD, settings.AXES_FAILURE_LIMIT - 1, username="alice")
+        self.fail_logins(DASHBOARD, settings.AXES_FAILURE_LIMIT - 1, username="alice")
         r = self.attempt(DASHBOARD, "alice", "password")
         self.assertEqual(r.status_code, 302)
 
     def test_an_admin_reset_lets_the_right_password_in_again(self) -> None:
-        self.fail(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="alice")
+        self.fail_logins(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="alice")
         self.assert_locked(self.attempt(DASHBOARD, "alice", "password"))
         call_command("axes_reset", stdout=io.StringIO())
         self.assertEqual(self.attempt(DASHBOARD, "alice", "password").status_code, 302)
 
     def test_admins_can_lift_lockouts_in_the_admin(self) -> None:
-        self.fail(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="bob")
+        self.fail_logins(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="bob")
         self.client.force_login(self.alice)
         r = self.client.get("/admin/axes/accessattempt/")
         self.assertContains(r, "bob")
 
     def test_a_script_gets_the_lockout_as_json(self) -> None:
-        self.fail(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="alice")
+        self.fail_logins(DASHBOARD, settings.AXES_FAILURE_LIMIT, username="alice")
         r = self.attempt(DASHBOARD, "alice", "password", Accept="application/json")
         self.assertEqual(r.status_code, 429)
         self.assertEqual(r.json()["error"]["type"], "too_many_requests")

@@ -32,7 +32,15 @@ from backends.core.oci import (
     UnsupportedMediaTypeError,
     pull_image,
 )
-from tests.imagebuild import Blob, PushedImage, file, make_layer, opaque, whiteout
+from tests.imagebuild import (
+    Blob,
+    Content,
+    PushedImage,
+    file,
+    make_layer,
+    opaque,
+    whiteout,
+)
 from tests.registry_fixtures import FaultProxy, RegistryProcess, TokenRegistry
 
 AMD64 = Platform("linux", "amd64")
@@ -157,7 +165,7 @@ def test_it_uses_plain_http_only_for_loopback_and_listed_insecure_registries() -
     ],
 )
 def test_host_platform_uses_go_names(
-    monkeypatch: pytest.MonkeyPatch, machine: str, expected: tuple
+    monkeypatch: pytest.MonkeyPatch, machine: str, expected: tuple[str, str | None]
 ) -> None:
     monkeypatch.setattr(platform, "machine", lambda: machine)
     monkeypatch.setattr(sys, "platform", "linux")
@@ -189,7 +197,7 @@ class Images:
 
 @pytest.fixture(scope="module")
 def images(registry: RegistryProcess) -> Images:
-    run_sh = ('#!/bin/sh\nexec ./server "$@"\n', 0o755)
+    run_sh: Content = ('#!/bin/sh\nexec ./server "$@"\n', 0o755)
     simple_layer = make_layer(
         {"run.sh": run_sh, "lib/libbackend.so": b"\x7fELF" + b"\0" * 2000}
     )
@@ -416,7 +424,8 @@ def test_unknown_tags_and_repositories_are_clear_errors(
 def test_a_missing_blob_is_a_clear_error(
     registry: RegistryProcess, client: RegistryClient, tmp_path: Path
 ) -> None:
-    layer = make_layer({"run.sh": "x", "unique": os.urandom(16)})
+    files: dict[str, Content] = {"run.sh": "x", "unique": os.urandom(16)}
+    layer = make_layer(files)
     image = registry.push_image("ocitest/deleted-blob", "v1", [layer])
     assert (
         httpx.delete(
@@ -674,7 +683,8 @@ def test_basic_auth_is_not_sent_along_a_cross_host_redirect(
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def test_descriptor_parsing_rejects_bad_digests() -> None:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from django.test import override_settings
 from django.utils import timezone
+from huey.api import PeriodicTask
 
 from backends import tasks
 from backends.models import Gallery, Job, Node
@@ -112,6 +113,7 @@ class OfflineSweepTestCase(BaseTestCase):
         for minute in (0, 1, 17, 59):
             when = datetime(2026, 12, 2, 10, minute)
             task = tasks.sweep_offline_nodes.task_class()
+            assert isinstance(task, PeriodicTask)
             self.assertTrue(task.validate_datetime(when))
 
     def test_a_script_polling_the_api_sees_a_dead_agents_job_fail_after_the_sweep(

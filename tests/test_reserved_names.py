@@ -108,7 +108,7 @@ class ReservedNamesTestCase(PipelineTestCase):
         self.assertIn("'cpu-bar.backup'", problem)
         self.assertIn("reserved", problem)
 
-    def assert_refused(self, response) -> None:  # type: ignore[no-untyped-def]
+    def assert_refused(self, response) -> None:
         self.assertEqual(response.status_code, 400, response.content)
         self.assertIn("reserved", response.json()["error"]["message"])
         self.assertFalse(Job.objects.exists())

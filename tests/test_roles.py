@@ -95,7 +95,7 @@ class RouteTableTestCase(BaseTestCase):
                         self.assertEqual(r.json()["permission"], route.permission)
                         self.assertIn(route.permission, r.json()["error"]["message"])
                     else:
-                        self.assertContains(r, route.permission, status_code=403)
+                        self.assertContains(r, str(route.permission), status_code=403)
 
     def test_agent_routes_take_only_the_registration_token(self) -> None:
         for route in ROUTES:

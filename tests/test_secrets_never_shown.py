@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -111,7 +111,7 @@ def echoing_registry(scheme: str) -> Iterator[str]:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            host = f"127.0.0.1:{self.server.server_address[1]}"
+            host = f"127.0.0.1:{cast(tuple[str, int], self.server.server_address)[1]}"
             auth = self.headers.get("Authorization", "")
             if self.path.startswith("/token"):
                 self._reply(200, {"token": BEARER, "expires_in": 300})
@@ -161,7 +161,8 @@ class SecretsNeverShownTestCase(PipelineTestCase):
                 "/api/backends/install-external", {"uri": uri, "name": name}
             )
         self.assertEqual(r.status_code, 200, r.content)
-        return self.api_get(f"/backends/jobs/{r.json()['id']}").json()
+        status: dict[str, Any] = self.api_get(f"/backends/jobs/{r.json()['id']}").json()
+        return status
 
     def as_bob(self) -> None:
         self.client.force_login(self.bob)

@@ -359,7 +359,7 @@ def test_the_default_policy_reaches_nothing_private() -> None:
 
 
 class SourcePolicyTestCase(PipelineTestCase):
-    def install_external(self, body: dict[str, str]):  # type: ignore[no-untyped-def]
+    def install_external(self, body: dict[str, str]):
         with self.captureOnCommitCallbacks(execute=True):
             return self.api_post("/api/backends/install-external", body)
 

@@ -64,5 +64,6 @@ class HardwareProbeTestCase(BaseTestCase):
         self.assertRedirects(r, "/hardware/")
         self.assertContains(r, "Hardware probed again: capability amd.")
         node.refresh_from_db()
+        assert node.probed_at is not None and before is not None
         self.assertGreater(node.probed_at, before)
         self.assertEqual(node.capability, "amd")

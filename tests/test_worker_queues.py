@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from huey.contrib.djhuey import HUEY
 
-from backends import tasks
+from backends.services import dispatch
 from tests.base import make_build
 from tests.slowserver import slow_server, tarball
 from tests.test_worker_restart import job_row, manage, wait_for
@@ -197,8 +197,8 @@ def test_install_jobs_and_periodic_tasks_run_on_separate_queues() -> None:
     midnight = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
     minutes = [midnight + datetime.timedelta(minutes=m) for m in range(24 * 60)]
 
-    assert tasks.run_job.huey is tasks.INSTALLS
-    assert not any(tasks.INSTALLS.read_periodic(when) for when in minutes)
+    assert dispatch.run_job.huey is dispatch.INSTALLS
+    assert not any(dispatch.INSTALLS.read_periodic(when) for when in minutes)
     assert "sweep_offline_nodes" in {t.name for t in HUEY.read_periodic(midnight)}
 
 

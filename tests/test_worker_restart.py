@@ -51,10 +51,11 @@ def job_row(db: Path, job_id: str) -> tuple[str, int, str]:
             (job_id.replace("-", ""),),
         ).fetchone()
     assert row is not None, f"no job {job_id}"
-    return row
+    state, current_bytes, error = row
+    return str(state), int(current_bytes), str(error)
 
 
-def wait_for(predicate, timeout: float = 60):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -294,7 +294,7 @@ def permission_denied(
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """404 for unknown URLs: JSON under the API prefixes, the HTML page elsewhere."""
     if not is_api_request(request):
-        return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+        return defaults.page_not_found(request, exception)
     return json_error(404, f"no route {request.path}")
 
 

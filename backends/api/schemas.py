@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Model
+from django.db.models import Field, Model
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 
@@ -32,7 +32,9 @@ TEXT: Schema = {"type": "string", "pattern": NO_NUL}
 def column(model: type[Model], name: str, **extra: Any) -> Schema:
     """A string stored in ``model.name``: as long as the column allows, and without NUL,
     which PostgreSQL refuses in text (a 500 instead of a 400)."""
-    length = model._meta.get_field(name).max_length
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field), f"{model.__name__}.{name} is a relation"
+    length = field.max_length
     return {
         "type": "string",
         "pattern": NO_NUL,
@@ -466,15 +468,18 @@ def check(schema: Schema, instance: Any, what: str = "request body") -> None:
 
 def problem(error: ValidationError, what: str = "request body") -> str:
     """One sentence for a client: which field, and what it must be."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
     # A rule that spans fields says itself what is missing (NODE_INSTALL_BODY).
-    if isinstance(error.schema, dict) and "x-message" in error.schema:
-        return str(error.schema["x-message"])
+    if "x-message" in schema:
+        return str(schema["x-message"])
     if error.context:
         # anyOf/oneOf: the branch that came closest says more than "matches none".
         return problem(min(error.context, key=relevance), what)
     field = ".".join(str(part) for part in error.absolute_path)
-    value, rule = error.validator_value, error.validator
-    if rule == "required":
+    # Set on every error a validator raises (unset only on hand-made errors).
+    value: Any = error.validator_value
+    rule = error.validator
+    if rule == "required" and isinstance(error.instance, dict):
         missing = next(name for name in value if name not in error.instance)
         return f"{field + '.' if field else ''}{missing} is required"
     if not field:
@@ -495,6 +500,6 @@ def problem(error: ValidationError, what: str = "request body") -> str:
             f"unknown {field} {error.instance!r}: one of {', '.join(map(str, value))}"
         )
     if rule == "pattern":
-        shape = error.schema.get("description", f"matching {value}")
+        shape = schema.get("description", f"matching {value}")
         return f"{field} {error.instance!r} is not {shape}"
     return f"{field}: {error.message}"

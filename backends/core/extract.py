@@ -336,7 +336,10 @@ class _ChunkReader:
 
 def _unzstd(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
     reader = zstandard.ZstdDecompressor().stream_reader(
-        _ChunkReader(head, chunks), read_size=CHUNK_SIZE, read_across_frames=True
+        # zstandard's stub asks for IO[bytes]; the reader only ever calls read(n).
+        _ChunkReader(head, chunks),  # type: ignore[arg-type]
+        read_size=CHUNK_SIZE,
+        read_across_frames=True,
     )
     try:
         while output := reader.read(_PIECE_SIZE):
@@ -420,6 +423,13 @@ class _TarStream:
             self._position += step
             skip -= step
         return self._position
+
+    # tarfile's file protocol also names these; reading is all a layer ever needs.
+    def write(self, data: bytes) -> int:
+        raise OSError("the tar stream is read-only")
+
+    def close(self) -> None:
+        pass
 
     def copy_to(self, fd: int, size: int) -> None:
         while size > 0:
@@ -598,7 +608,8 @@ class _LayerWriter:
                 if tar is not None:
                     member, parser = tar.next(), tar
                     # TarFile keeps every member it has seen; we stream, so forget them.
-                    tar.members.clear()
+                    # (typeshed leaves out TarFile's ``members`` and ``firstmember``.)
+                    tar.members.clear()  # type: ignore[attr-defined]
                 else:
                     member, parser = self._plain_member(stream), None
                     if member is None:
@@ -606,7 +617,8 @@ class _LayerWriter:
                         parser = tarfile.open(  # noqa: SIM115 (nothing to close)
                             fileobj=stream, mode="r:"
                         )
-                        member, parser.firstmember = parser.firstmember, None
+                        first = parser.firstmember  # type: ignore[attr-defined]
+                        member, parser.firstmember = first, None  # type: ignore[attr-defined]
                         if parser.pax_headers:
                             tar = parser
                         next_header = parser.offset

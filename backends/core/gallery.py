@@ -135,23 +135,6 @@ class GalleryEntry:
         """A meta backend only points at concrete builds: it has a map and no artifact."""
         return bool(self.capabilities) and not self.uri
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (``dataclasses.asdict`` cannot copy the read-only map)."""
-        return {
-            "name": self.name,
-            "uri": self.uri,
-            "alias": self.alias,
-            "description": self.description,
-            "license": self.license,
-            "icon": self.icon,
-            "tags": list(self.tags),
-            "urls": list(self.urls),
-            "mirrors": list(self.mirrors),
-            "capabilities": dict(self.capabilities),
-            "version": self.version,
-            "sha256": self.sha256,
-        }
-
 
 @dataclass
 class ParseResult:
@@ -271,19 +254,6 @@ def parse_gallery(
         for number, raw in enumerate(loaded, start=1)
     )
     return _parse_items(items, gallery, limits)
-
-
-def parse_entries(
-    data: object, gallery: str, limits: GalleryLimits = DEFAULT_LIMITS
-) -> ParseResult:
-    """Build entries from an already loaded document (a list of mappings)."""
-    problem = _document_problem(data)
-    if problem:
-        raise GalleryError(f"gallery {gallery}: {problem}")
-    assert isinstance(data, list)
-    if len(data) > limits.entries:
-        raise GalleryError(f"gallery {gallery}: {_too_many(limits.entries)}")
-    return _parse_items(data, gallery, limits)
 
 
 def _too_many(limit: int) -> str:
@@ -515,7 +485,7 @@ class _TooLarge(Exception):
         self.open = 0  # collections begun and not ended when reading stopped
 
 
-class _EntryReader(Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
     """GalleryLoader's rules, building one top-level entry at a time.
 
     ``yaml.load`` composes the whole document into nodes before it builds any value: a

@@ -155,13 +155,14 @@ class GpuFindings:
     notes: list[str] = field(default_factory=list)
 
 
+# LocalAI's own override file, read under the probed root.
+RUN_FILE = "/run/localai/capability"
+
+
 def probe(
     root: Path | str = "/",
     *,
     forced: str = "",
-    run_file: str = "/run/localai/capability",
-    system: str | None = None,
-    machine: str | None = None,
     timeout: float = 5.0,
 ) -> HardwareReport:
     """Probe the host seen through ``root`` and decide its capability string.
@@ -171,7 +172,7 @@ def probe(
     report still shows what is really there.
     """
     root = Path(root)
-    os_name, arch = _platform(root, system, machine)
+    os_name, arch = _platform(root)
     if os_name == "darwin":
         found = GpuFindings(vendor="apple") if arch == "arm64" else GpuFindings()
         if arch == "arm64":
@@ -182,14 +183,14 @@ def probe(
     detected, why = decide_capability(os_name, arch, found, toolkits)
 
     capability, source = detected, "detected"
-    run_value = (_read(_under(root, run_file)) or "").strip()
+    run_value = (_read(_under(root, RUN_FILE)) or "").strip()
     if forced.strip():
         capability, source = forced.strip(), "forced"
         why = f"forced by LOCALAI_FORCE_META_BACKEND_CAPABILITY (detected {detected}: {why})"
     elif run_value:
         # An empty run file is ignored rather than producing an empty capability.
         capability, source = run_value, "run-file"
-        why = f"read from {run_file} (detected {detected}: {why})"
+        why = f"read from {RUN_FILE} (detected {detected}: {why})"
 
     return HardwareReport(
         os=os_name,
@@ -295,12 +296,10 @@ def gib(size: int) -> str:
 # --- platform --------------------------------------------------------------------------
 
 
-def _platform(root: Path, system: str | None, machine: str | None) -> tuple[str, str]:
-    """OS and architecture: explicit arguments, then the probed tree, then this process."""
-    if system is None:
-        system = _read(_under(root, "proc/sys/kernel/ostype")) or platform.system()
-    if machine is None:
-        machine = _read(_under(root, "proc/sys/kernel/arch")) or platform.machine()
+def _platform(root: Path) -> tuple[str, str]:
+    """OS and architecture: from the probed tree, else from this process."""
+    system = _read(_under(root, "proc/sys/kernel/ostype")) or platform.system()
+    machine = _read(_under(root, "proc/sys/kernel/arch")) or platform.machine()
     return system.strip().lower(), normalise_machine(machine)
 
 

@@ -505,9 +505,9 @@ class Installer:
                 and row.metadata.name == name
             ):
                 return row.folder
-        row = rows.get(name)
-        if row and row.folder and not row.is_system:
-            return row.folder
+        named = rows.get(name)
+        if named and named.folder and not named.is_system:
+            return named.folder
         return None
 
     def _remove(self, folder: Path) -> str:

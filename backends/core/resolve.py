@@ -90,13 +90,11 @@ def resolve_meta(
     capability: str,
     *,
     hardware_explanation: str = "",
-    runnable_only: bool = True,
 ) -> Resolution:
     """The concrete build a meta backend stands for on a node with ``capability``.
 
-    Walks ``fallback_chain``; the first key present in the meta's map wins. With
-    ``runnable_only`` (the default) a key is passed over when the name of its build
-    shows it cannot run here, e.g. a CUDA 13 build on a CUDA 12 node, and the chain
+    Walks ``fallback_chain``; the first key present in the meta's map wins, but a key
+    is passed over when the name of its build shows it cannot run here, e.g. a CUDA 13 build on a CUDA 12 node, and the chain
     goes on to the next key. Raises NoBuildError when nothing is left.
     """
     if not meta.is_meta:
@@ -111,7 +109,7 @@ def resolve_meta(
             continue
         steps.extend(_missing_step(missing))
         missing = []
-        reason = why_incompatible(concrete, "", capability) if runnable_only else ""
+        reason = why_incompatible(concrete, "", capability)
         if reason:
             skipped.append(f"{concrete} ({key}) {reason}")
             steps.append(skipped[-1])
@@ -136,13 +134,13 @@ def _missing_step(missing: list[str]) -> list[str]:
     return [f"no {' or '.join(missing)} build"] if missing else []
 
 
-def pick_build(
+def pick_build[C: Candidate](
     meta: Candidate,
-    entries: Iterable[Candidate],
+    entries: Iterable[C],
     capability: str,
     *,
     hardware_explanation: str = "",
-) -> tuple[Resolution, Candidate]:
+) -> tuple[Resolution, C]:
     """Resolve a meta and find its build among ``entries``, checking that it can run.
 
     This is what an install should use: it fails, with NoBuildError, exactly when
@@ -154,9 +152,9 @@ def pick_build(
     return resolution, _checked_build(resolution, concretes_by_name(entries))
 
 
-def _checked_build(
-    resolution: Resolution, concretes: Mapping[str, Candidate]
-) -> Candidate:
+def _checked_build[C: Candidate](
+    resolution: Resolution, concretes: Mapping[str, C]
+) -> C:
     build = concretes.get(resolution.concrete.lower())
     where = f"{resolution.concrete} ({resolution.key})"
     if build is None:
@@ -172,7 +170,7 @@ def _checked_build(
 def first_by_name[Named: Candidate](entries: Iterable[Named]) -> list[Named]:
     """One entry per name, case-insensitively: the first one (the first gallery) wins."""
     seen: set[str] = set()
-    kept = []
+    kept: list[Named] = []
     for entry in entries:
         key = entry.name.lower()
         if key not in seen:
@@ -181,7 +179,7 @@ def first_by_name[Named: Candidate](entries: Iterable[Named]) -> list[Named]:
     return kept
 
 
-def concretes_by_name(entries: Iterable[Candidate]) -> dict[str, Candidate]:
+def concretes_by_name[C: Candidate](entries: Iterable[C]) -> dict[str, C]:
     """Concrete builds by lower-cased name, the first one winning (LocalAI's lookup)."""
     builds = first_by_name(entry for entry in entries if not entry.is_meta)
     return {build.name.lower(): build for build in builds}
@@ -224,11 +222,11 @@ def verdict(
     return Verdict(resolution=resolution)
 
 
-def available(entries: Iterable[Candidate], capability: str) -> list[Candidate]:
+def available[C: Candidate](entries: Iterable[C], capability: str) -> list[C]:
     """Entries a node with ``capability`` can install and run, in their input order."""
-    entries = list(entries)
-    concretes = concretes_by_name(entries)
-    return [e for e in entries if verdict(e, concretes, capability).runs_here]
+    listed = list(entries)
+    concretes = concretes_by_name(listed)
+    return [e for e in listed if verdict(e, concretes, capability).runs_here]
 
 
 # --- compatibility of a concrete build ---------------------------------------------------
@@ -243,11 +241,6 @@ _CUDA_WORD = re.compile(r"cuda\d*")
 _ROCM_WORD = re.compile(r"rocm\d*|hip|hipblas\w*")
 _CUDA_MAJOR = re.compile(r"(?<![a-z0-9])cuda[-_]?(\d{1,2})(?!\d)")
 _NODE_CUDA_MAJOR = re.compile(r"nvidia(?:-l4t)?-cuda-(\d+)")
-
-
-def is_compatible(name: str, uri: str, capability: str) -> bool:
-    """Whether a concrete build can run on a node with ``capability``."""
-    return not why_incompatible(name, uri, capability)
 
 
 # Pure and called for every gallery entry on every catalogue render: worth caching.

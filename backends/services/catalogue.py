@@ -85,18 +85,12 @@ class Entry:
 def light_entries(entries: QuerySet[GalleryBackend]) -> list[Entry]:
     """Light entries; only metas carry their capabilities map (nothing reads a build's)."""
     maps = dict(entries.filter(is_meta=True).values_list("pk", "capabilities"))
-    fields = (
-        "pk",
-        "gallery__name",
-        "name",
-        "alias",
-        "description",
-        "uri",
-        "tags",
-        "is_meta",
+    rows = entries.values_list(
+        "pk", "gallery__name", "name", "alias", "description", "uri", "tags", "is_meta"
     )
     return [
-        Entry(*values, maps.get(pk, {})) for pk, *values in entries.values_list(*fields)
+        Entry(gallery, name, alias, description, uri, tags, is_meta, maps.get(pk, {}))
+        for pk, gallery, name, alias, description, uri, tags, is_meta in rows
     ]
 
 

@@ -2,24 +2,93 @@
 
 Every job is queued from here, once its row is committed, so a worker never looks for a
 row that is not there yet. Models know nothing of queues. This host's jobs go to
-``tasks.INSTALLS``, never to the maintenance queue, so that slow installs cannot keep
+``INSTALLS``, never to the maintenance queue, so that slow installs cannot keep
 gallery syncs and upgrade checks waiting (docs/workers.md).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import threading
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
-from huey import RedisHuey
-from huey.api import Task, TaskWrapper
+from huey import Huey, RedisHuey
+from huey.api import TaskWrapper
+from huey.utils import load_class
 
-from backends import tasks
+from backends.core.install import Installer
 from backends.models import Job, Node
 from backends.services import pipeline
+
+log = logging.getLogger(__name__)
+
+# Jobs this process marks running start after this instant; older running jobs were left
+# behind by a worker that died.
+PROCESS_STARTED = timezone.now()
+
+
+def queue_from_settings(config: dict[str, Any]) -> Huey:
+    """A Huey built from a settings dict shaped like djhuey's ``HUEY``."""
+    options = {
+        key: value
+        for key, value in config.items()
+        if key not in ("name", "huey_class", "consumer")
+    }
+    huey_class: type[Huey] = load_class(config["huey_class"])
+    return huey_class(config["name"], **options)
+
+
+INSTALLS = queue_from_settings(settings.HUEY_INSTALLS)
+
+
+def closing_connections[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
+    """Djhuey's ``db_task`` for the install queue: a worker thread never reuses a
+    connection the database closed; immediate mode (tests) keeps the test's own."""
+
+    @wraps(fn)
+    def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not INSTALLS.immediate:
+            close_old_connections()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not INSTALLS.immediate:
+                close_old_connections()
+
+    return inner
+
+
+_recovery = threading.Lock()
+_recovered = False
+
+
+@INSTALLS.on_startup()
+def recover_from_a_killed_worker() -> None:
+    """Once per worker process, before its first install: fail what a killed worker left
+    running and tidy the backends folder (every install thread calls this hook; only the
+    install consumer runs jobs, so only it may decide that a running job was orphaned)."""
+    global _recovered
+    with _recovery:
+        if _recovered:
+            return
+        _recovered = True
+        failed = Job.objects.fail_interrupted(Node.objects.local(), PROCESS_STARTED)
+        actions = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).recover()
+        if failed or actions:
+            log.warning("recovered after a stop: %d job(s) failed; %s", failed, actions)
+
+
+@INSTALLS.task()
+@closing_connections
+def run_job(job_id: str) -> str:
+    return pipeline.run_job(job_id)
 
 
 class NoNodes(Exception):
@@ -31,7 +100,7 @@ def queue_name(node_name: str) -> str:
 
 
 @functools.cache
-def node_queue(name: str) -> tuple[RedisHuey, TaskWrapper]:
+def node_queue(name: str) -> tuple[RedisHuey, TaskWrapper[[str], str]]:
     """The Huey queue of one agent and its job task (the same in every process)."""
     queue = RedisHuey(name, url=settings.HUEY_REDIS_URL)
 
@@ -55,9 +124,9 @@ def enqueue(job: Job) -> None:
     if _runs_on_agent(job):
         assert job.node is not None
         _queue, task = node_queue(queue_name(job.node.name))
-        result: Task | Any = task(str(job.pk))
+        result = task(str(job.pk))
     else:
-        result = tasks.run_job(str(job.pk))
+        result = run_job(str(job.pk))
     task_id = getattr(result, "id", "")
     if task_id:
         Job.objects.filter(pk=job.pk, task_id="").update(task_id=task_id)
@@ -76,7 +145,7 @@ def revoke(job: Job) -> None:
         queue, _task = node_queue(queue_name(job.node.name))
         queue.revoke_by_id(job.task_id)
     else:
-        tasks.INSTALLS.revoke_by_id(job.task_id)
+        INSTALLS.revoke_by_id(job.task_id)
 
 
 def fan_out(kind: str, target: str, *, dedup_key: str, **fields: Any) -> Job:

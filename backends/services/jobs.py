@@ -284,9 +284,8 @@ def _installed_job(
     queue: bool = True,
     **fields: Any,
 ) -> Job:
-    verb = {Job.Kind.DELETE: "deleted", Job.Kind.UPGRADE: "upgraded"}.get(
-        kind, "reinstalled"
-    )
+    verbs: dict[str, str] = {Job.Kind.DELETE: "deleted", Job.Kind.UPGRADE: "upgraded"}
+    verb = verbs.get(kind, "reinstalled")
     if node is None or node.is_local:
         row = installed_here(name)
         bare = row.name

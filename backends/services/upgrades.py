@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from django.utils import timezone
@@ -130,7 +131,7 @@ def upgrade_info() -> dict[str, dict[str, Any]]:
     return info
 
 
-def majority(values: Any) -> str:
+def majority(values: Iterable[str]) -> str:
     counts = Counter(values)
     if not counts:
         return ""

@@ -53,7 +53,7 @@ def duration(seconds: float | None) -> str:
 
 
 @register.filter
-def redact(value: str) -> str:
+def redact(value: object) -> object:
     """A URI, or a text quoting URIs, without the secrets they hold (core/redact.py)."""
     if not isinstance(value, str):
         return value

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import overload
 
 from django.conf import settings
 from django.contrib import messages
@@ -27,6 +28,31 @@ from backends.web.base import (
 from backends.web.forms import CatalogueQueryForm, InstallForm
 
 PAGE_SIZE = 50
+
+
+class _Described(Sequence[EntryRow]):
+    """Entries described only when the paginator slices out its page: describing one
+    resolves it, and a catalogue has a thousand entries."""
+
+    def __init__(
+        self, entries: list[Entry], describe: Callable[[Entry], EntryRow]
+    ) -> None:
+        self._entries = entries
+        self._describe = describe
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> EntryRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EntryRow]: ...
+
+    def __getitem__(self, index: int | slice) -> EntryRow | list[EntryRow]:
+        if isinstance(index, slice):
+            return [self._describe(entry) for entry in self._entries[index]]
+        return self._describe(self._entries[index])
 
 
 def _search_text(entry: Entry) -> str:
@@ -89,13 +115,13 @@ def catalogue(request: HtmxHttpRequest) -> HttpResponse:
 
     shown = _sort(_filter(entries, form), form.value("sort", "name"), on_disk)
     number = form.value("page", 1)
+    rows: Sequence[EntryRow]
     if form.value("runs_here"):
         # Only a described row knows whether it runs here: describe every match.
         rows = [row for row in map(describe, shown) if row.runs_here]
-        page = Paginator(rows, PAGE_SIZE).get_page(number)
     else:
-        page = Paginator(shown, PAGE_SIZE).get_page(number)
-        page.object_list = [describe(entry) for entry in page.object_list]
+        rows = _Described(shown, describe)
+    page = Paginator(rows, PAGE_SIZE).get_page(number)
     context = {
         "form": form,
         "page": page,

@@ -57,7 +57,9 @@ class CatalogueQueryForm(QueryForm):
 
     def __init__(self, data: Any = None, *, galleries: Iterable[str] = ()) -> None:
         super().__init__(data)
-        self.fields["gallery"].choices = _choices(galleries, "All galleries")
+        gallery = self.fields["gallery"]
+        assert isinstance(gallery, forms.ChoiceField)
+        gallery.choices = _choices(galleries, "All galleries")
 
     def clean_q(self) -> str:
         return " ".join(self.cleaned_data["q"].split())
@@ -94,7 +96,9 @@ class KnownFilterForm(QueryForm):
 
     def __init__(self, data: Any = None, *, modalities: Iterable[str] = ()) -> None:
         super().__init__(data)
-        self.fields["modality"].choices = _choices(modalities, "All modalities")
+        modality = self.fields["modality"]
+        assert isinstance(modality, forms.ChoiceField)
+        modality.choices = _choices(modalities, "All modalities")
 
 
 class InstallForm(forms.Form):

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.apps import apps as django_apps
@@ -22,13 +22,15 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.test import Client
 
-from backends import tasks
 from backends.models import Gallery, KnownBackend
-from backends.services import pipeline
+from backends.services import dispatch, pipeline
 from tests.base import REAL_GALLERY, user_with_role
 from tests.imagebuild import file, make_layer
 from tests.parts import missing_part
 from tests.registry_fixtures import RegistryProcess
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ConsoleMessage
 
 ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -127,9 +129,12 @@ def new_page(
                 ]
             )
         page = context.new_page()
-        page.on(
-            "console", lambda m: m.type == "error" and console.errors.append(m.text)
-        )
+
+        def record_error(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                console.errors.append(message.text)
+
+        page.on("console", record_error)
         page.on("pageerror", lambda exc: console.errors.append(f"page error: {exc}"))
         return page
 
@@ -186,7 +191,7 @@ def job_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[threading.Threa
         threads.append(thread)
         thread.start()
 
-    monkeypatch.setattr(tasks, "run_job", run_job)
+    monkeypatch.setattr(dispatch, "run_job", run_job)
     yield threads
     for thread in threads:
         thread.join(timeout=30)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.utils import timezone
-from playwright.sync_api import expect
+from playwright.sync_api import Request, expect
 
 from backends.models import Gallery, Job, KnownBackend, Node
 
@@ -109,7 +109,12 @@ def test_a_running_job_updates_live_and_stops_polling_when_done(
     )
     page = new_page(users["bob"])
     polls: list[str] = []
-    page.on("request", lambda r: f"/jobs/{job.pk}/" in r.url and polls.append(r.url))
+
+    def record_poll(request: Request) -> None:
+        if f"/jobs/{job.pk}/" in request.url:
+            polls.append(request.url)
+
+    page.on("request", record_poll)
     page.goto("/jobs/")
     card = page.locator(f"#job-{job.pk}")
     expect(card.locator("progress")).to_have_attribute("value", "10.0")

@@ -53,8 +53,8 @@ def make_data(gallery: Gallery) -> Job:
     now = timezone.now()
     # The fixture is a copy of the default gallery: show where it comes from, not the
     # temporary file it was read from here.
-    gallery.url = settings.DEFAULT_BACKEND_GALLERIES[0]["url"]
-    gallery.mirrors = settings.DEFAULT_BACKEND_GALLERIES[0]["mirrors"]
+    default: dict[str, Any] = settings.DEFAULT_BACKEND_GALLERIES[0]
+    gallery.url, gallery.mirrors = default["url"], default["mirrors"]
     gallery.source = gallery.url
     gallery.save()
     install(

@@ -100,8 +100,8 @@ class Command(BaseCommand):
         for job in Job.objects.filter(
             node=node, state=Job.State.FAILED, parent__isnull=False
         ):
-            if job.parent_id and job.parent.is_active:
-                Job.objects.settle_parent(job.parent_id)
+            if job.parent is not None and job.parent.is_active:
+                Job.objects.settle_parent(job.parent.pk)
         actions = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).recover()
         pipeline.reconcile(node)
         if failed or actions:

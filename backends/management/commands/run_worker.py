@@ -74,12 +74,13 @@ class Command(BaseCommand):
         from huey.contrib.djhuey import HUEY
 
         # Registers every task, periodic task and startup hook on both queues.
-        from backends import tasks
+        from backends import tasks  # noqa: F401  registers the maintenance tasks
+        from backends.services import dispatch
 
         return [
             self.consumer(HUEY, settings.HUEY, workers, "--workers"),
             self.consumer(
-                tasks.INSTALLS,
+                dispatch.INSTALLS,
                 settings.HUEY_INSTALLS,
                 install_workers,
                 "--install-workers",

@@ -1,0 +1,12 @@
+from huey.api import BlackHoleHuey as BlackHoleHuey
+from huey.api import FileHuey as FileHuey
+from huey.api import Huey as Huey
+from huey.api import MemoryHuey as MemoryHuey
+from huey.api import PriorityRedisExpireHuey as PriorityRedisExpireHuey
+from huey.api import PriorityRedisHuey as PriorityRedisHuey
+from huey.api import RedisExpireHuey as RedisExpireHuey
+from huey.api import RedisHuey as RedisHuey
+from huey.api import SqliteHuey as SqliteHuey
+from huey.api import crontab as crontab
+from huey.exceptions import CancelExecution as CancelExecution
+from huey.exceptions import RetryTask as RetryTask
