@@ -23,6 +23,10 @@ from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_text, redact_uri, unredacted
 from backends.fixedsql import FixedSelect, column
 
+# How long a page watches for a sync or an upgrade check it asked for: past it, the worker
+# is taken to be down and the poller stops (the page says so) instead of polling forever.
+WATCH_WINDOW = timedelta(minutes=5)
+
 
 class GalleryManager(models.Manager["Gallery"]):
     def seed(self, configured: list[dict[str, Any]]) -> list[Gallery]:
@@ -81,6 +85,15 @@ class Gallery(models.Model):
             "url": redact_uri(self.url),
             "mirrors": [redact_uri(mirror) for mirror in self.mirrors],
         }
+
+    def sync_pending(self, since: datetime) -> bool:
+        """A sync asked for at ``since`` has not ended yet (within the watch window).
+
+        ``last_attempt_at`` is stamped when a sync starts and saved when it ends, so a
+        reader sees the new value once the result is there."""
+        if timezone.now() - since > WATCH_WINDOW:
+            return False
+        return self.last_attempt_at is None or self.last_attempt_at < since
 
     def sync(self, *, force: bool = False, policy: SourcePolicy | None = None) -> str:
         """Fetch the source and replace this gallery's entries; returns a one-line summary.
