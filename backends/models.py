@@ -21,6 +21,7 @@ from backends.core.installed import DiskBackend, Metadata, human_size
 from backends.core.known import KnownEntry
 from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_text, redact_uri, unredacted
+from backends.core.text import with_article
 from backends.fixedsql import FixedSelect, column
 
 # How long a page watches for a sync or an upgrade check it asked for: past it, the worker
@@ -583,7 +584,8 @@ class JobConflict(Exception):
 
     def __init__(self, active: Job) -> None:
         super().__init__(
-            f"a {active.kind} of {active.dedup_key} is already {active.state} (job {active.pk})"
+            f"{with_article(active.kind)} of {active.dedup_key} is already "
+            f"{active.state} (job {active.pk})"
         )
         self.active = active
 
@@ -772,6 +774,20 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return not self.is_active
+
+    @property
+    def note(self) -> str:
+        """The message as the dashboard shows it, beside the badge, the phase, the file
+        and the error: empty when it would only repeat one of them (the runner writes
+        "<phase> <file>" while downloading and "error: <error>" on failure, which the
+        JSON API keeps for LocalAI's clients)."""
+        message = self.message.strip()
+        repeats = {"", self.state, self.phase, "queued", "starting", "cancelling"}
+        if self.phase and self.file_name:
+            repeats.add(f"{self.phase} {self.file_name}")
+        if self.error:
+            repeats |= {self.error, f"error: {self.error}"}
+        return "" if message in repeats else message
 
     @property
     def eta_seconds(self) -> float | None:
