@@ -3,10 +3,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
+from backends import roles, tasks
+from backends.core.gallery import check_source
 from backends.core.redact import redact_uri
 from backends.models import (
     ApiToken,
@@ -16,7 +22,9 @@ from backends.models import (
     Job,
     KnownBackend,
     Node,
+    NodeRefused,
 )
+from backends.services import jobs, pipeline
 
 
 def _shown(field: str) -> Callable[[Any, Model], str]:
@@ -61,8 +69,62 @@ class RedactingAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return list(dict.fromkeys(shown))
 
 
+class DiskIsTheTruth:
+    """Rows that mirror a disk or a worker's record: viewed here, never edited or deleted
+    as rows. Deleting the row would say "deleted" and leave the folder (or lose the only
+    record of a job); the actions go through the same services as the dashboard."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+def _job_link(job: Job) -> str:
+    return format_html(
+        '<a href="{}">job {}</a>', reverse("backends:job-detail", args=[job.pk]), job.pk
+    )
+
+
+def _checked_source(url: str, field: str) -> str:
+    try:
+        check_source(url, pipeline.source_policy())
+    except ValueError as exc:
+        raise forms.ValidationError(f"{field}: {redact_uri(str(exc))}") from None
+    return url
+
+
+class GalleryForm(forms.ModelForm[Gallery]):
+    """A source is checked when saved, not when the next sync fails on it."""
+
+    class Meta:
+        model = Gallery
+        fields = "__all__"
+
+    def clean_url(self) -> str:
+        return _checked_source(self.cleaned_data["url"], "url")
+
+    def clean_mirrors(self) -> list[str]:
+        mirrors = self.cleaned_data["mirrors"] or []
+        if not isinstance(mirrors, list) or not all(
+            isinstance(mirror, str) for mirror in mirrors
+        ):
+            raise forms.ValidationError(
+                'mirrors must be a JSON list of sources, e.g. ["https://example.org/index.yaml"]'
+            )
+        return [
+            _checked_source(mirror, f"mirror {number}")
+            for number, mirror in enumerate(mirrors, 1)
+        ]
+
+
 @admin.register(Gallery)
 class GalleryAdmin(RedactingAdmin):
+    form = GalleryForm
     secret_fields = ("url", "mirrors")
     editable_secrets = True
     list_display = (
@@ -88,6 +150,26 @@ class GalleryAdmin(RedactingAdmin):
         "entry_count",
     )
     actions = ("sync_now",)
+
+    def save_model(
+        self, request: HttpRequest, obj: Gallery, form: Any, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        source_changed = {"url", "mirrors", "enabled"} & set(form.changed_data)
+        if obj.enabled and (not change or source_changed):
+            # Queued once the row is committed, so the worker reads the new source.
+            pk = obj.pk
+            transaction.on_commit(lambda: tasks.sync_gallery(pk, force=True))
+            self.message_user(
+                request,
+                format_html(
+                    'Sync of {} queued: the <a href="{}">Galleries page</a> shows '
+                    "its result.",
+                    obj.name,
+                    reverse("backends:galleries"),
+                ),
+                messages.INFO,
+            )
 
     @admin.action(description="Sync now")
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Gallery]) -> None:
@@ -118,7 +200,9 @@ class GalleryBackendAdmin(RedactingAdmin):
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin[Node]):
+class NodeAdmin(DiskIsTheTruth, admin.ModelAdmin[Node]):
+    """Nodes register themselves; draining and resuming go through the node's rules."""
+
     list_display = (
         "name",
         "is_local",
@@ -130,10 +214,40 @@ class NodeAdmin(admin.ModelAdmin[Node]):
     list_filter = ("status", "is_local", "capability")
     search_fields = ("name",)
     readonly_fields = ("hardware", "probed_at", "last_heartbeat", "created_at")
+    actions = ("drain", "resume")
+
+    def has_manage_nodes_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.MANAGE_NODES)
+
+    @admin.action(description="Drain selected nodes", permissions=["manage_nodes"])
+    def drain(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
+        self._change_status(request, queryset, Node.drain, "is draining")
+
+    @admin.action(description="Resume selected nodes", permissions=["manage_nodes"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
+        self._change_status(request, queryset, Node.resume, "takes new work again")
+
+    def _change_status(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Node],
+        change: Callable[[Node], None],
+        done: str,
+    ) -> None:
+        for node in queryset:
+            try:
+                change(node)
+            except NodeRefused as exc:
+                self.message_user(request, f"{node.name}: {exc}.", messages.ERROR)
+            else:
+                self.message_user(request, f"{node.name} {done}.", messages.SUCCESS)
 
 
 @admin.register(InstalledBackend)
-class InstalledBackendAdmin(RedactingAdmin):
+class InstalledBackendAdmin(DiskIsTheTruth, RedactingAdmin):
+    """What is on each node's disk, reconciled from it. Deleting starts a delete job,
+    as the Installed page does; the row goes when the folder has gone."""
+
     secret_fields = ("uri", "gallery_url")
     list_display = (
         "name",
@@ -147,14 +261,49 @@ class InstalledBackendAdmin(RedactingAdmin):
     list_filter = ("node", "is_meta", "is_system", "upgrade_available")
     search_fields = ("name", "alias", "uri")
     list_select_related = ("node",)
+    actions = ("delete_from_disk",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # Rows mirror the disk; they are written by installs and reconciliation only.
-        return False
+    def has_delete_backend_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.DELETE)
+
+    @admin.action(
+        description="Delete selected backends from disk (starts a delete job each)",
+        permissions=["delete_backend"],
+    )
+    def delete_from_disk(
+        self, request: HttpRequest, queryset: QuerySet[InstalledBackend]
+    ) -> None:
+        for row in queryset.select_related("node"):
+            try:
+                job = jobs.delete(
+                    row.name,
+                    requested_by=request.user.get_username(),
+                    node=None if row.node.is_local else row.node,
+                )
+            except jobs.Refused as exc:
+                self.message_user(
+                    request,
+                    f"{row.name} on {row.node.name}: not started: {exc}",
+                    messages.ERROR,
+                )
+            else:
+                self.message_user(
+                    request,
+                    format_html(
+                        "Delete of {} on {} started ({}); the row goes once the folder "
+                        "has gone.",
+                        row.name,
+                        row.node.name,
+                        _job_link(job),
+                    ),
+                    messages.SUCCESS,
+                )
 
 
 @admin.register(Job)
-class JobAdmin(RedactingAdmin):
+class JobAdmin(DiskIsTheTruth, RedactingAdmin):
+    """Job history is kept: jobs are cancelled or retried, never edited or deleted."""
+
     secret_fields = ("target", "external_uri")
     list_display = (
         "id",
@@ -169,9 +318,24 @@ class JobAdmin(RedactingAdmin):
     search_fields = ("id", "target", "error")
     date_hierarchy = "created_at"
     list_select_related = ("node",)
+    actions = ("cancel",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def has_cancel_job_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(roles.CANCEL_JOB)
+
+    @admin.action(description="Cancel selected jobs", permissions=["cancel_job"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        for job in queryset:
+            if jobs.cancel(job):
+                self.message_user(
+                    request, f"Cancel of job {job.pk} asked.", messages.SUCCESS
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"Job {job.pk} is {job.state}: too late to cancel.",
+                    messages.ERROR,
+                )
 
 
 @admin.register(KnownBackend)

@@ -21,7 +21,12 @@ from backends.core.installed import DiskBackend, Metadata, human_size
 from backends.core.known import KnownEntry
 from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_text, redact_uri, unredacted
+from backends.core.text import with_article
 from backends.fixedsql import FixedSelect, column
+
+# How long a page watches for a sync or an upgrade check it asked for: past it, the worker
+# is taken to be down and the poller stops (the page says so) instead of polling forever.
+WATCH_WINDOW = timedelta(minutes=5)
 
 
 class GalleryManager(models.Manager["Gallery"]):
@@ -81,6 +86,15 @@ class Gallery(models.Model):
             "url": redact_uri(self.url),
             "mirrors": [redact_uri(mirror) for mirror in self.mirrors],
         }
+
+    def sync_pending(self, since: datetime) -> bool:
+        """A sync asked for at ``since`` has not ended yet (within the watch window).
+
+        ``last_attempt_at`` is stamped when a sync starts and saved when it ends, so a
+        reader sees the new value once the result is there."""
+        if timezone.now() - since > WATCH_WINDOW:
+            return False
+        return self.last_attempt_at is None or self.last_attempt_at < since
 
     def sync(self, *, force: bool = False, policy: SourcePolicy | None = None) -> str:
         """Fetch the source and replace this gallery's entries; returns a one-line summary.
@@ -570,7 +584,8 @@ class JobConflict(Exception):
 
     def __init__(self, active: Job) -> None:
         super().__init__(
-            f"a {active.kind} of {active.dedup_key} is already {active.state} (job {active.pk})"
+            f"{with_article(active.kind)} of {active.dedup_key} is already "
+            f"{active.state} (job {active.pk})"
         )
         self.active = active
 
@@ -759,6 +774,20 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return not self.is_active
+
+    @property
+    def note(self) -> str:
+        """The message as the dashboard shows it, beside the badge, the phase, the file
+        and the error: empty when it would only repeat one of them (the runner writes
+        "<phase> <file>" while downloading and "error: <error>" on failure, which the
+        JSON API keeps for LocalAI's clients)."""
+        message = self.message.strip()
+        repeats = {"", self.state, self.phase, "queued", "starting", "cancelling"}
+        if self.phase and self.file_name:
+            repeats.add(f"{self.phase} {self.file_name}")
+        if self.error:
+            repeats |= {self.error, f"error: {self.error}"}
+        return "" if message in repeats else message
 
     @property
     def eta_seconds(self) -> float | None:

@@ -30,6 +30,7 @@ from backends.core.oci import (
     pull_image,
 )
 from backends.core.policy import SourcePolicy, SourceRefused, may_send_credentials
+from backends.core.text import with_article
 from backends.models import Gallery, GalleryBackend, Job, Node
 from tests.base import PipelineTestCase, make_build
 from tests.imagebuild import make_layer
@@ -111,7 +112,7 @@ def install_tarball(url: str, backends: Path, source_policy: SourcePolicy) -> Pa
     ],
 )
 def test_non_public_addresses_are_refused_by_default(address: str, kind: str) -> None:
-    with pytest.raises(SourceRefused, match=f"a {kind} address") as refused:
+    with pytest.raises(SourceRefused, match=f"{with_article(kind)} address") as refused:
         SourcePolicy().check_address("example.test", 443, address)
 
     assert "LOCALAI_ADMIN_PRIVATE_HOSTS" in str(refused.value)

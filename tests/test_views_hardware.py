@@ -39,7 +39,7 @@ class HardwareTestCase(BaseTestCase):
         node.save()
         r = self.client.get("/hardware/")
         self.assertContains(r, "RTX 4090")
-        self.assertContains(r, "24.0\xa0GB")
+        self.assertContains(r, "24.0\xa0GiB")
 
     def test_it_hides_re_probe_from_non_staff(self) -> None:
         self.assertNotContains(self.client.get("/hardware/"), "Re-probe")

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import json
 
-from django.template.defaultfilters import filesizeformat
 from django.test import override_settings
 
 from backends.core.install import Installer
-from backends.core.installed import folder_size
+from backends.core.installed import folder_size, human_size
 from backends.models import InstalledBackend, Job, Node
 from tests.base import BaseTestCase
 
@@ -49,10 +48,10 @@ class InstalledTestCase(BaseTestCase):
         self.assertContains(r, "1.2.3")
         self.assertContains(r, "sha256:0123456789ab…")
         self.assertContains(r, 'title="sha256:0123456789abcdef0123456789abcdef"')
-        size = filesizeformat(
+        size = human_size(
             folder_size(self.gallery_file.parent / "backends" / "cpu-llama-cpp")
         )
-        self.assertContains(r, size)
+        self.assertContains(r, size.replace(" ", "\xa0"))
         self.assertContains(r, "2026-01-02 03:04")
 
     def test_a_meta_shows_the_version_and_digest_of_its_build(self) -> None:

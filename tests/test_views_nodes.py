@@ -77,7 +77,9 @@ class NodeListTestCase(BaseTestCase):
         self.assertContains(r, "last heartbeat")
         self.assertContains(r, "just now")
         self.assertContains(r, "nvidia-cuda-12: driver 550.54 supports CUDA 12.4")
-        self.assertContains(r, "RTX 4090 · 24.0\xa0GB VRAM · driver 550.54 · CUDA 12.4")
+        self.assertContains(
+            r, "RTX 4090 · 24.0\xa0GiB VRAM · driver 550.54 · CUDA 12.4"
+        )
         self.assertContains(r, '<span class="name">cuda12-foo</span>', html=True)
         self.assertContains(r, "→ cuda12-foo")
 

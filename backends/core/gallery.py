@@ -753,6 +753,17 @@ def expand_source(url: str) -> str:
     return url
 
 
+def check_source(url: str, policy: SourcePolicy) -> None:
+    """Refuse, before anything is saved, a source no sync could read: an unsupported
+    scheme, a bare path, or a ``file://`` outside the policy's local roots. Hosts are
+    checked when a sync connects (names resolve then, not now)."""
+    if url != url.strip():
+        raise ValueError("the source must not start or end with spaces")
+    expand_source(url)
+    if url.lower().startswith("file:"):
+        policy.check_local_uri(url)
+
+
 def _expand_github(rest: str) -> str:
     # github:owner/repo/path/to/index.yaml@ref (also github://...); ref defaults to main.
     # The ref is what follows the last "@", so refs like "release/v1" work.

@@ -39,6 +39,8 @@ from urllib.parse import unquote, urlsplit
 import httpcore
 import httpx
 
+from backends.core.text import with_article
+
 PRIVATE_HOSTS_SETTING = "LOCALAI_ADMIN_PRIVATE_HOSTS"
 LOCAL_ROOTS_SETTING = "LOCALAI_ADMIN_LOCAL_ROOTS"
 CREDENTIALS_SETTING = "LOCALAI_ADMIN_REGISTRY_CREDENTIALS"
@@ -109,7 +111,7 @@ class SourcePolicy:
             return
         shown = host if host == str(ip) else f"{host} ({ip})"
         raise SourceRefused(
-            f"refused to connect to {shown}: a {kind} address; private addresses are "
+            f"refused to connect to {shown}: {with_article(kind)} address; private addresses are "
             f"reached only when {PRIVATE_HOSTS_SETTING} lists the host, host:port or "
             "network"
         )

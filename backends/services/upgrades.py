@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
+from django.db import models
 from django.utils import timezone
 
 from backends.core import oci
 from backends.core.redact import redact_message
 from backends.core.sources import looks_like_oci
-from backends.models import GalleryBackend, InstalledBackend, Node
+from backends.models import WATCH_WINDOW, GalleryBackend, InstalledBackend, Node
 from backends.services.pipeline import reconcile, registry_client
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,17 @@ def check(node: Node, client: oci.RegistryClient | None = None) -> int:
         )
         found += verdict[0]
     return found
+
+
+def check_pending(node: Node, since: datetime, *, window: bool = True) -> bool:
+    """An upgrade check of ``node`` asked for at ``since`` has not reached every one of
+    its backends yet: within the watch window, or ever with ``window=False``."""
+    if window and timezone.now() - since > WATCH_WINDOW:
+        return False
+    rows = InstalledBackend.objects.filter(node=node, is_system=False)
+    return rows.filter(
+        models.Q(checked_at__isnull=True) | models.Q(checked_at__lt=since)
+    ).exists()
 
 
 def check_all(client: oci.RegistryClient | None = None) -> int:

@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from django import template
-from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from backends.core.installed import human_size
 from backends.core.redact import redact_text, redact_uri
 from backends.models import Job, Node, mean_progress
 
@@ -31,10 +31,18 @@ def short_digest(digest: str, length: int = 12) -> str:
 
 
 @register.filter
+def size(value: float | None) -> str:
+    """A size in IEC units (KiB, MiB, GiB), the convention of the API and LocalAI,
+    where Django's ``filesizeformat`` prints powers of 1024 as "MB". A no-break space
+    keeps the number and its unit on one line."""
+    return human_size(value or 0).replace(" ", "\xa0")
+
+
+@register.filter
 def speed(bytes_per_second: float) -> str:
     if not bytes_per_second or bytes_per_second <= 0:
         return ""
-    return f"{filesizeformat(bytes_per_second)}/s"
+    return f"{size(bytes_per_second)}/s"
 
 
 @register.filter
@@ -81,14 +89,14 @@ VENDORS = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
 
 @register.filter
 def hardware_summary(node: Node) -> str:
-    """One line about a node's GPU: ``NVIDIA RTX 4090 · 24.0 GB VRAM · CUDA 12.4``."""
+    """One line about a node's GPU: ``NVIDIA RTX 4090 · 24.0 GiB VRAM · CUDA 12.4``."""
     if not node.vendor:
         return "No GPU: CPU builds"
     gpus = node.hardware.get("gpus") or []
     names = sorted({gpu.get("name", "") for gpu in gpus if gpu.get("name")})
     facts = [", ".join(names) or VENDORS.get(node.vendor, node.vendor)]
     if node.vram_bytes:
-        facts.append(f"{filesizeformat(node.vram_bytes)} VRAM")
+        facts.append(f"{size(node.vram_bytes)} VRAM")
     if node.driver_version:
         facts.append(f"driver {node.driver_version}")
     if node.cuda_version:

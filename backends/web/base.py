@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
@@ -48,6 +49,20 @@ def requires(permission: str) -> Callable[[View], View]:
         return guarded
 
     return decorator
+
+
+def watch_since(request: HttpRequest, key: str = "since") -> datetime | None:
+    """When a page asked for background work (a sync, an upgrade check), as the epoch
+    seconds its redirect carries; None if absent or not a time."""
+    try:
+        return datetime.fromtimestamp(float(request.GET.get(key, "")), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def since_param() -> str:
+    """Now, as ``watch_since`` reads it back."""
+    return f"{datetime.now(UTC).timestamp():.6f}"
 
 
 def wants_fragment(request: HtmxHttpRequest) -> bool:

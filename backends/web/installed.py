@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
 from backends import roles, tasks
 from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
-from backends.services import jobs
-from backends.web.base import HtmxHttpRequest, not_started, render_page, requires
+from backends.services import jobs, upgrades
+from backends.web.base import (
+    HtmxHttpRequest,
+    not_started,
+    render_page,
+    requires,
+    since_param,
+    wants_fragment,
+    watch_since,
+)
 
 
 @requires(roles.VIEW)
@@ -25,6 +37,10 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
         Job.objects.active().filter(node=node).order_by("created_at")
     )
     rows = read.installed_rows(read.installed_folders(), records, active)
+    # After "Check for upgrades now" (``?checking=<t>``) the upgrade state polls until
+    # every backend has been checked, then stops (286) and has the rows redrawn.
+    since = watch_since(request, "checking")
+    checking = since is not None and upgrades.check_pending(node, since)
     context = {
         "rows": rows,
         "node": node,
@@ -32,7 +48,23 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
         "checked_at": max(
             (r.checked_at for r in records.values() if r.checked_at), default=None
         ),
+        "checking": checking,
+        "checking_since": request.GET.get("checking", ""),
+        "check_stalled": since is not None
+        and not checking
+        and upgrades.check_pending(node, since, window=False),
     }
+    if since is not None and wants_fragment(request):
+        response = render_page(
+            request,
+            "backends/installed.html",
+            context,
+            fragment="backends/installed.html#upgrade-state",
+            fragment_status=200 if checking else HTMX_STOP_POLLING,
+        )
+        if not checking:
+            trigger_client_event(response, "upgrades-checked")
+        return response
     return render_page(
         request,
         "backends/installed.html",
@@ -120,9 +152,11 @@ def installed_upgrade_all(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 @requires(roles.UPGRADE)
 def installed_check_upgrades(request: HtmxHttpRequest) -> HttpResponse:
+    since = since_param()
     tasks.check_upgrades()
     messages.info(
         request,
-        "Checking the galleries for upgrades: reload in a moment to see the result.",
+        "Checking the galleries for upgrades: this page updates when the check is done.",
     )
-    return redirect("backends:installed")
+    query = urlencode({"checking": since})
+    return redirect(f"{reverse('backends:installed')}?{query}")

@@ -122,7 +122,7 @@ def test_a_running_job_updates_live_and_stops_polling_when_done(
 
     Job.objects.filter(pk=job.pk).update(progress=60, current_bytes=60 * 1024 * 1024)
     expect(card.locator("progress")).to_have_attribute("value", "60.0")
-    expect(card).to_contain_text("60.0 MB of 100.0 MB")
+    expect(card).to_contain_text("60.0 MiB of 100.0 MiB")
 
     Job.objects.filter(pk=job.pk).update(
         state=Job.State.COMPLETED, progress=100, finished_at=timezone.now()
@@ -167,7 +167,7 @@ def test_the_galleries_page_lists_sources_and_syncs_on_demand(
     expect(row).to_contain_text("1028")
     expect(row).to_contain_text("5 problems")
     row.get_by_role("button", name="Sync localai now").click()
-    expect(page.locator("#messages")).to_contain_text("Sync of localai queued.")
+    expect(page.locator("#messages")).to_contain_text("Sync of localai queued")
     expect(row.get_by_role("link", name="Edit")).to_have_attribute(
         "href", f"/admin/backends/gallery/{real_gallery.pk}/change/"
     )

@@ -12,6 +12,7 @@ from backends.core.oci.errors import (
     UnsupportedMediaTypeError,
 )
 from backends.core.oci.reference import Platform, Reference, is_digest
+from backends.core.text import with_article
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -122,7 +123,9 @@ def image_layers(manifest: Manifest, ref: Reference) -> tuple[Descriptor, ...]:
     """The layers of an image manifest; anything but an image (a Helm chart, say) is
     refused here rather than half-extracted."""
     if manifest.media_type not in MANIFEST_TYPES:
-        raise UnsupportedMediaTypeError(f"{ref}: cannot pull a {manifest.media_type}")
+        raise UnsupportedMediaTypeError(
+            f"{ref}: cannot pull {with_article(manifest.media_type)}"
+        )
     layers = manifest.body.get("layers")
     if not isinstance(layers, list):
         raise RegistryError(f"{ref}: manifest {manifest.digest} has no layer list")
