@@ -12,7 +12,7 @@ from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
-from backends.services import jobs
+from backends.services import jobs, usage
 from backends.web.base import HtmxHttpRequest, not_started, render_page, requires
 
 
@@ -24,7 +24,12 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     active = read.active_jobs(
         Job.objects.active().filter(node=node).order_by("created_at")
     )
-    rows = read.installed_rows(read.installed_folders(), records, active)
+    folders = read.installed_folders()
+    rows = read.installed_rows(folders, records, active)
+    users = usage.users_by_folder(folders)
+    for row in rows:
+        if row.disk.folder is not None:
+            row.models = users.get(row.disk.folder.name, [])
     context = {
         "rows": rows,
         "node": node,
