@@ -15,7 +15,9 @@ from tests.base import PipelineTestCase
 def write_model(models: Path, file: str, backend: str, name: str = "") -> None:
     models.mkdir(exist_ok=True)
     name_line = f"name: {name}\n" if name else ""
-    (models / file).write_text(f"{name_line}backend: {backend}\nparameters:\n  model: x\n")
+    (models / file).write_text(
+        f"{name_line}backend: {backend}\nparameters:\n  model: x\n"
+    )
 
 
 class ModelConfigsTestCase(PipelineTestCase):
