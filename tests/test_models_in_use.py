@@ -123,3 +123,32 @@ class InUseDeleteTestCase(PipelineTestCase):
         self.client.force_login(self.bob)
         page = self.client.get("/installed/")
         self.assertContains(page, "used by model my-model")
+
+
+class InUseDeleteConfirmationTestCase(PipelineTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.models = self.gallery_file.parent / "models"
+        self.enterContext(override_settings(LOCALAI_MODELS_PATH=self.models))
+        self.status(self.apply("cpu-bar"))
+        write_model(self.models, "m.yaml", "cpu-bar", name="my-model")
+        self.client.force_login(self.alice)
+
+    def test_the_delete_confirmation_lists_the_models_and_asks_to_delete_anyway(
+        self,
+    ) -> None:
+        page = self.client.get("/installed/cpu-bar/delete/")
+        self.assertContains(page, "<li>my-model</li>", html=True)
+        self.assertContains(page, 'name="force"')
+        self.assertContains(page, "Delete anyway")
+
+    def test_deleting_without_the_tick_is_refused_and_keeps_the_backend(self) -> None:
+        r = self.client.post("/installed/cpu-bar/delete/", follow=True)
+        self.assertContains(r, "my-model")
+        self.assertEqual(r.redirect_chain[-1][0], "/installed/cpu-bar/delete/")
+        self.assertTrue((self.backends / "cpu-bar" / "run.sh").exists())
+
+    def test_deleting_with_the_tick_deletes(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True):
+            self.client.post("/installed/cpu-bar/delete/", {"force": "on"})
+        self.assertFalse((self.backends / "cpu-bar").exists())
