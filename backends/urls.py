@@ -87,6 +87,7 @@ urlpatterns = [
         api.install_external,
         name="api-install-external",
     ),
+    path("api/backends/plan", api.plan, name="api-plan"),
     # Distributed mode: agents (registration token) and the admin's node routes
     path("api/node/register", api_nodes.register, name="agent-register"),
     path(

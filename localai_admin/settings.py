@@ -272,6 +272,13 @@ LOCALAI_BACKENDS_SYSTEM_PATH = (
     if os.getenv("LOCALAI_BACKENDS_SYSTEM_PATH")
     else None
 )
+# LocalAI's models folder: its model configs say which backends are in use, and a
+# delete of one of those is refused unless forced. Unset: no such check.
+LOCALAI_MODELS_PATH = (
+    Path(os.environ["LOCALAI_MODELS_PATH"]).resolve()
+    if os.getenv("LOCALAI_MODELS_PATH")
+    else None
+)
 DEFAULT_BACKEND_GALLERIES = [
     {
         "name": "localai",

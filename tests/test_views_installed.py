@@ -70,7 +70,8 @@ class InstalledTestCase(BaseTestCase):
         r = self.client.get("/installed/")
         self.assertContains(r, "1.3.0 available")
         self.assertContains(r, "Upgrade all (1)")
-        self.assertContains(r, 'action="/installed/cpu-llama-cpp/upgrade/"')
+        # The upgrade starts from its confirmation page, which shows the plan first.
+        self.assertContains(r, 'href="/installed/cpu-llama-cpp/upgrade/"')
 
     def test_it_flags_a_meta_whose_build_is_gone(self) -> None:
         self.install_on_disk("whisper", meta_for="cpu-whisper")
@@ -149,10 +150,14 @@ class InstalledMutationsTestCase(BaseTestCase):
         self.install_on_disk("cpu-whisper", alias="whisper")
         self.client.force_login(self.alice)
 
-    def test_upgrade_rejects_get(self) -> None:
-        self.assertEqual(
-            self.client.get("/installed/cpu-whisper/upgrade/").status_code, 405
-        )
+    # Issue 15: GET used to be refused (405); it now shows the confirmation with the plan.
+    def test_upgrade_on_get_shows_the_plan_and_starts_nothing(self) -> None:
+        self.gallery.sync()
+        r = self.client.get("/installed/cpu-whisper/upgrade/")
+        self.assertContains(r, "Upgrade cpu-whisper?")
+        self.assertContains(r, "<strong>replace</strong>", html=True)
+        self.assertContains(r, "backends/cpu-whisper")
+        self.assertFalse(Job.objects.exists())
 
     def test_upgrade_is_forbidden_to_non_staff(self) -> None:
         self.client.force_login(self.bob)

@@ -19,7 +19,7 @@ from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_backend_id
 from backends.fixedsql import FixedSelect
 from backends.models import Job, Node
-from backends.services import catalogue, jobs, upgrades
+from backends.services import catalogue, jobs, plans, upgrades
 
 JOB_LIST_LIMIT = 200
 
@@ -225,10 +225,22 @@ installed_job_view = partial(
 )
 
 
-@installed_job_view(permission=roles.DELETE)
-def delete(request: HttpRequest, name: str) -> JsonResponse:
-    """Delete an installed backend (a job)"""
-    return _installed_job(request, name, Job.Kind.DELETE)
+@installed_job_view(permission=roles.DELETE, body=schemas.DELETE_BODY)
+def delete(request: ApiRequest, name: str) -> JsonResponse:
+    """Delete an installed backend (a job)
+
+    Refused with 409 ``backend_in_use`` and the models' names while models of LocalAI
+    (``LOCALAI_MODELS_PATH``) use it, unless the body says ``{"force": true}``.
+    """
+    try:
+        job = jobs.delete(
+            name,
+            requested_by=request.user.get_username(),
+            force=request.json.get("force", False),
+        )
+    except jobs.Refused as exc:
+        return refused(exc)
+    return _started(request, job)
 
 
 @installed_job_view(permission=roles.UPGRADE)
@@ -303,3 +315,26 @@ def upgrade_check(request: HttpRequest) -> JsonResponse:
     info = upgrades.upgrade_info()
     tasks.check_upgrades()
     return JsonResponse(info)
+
+
+# -- plans ---------------------------------------------------------------------------
+
+
+@api_view(
+    ("POST",),
+    # A plan changes nothing: whoever may look may ask.
+    permission=roles.VIEW,
+    responses={200: ref("Plan")},
+    errors=(404, 409),
+    body=schemas.PLAN_BODY,
+)
+def plan(request: ApiRequest) -> JsonResponse:
+    """What an install, upgrade or delete would do, without doing it"""
+    data = request.json
+    try:
+        answer = plans.make_plan(
+            data["action"], data["id"], force=data.get("force", False)
+        )
+    except jobs.Refused as exc:
+        return refused(exc)
+    return JsonResponse(answer.to_json())

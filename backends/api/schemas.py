@@ -176,6 +176,28 @@ NODE_INSTALL_BODY: Schema = {
         }
     ],
 }
+PLAN_BODY: Schema = {
+    "type": "object",
+    "required": ["action", "id"],
+    "properties": {
+        "action": {"type": "string", "enum": ["install", "upgrade", "delete"]},
+        "id": {
+            **BACKEND_ID,
+            "description": "install: gallery backend name or gallery@name; upgrade, "
+            "delete: installed backend name or alias",
+        },
+        "force": BOOL,
+    },
+}
+DELETE_BODY: Schema = {
+    "type": "object",
+    "properties": {
+        "force": {
+            **BOOL,
+            "description": "delete even though models of LocalAI use it",
+        }
+    },
+}
 NODE_BACKEND_BODY: Schema = {
     "type": "object",
     "required": ["backend"],
@@ -221,8 +243,90 @@ COMPONENTS: dict[str, Schema] = {
             "code": {
                 **STRING,
                 "description": "why, for scripts: node_takes_no_work, "
-                "not_runnable_here, no_online_node, source_refused",
+                "not_runnable_here, no_online_node, source_refused, backend_in_use",
             },
+            "models": {
+                **STRINGS,
+                "description": "backend_in_use: the models of LocalAI that use it",
+            },
+        },
+    },
+    "Plan": {
+        "type": "object",
+        "description": "what the job would do; nothing is changed",
+        "required": [
+            "action",
+            "target",
+            "backend",
+            "build",
+            "explanation",
+            "changes",
+            "folders",
+            "download",
+            "disk",
+            "models",
+            "warnings",
+        ],
+        "properties": {
+            "action": STRING,
+            "target": STRING,
+            "backend": {**STRING, "description": "the backend the job works on"},
+            "build": {**STRING, "description": "the concrete build installed"},
+            "explanation": {**STRING, "description": "why that build"},
+            "changes": {
+                **BOOL,
+                "description": "false: the job would be refused or do nothing",
+            },
+            "folders": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["action", "name", "path", "note"],
+                    "properties": {
+                        "action": {
+                            "type": "string",
+                            "enum": ["create", "replace", "remove", "keep"],
+                        },
+                        "name": STRING,
+                        "path": STRING,
+                        "note": STRING,
+                    },
+                },
+            },
+            "download": {
+                "type": "object",
+                "required": ["bytes", "sources"],
+                "properties": {
+                    "bytes": {
+                        "type": ["integer", "null"],
+                        "description": "null: unknown",
+                    },
+                    "sources": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["uri", "bytes", "how"],
+                            "properties": {
+                                "uri": STRING,
+                                "bytes": {"type": ["integer", "null"]},
+                                "how": STRING,
+                            },
+                        },
+                    },
+                },
+            },
+            "disk": {
+                "type": "object",
+                "required": ["needed", "free", "reserve", "enough"],
+                "properties": {
+                    "needed": {"type": ["integer", "null"]},
+                    "free": INTEGER,
+                    "reserve": INTEGER,
+                    "enough": {"type": ["boolean", "null"]},
+                },
+            },
+            "models": STRINGS,
+            "warnings": STRINGS,
         },
     },
     "FanOutRefused": {

@@ -204,6 +204,7 @@ class InstalledRow:
     record: InstalledBackend | None
     size: int
     used_by: list[str] = field(default_factory=list)  # metas pointing at this build
+    models: list[str] = field(default_factory=list)  # LocalAI's models that use it
     job: Job | None = None
     build: InstalledRow | None = None  # for a meta: the build it points at
 

@@ -18,7 +18,7 @@ from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_uri
 from backends.core.sources import SourceKind, classify, default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
-from backends.services import catalogue, dispatch, pipeline
+from backends.services import catalogue, dispatch, pipeline, usage
 
 
 class Refused(Exception):
@@ -323,10 +323,26 @@ def upgrade(
 
 
 def delete(
-    name: str, *, requested_by: str = "", node: Node | None = None, queue: bool = True
+    name: str,
+    *,
+    requested_by: str = "",
+    node: Node | None = None,
+    queue: bool = True,
+    force: bool = False,
 ) -> Job:
+    """Delete an installed backend; refused (409 ``backend_in_use``) while a model of
+    this host's LocalAI uses a folder it removes, unless ``force``."""
+    if not force and (node is None or node.is_local):
+        reason, models = usage.in_use_refusal(installed_here(name).name)
+        if models:
+            raise Refused(409, reason, code="backend_in_use", models=models)
     return _installed_job(
-        Job.Kind.DELETE, name, node=node, requested_by=requested_by, queue=queue
+        Job.Kind.DELETE,
+        name,
+        node=node,
+        requested_by=requested_by,
+        queue=queue,
+        force=force,
     )
 
 

@@ -16,7 +16,7 @@ from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
-from backends.services import jobs, upgrades
+from backends.services import jobs, plans, upgrades, usage
 from backends.web.base import (
     HtmxHttpRequest,
     not_started,
@@ -36,7 +36,12 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     active = read.active_jobs(
         Job.objects.active().filter(node=node).order_by("created_at")
     )
-    rows = read.installed_rows(read.installed_folders(), records, active)
+    folders = read.installed_folders()
+    rows = read.installed_rows(folders, records, active)
+    users = usage.users_by_folder(folders)
+    for row in rows:
+        if row.disk.folder is not None:
+            row.models = users.get(row.disk.folder.name, [])
     # After "Check for upgrades now" (``?checking=<t>``) the upgrade state polls until
     # every backend has been checked, then stops (286) and has the rows redrawn.
     since = watch_since(request, "checking")
@@ -81,10 +86,19 @@ def _get_installed(name: str) -> tuple[DiskBackend, dict[str, DiskBackend]]:
     return folders[name], folders
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @requires(roles.UPGRADE)
 def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
-    _get_installed(name)
+    """GET: the confirmation with the plan (build, download, disk, models); POST: start."""
+    disk, _folders = _get_installed(name)
+    if request.method == "GET":
+        try:
+            plan = plans.make_plan("upgrade", name)
+        except jobs.Refused as exc:
+            messages.error(request, f"{name} cannot be upgraded: {exc}.")
+            return redirect("backends:installed")
+        context = {"disk": disk, "plan": plan}
+        return render(request, "backends/installed_upgrade.html", context)
     try:
         jobs.upgrade(name, requested_by=request.user.get_username())
     except jobs.Refused as exc:
@@ -118,10 +132,17 @@ def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
         )
         return redirect("backends:installed")
     if request.method == "POST":
+        # Only an explicit tick overrides the in-use protection.
+        force = request.POST.get("force") == "on"
         try:
-            job = jobs.delete(name, requested_by=request.user.get_username())
+            job = jobs.delete(
+                name, requested_by=request.user.get_username(), force=force
+            )
         except jobs.Refused as exc:
             not_started(request, exc)
+            if exc.code == "backend_in_use":
+                # Back to the confirmation, which now lists the models and the tick.
+                return redirect("backends:installed-delete", name)
             return redirect("backends:installed")
         messages.success(request, f"Delete of {name} started.")
         return redirect("backends:job-detail", job.pk)
@@ -132,7 +153,17 @@ def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
     except InstallError as exc:
         messages.error(request, f"{name} cannot be deleted: {exc}.")
         return redirect("backends:installed")
-    context = {"disk": disk, "removals": removals, "warnings": warnings}
+    try:
+        plan = plans.make_plan("delete", name)
+    except jobs.Refused as exc:
+        messages.error(request, f"{name} cannot be deleted: {exc}.")
+        return redirect("backends:installed")
+    context = {
+        "disk": disk,
+        "removals": removals,
+        "warnings": warnings,
+        "models": plan.models,
+    }
     return render(request, "backends/installed_delete.html", context)
 
 

@@ -12,12 +12,28 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from backends.core.installed import human_size
 from backends.core.redact import redact_uri
 from backends.models import Job
-from backends.services import jobs, pipeline
+from backends.services import jobs, pipeline, plans
 
 
 class JobCommand(BaseCommand):
+    # The plan action of --dry-run: install, upgrade or delete.
+    action = ""
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="backend name, alias or gallery@name")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print what the job would do (build, folders, download, disk, "
+            "models, warnings) and change nothing",
+        )
+
+    def dry_run(self, name: str, options: dict[str, Any]) -> str:
+        """The plan, printed; nothing is started."""
+        plan = plans.make_plan(self.action, name, force=options.get("force", False))
+        for line in plan.lines():
+            self.stdout.write(line)
+        return ""
 
     def start(self, name: str, options: dict[str, Any]) -> Job:
         """Open the job through the service every entry point uses, unqueued."""
@@ -25,6 +41,8 @@ class JobCommand(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> str:
         try:
+            if options["dry_run"]:
+                return self.dry_run(options["name"], options)
             job = self.start(options["name"], options)
         except jobs.Refused as exc:
             raise CommandError(str(exc)) from None

@@ -9,6 +9,7 @@ from backends.services import jobs
 
 class Command(JobCommand):
     help = "Upgrade an installed backend in the foreground."
+    action = "upgrade"
 
     def start(self, name: str, options: dict[str, Any]) -> Job:
         return jobs.upgrade(name, requested_by="cli", queue=False)
