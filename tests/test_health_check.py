@@ -178,3 +178,17 @@ def test_without_the_check_a_build_that_would_fail_is_installed(
     install(Installer(backends), build)
 
     assert (backends / "cpu-bar" / "server.py").exists()
+
+
+def test_a_run_file_that_cannot_be_started_fails_the_check(
+    backends: Path, tmp_path: Path, previous: Path
+) -> None:
+    build = tmp_path / "no-shebang"
+    build.mkdir()
+    (build / "run.sh").write_bytes(b"\x7fNOT-AN-EXECUTABLE\n")
+    (build / "run.sh").chmod(0o755)
+
+    with pytest.raises(InstallError, match="run.sh could not be started"):
+        install(checked_installer(backends), build)
+
+    assert_previous_kept(backends, previous)
