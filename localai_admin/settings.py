@@ -371,6 +371,21 @@ LOCALAI_ADMIN_DISK_RESERVE_BYTES = envint(
 # gallery request that makes less than 1 KiB of progress in this many seconds fails
 # that attempt; a source that stalls twice fails the job (or the sync).
 LOCALAI_ADMIN_STALL_SECONDS = envint("LOCALAI_ADMIN_STALL_SECONDS", "60")
+# Before the swap a new build is started (run.sh --addr ...) and must answer LocalAI's
+# gRPC Health call within this many seconds (backends/core/health.py); "off" skips it.
+_health_check = os.getenv("LOCALAI_ADMIN_HEALTH_CHECK", "on")
+if _health_check not in ("on", "off"):
+    raise ImproperlyConfigured(
+        f"LOCALAI_ADMIN_HEALTH_CHECK must be on or off, got {_health_check!r}"
+    )
+LOCALAI_ADMIN_HEALTH_CHECK = _health_check == "on"
+LOCALAI_ADMIN_HEALTH_TIMEOUT_SECONDS = envint(
+    "LOCALAI_ADMIN_HEALTH_TIMEOUT_SECONDS", "60"
+)
+if LOCALAI_ADMIN_HEALTH_TIMEOUT_SECONDS < 1:
+    raise ImproperlyConfigured(
+        "LOCALAI_ADMIN_HEALTH_TIMEOUT_SECONDS must be at least 1"
+    )
 
 # Distributed mode: agents on several hosts share PostgreSQL and a Redis queue per node.
 DISTRIBUTED = bool(HUEY_REDIS_URL) and DATABASES["default"]["ENGINE"].endswith(

@@ -154,6 +154,8 @@ def cluster(
         # them as the suite's own settings do (tests/conftest.py).
         "LOCALAI_ADMIN_LOCAL_ROOTS": str(tmp_path),
         "LOCALAI_ADMIN_PRIVATE_HOSTS": "127.0.0.1,localhost",
+        # Plain shell builds that speak no gRPC (tests/conftest.py turns it off too).
+        "LOCALAI_ADMIN_HEALTH_CHECK": "off",
     }
     handle = Cluster(tmp_path, live_server.url, env)
     try:

@@ -67,6 +67,8 @@ def host(tmp_path: Path) -> Host:
         "DATABASE_URL": f"sqlite:///{db}",
         "LOCALAI_ADMIN_DATA_DIR": str(tmp_path / "data"),
         "LOCALAI_BACKENDS_PATH": str(tmp_path / "backends"),
+        # Plain shell builds that speak no gRPC (tests/conftest.py turns it off too).
+        "LOCALAI_ADMIN_HEALTH_CHECK": "off",
         "LOCALAI_ADMIN_PROBE_ROOT": str(tmp_path),
         "LOCALAI_BACKEND_GALLERIES": json.dumps(
             [{"name": "localai", "url": gallery.as_uri()}]

@@ -80,6 +80,8 @@ def test_a_killed_worker_fails_its_job_and_the_previous_install_survives(
         "DATABASE_URL": f"sqlite:///{db}",
         "LOCALAI_ADMIN_DATA_DIR": str(tmp_path / "data"),
         "LOCALAI_BACKENDS_PATH": str(backends),
+        # Plain shell builds that speak no gRPC (tests/conftest.py turns it off too).
+        "LOCALAI_ADMIN_HEALTH_CHECK": "off",
         "LOCALAI_ADMIN_PROBE_ROOT": str(tmp_path),
         "LOCALAI_BACKEND_GALLERIES": json.dumps(
             [{"name": "localai", "url": gallery.as_uri()}]

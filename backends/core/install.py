@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[oci.Progress], None]
 CancelCheck = Callable[[], bool]
+# Called with the staging folder of a concrete build, after its run.sh is checked and
+# before the swap; raises InstallError (or Cancelled) to keep the previous version.
+HealthHook = Callable[[Path, Watch], None]
 
 STAGING_SUFFIX = ".install-tmp"
 BACKUP_SUFFIX = ".install-backup"
@@ -110,6 +113,8 @@ class Installer:
     # own, given where it is built).
     policy: SourcePolicy = field(default_factory=default_policy)
     stall_seconds: float = DEFAULT_STALL_SECONDS
+    # backends.core.health.HealthCheck in production; None skips the check.
+    health_check: HealthHook | None = None
     # Made in the thread that runs the job: the one that polls should_cancel.
     watch: Watch = field(init=False)
 
@@ -135,6 +140,11 @@ class Installer:
         def fill(staging: Path) -> None:
             metadata.digest = self.fetch(source, staging)
             self._check_run_file(staging)
+            if self.health_check is not None:
+                if self.progress:
+                    # The fetch is done (1 of 1): the bar stays full while it starts.
+                    self.progress(oci.Progress("health check", name, 1, 1))
+                self.health_check(staging, self.watch)
             metadata.name = metadata.name or name
 
         return self._stage(target, fill, metadata)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from backends.core import extract, installed, oci, resolve
 from backends.core.gallery import validate_name
+from backends.core.health import HealthCheck
 from backends.core.install import Installer, InstallError, Source
 from backends.core.limits import Limits
 from backends.core.policy import SourcePolicy
@@ -207,6 +208,7 @@ class Runner:
             limits=install_limits(),
             policy=source_policy(),
             stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
+            health_check=health_check(),
         )
 
     def run(self) -> str:
@@ -384,6 +386,13 @@ def external_default_name(uri: str) -> str:
     if not name:
         raise JobFailed("specifying a name is required for OCI images")
     return validate_name(name, "name derived from the URI")
+
+
+def health_check() -> HealthCheck | None:
+    """The check every concrete build passes before its swap, unless turned off."""
+    if not settings.LOCALAI_ADMIN_HEALTH_CHECK:
+        return None
+    return HealthCheck(timeout_seconds=settings.LOCALAI_ADMIN_HEALTH_TIMEOUT_SECONDS)
 
 
 def install_limits() -> Limits:
