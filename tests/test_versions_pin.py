@@ -4,10 +4,12 @@ backend out of unattended upgrades."""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from backends.core import installed
@@ -273,3 +275,29 @@ class PinTestCase(VersionsTestCase):
         self.status(self.upgrade("cpu-bar", force=True))
         pipeline.reconcile(Node.objects.local())
         self.assertTrue(InstalledBackend.objects.get(name="cpu-bar").pinned)
+
+
+class CommandsTestCase(VersionsTestCase):
+    def call(self, *args: str) -> str:
+        out = io.StringIO()
+        call_command(*args, stdout=out, stderr=io.StringIO())
+        return out.getvalue()
+
+    def test_rollback_backend_lists_kept_versions_then_rolls_back(self) -> None:
+        self.status(self.apply("cpu-bar"))
+        self.new_build("cpu-bar", "v2")
+        self.reinstall("cpu-bar")
+        kept_id = VersionStore(self.backends).kept("cpu-bar")[0].id
+        self.assertIn(kept_id, self.call("rollback_backend", "cpu-bar"))
+        self.assertIn(
+            "rolled cpu-bar back",
+            self.call("rollback_backend", "cpu-bar", "--to", kept_id),
+        )
+        self.assertIn("v1", (self.backends / "cpu-bar" / "run.sh").read_text())
+
+    def test_upgrade_backend_of_a_pinned_backend_needs_force(self) -> None:
+        self.status(self.apply("cpu-bar"))
+        self.api_post("/api/backends/cpu-bar/pin")
+        with self.assertRaisesMessage(CommandError, "pinned"):
+            self.call("upgrade_backend", "cpu-bar")
+        self.assertIn("upgraded", self.call("upgrade_backend", "cpu-bar", "--force"))

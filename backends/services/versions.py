@@ -84,10 +84,10 @@ def check_kept(name: str, ref: str) -> KeptVersion:
         raise jobs.Refused(404, str(exc), code="version_not_found") from None
 
 
-def rollback(name: str, ref: str, *, requested_by: str = "") -> Job:
+def rollback(name: str, ref: str, *, requested_by: str = "", queue: bool = True) -> Job:
     """Start a rollback, once the version is known to be there."""
     check_kept(name, ref)
-    return jobs.rollback(name, ref, requested_by=requested_by)
+    return jobs.rollback(name, ref, requested_by=requested_by, queue=queue)
 
 
 def set_pinned(name: str, pinned: bool) -> InstalledBackend:
