@@ -502,6 +502,9 @@ class InstalledBackend(models.Model):
     available_version = models.CharField(max_length=255, blank=True)
     available_digest = models.CharField(max_length=100, blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
+    # Left out of "upgrade all" and upgraded only with force. Admin policy, not disk
+    # state: reconcile updates rows in place and never touches it.
+    pinned = models.BooleanField(default=False)
 
     class Meta:
         ordering = ("name",)
@@ -700,6 +703,7 @@ class Job(models.Model):
         INSTALL = "install", "Install"
         UPGRADE = "upgrade", "Upgrade"
         DELETE = "delete", "Delete"
+        ROLLBACK = "rollback", "Rollback"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -724,6 +728,8 @@ class Job(models.Model):
     external_uri = models.CharField(max_length=2000, blank=True)
     external_name = models.CharField(max_length=255, blank=True)
     external_alias = models.CharField(max_length=255, blank=True)
+    # A rollback: the kept version to put back (its id, or a version string).
+    version_ref = models.CharField(max_length=255, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     progress = models.FloatField(default=0)
     phase = models.CharField(max_length=32, blank=True)

@@ -52,6 +52,24 @@ urlpatterns = [
         name="installed-check-upgrades",
     ),
     path(
+        "installed/<str:name>/versions/",
+        installed_pages.installed_versions,
+        name="installed-versions",
+    ),
+    path(
+        "installed/<str:name>/rollback/<str:version>/",
+        installed_pages.installed_rollback,
+        name="installed-rollback",
+    ),
+    path(
+        "installed/<str:name>/pin/", installed_pages.installed_pin, name="installed-pin"
+    ),
+    path(
+        "installed/<str:name>/unpin/",
+        installed_pages.installed_unpin,
+        name="installed-unpin",
+    ),
+    path(
         "installed/<str:name>/upgrade/",
         installed_pages.installed_upgrade,
         name="installed-upgrade",
@@ -88,6 +106,18 @@ urlpatterns = [
         name="api-install-external",
     ),
     path("api/backends/plan", api.plan, name="api-plan"),
+    path(
+        "api/backends/<str:name>/versions",
+        api.backend_versions,
+        name="api-backend-versions",
+    ),
+    path(
+        "api/backends/<str:name>/rollback",
+        api.backend_rollback,
+        name="api-backend-rollback",
+    ),
+    path("api/backends/<str:name>/pin", api.backend_pin, name="api-backend-pin"),
+    path("api/backends/<str:name>/unpin", api.backend_unpin, name="api-backend-unpin"),
     # Distributed mode: agents (registration token) and the admin's node routes
     path("api/node/register", api_nodes.register, name="agent-register"),
     path(

@@ -367,6 +367,10 @@ LOCALAI_ADMIN_MAX_BACKEND_BYTES = envint(
 LOCALAI_ADMIN_DISK_RESERVE_BYTES = envint(
     "LOCALAI_ADMIN_DISK_RESERVE_BYTES", str(1024**3)
 )
+# How many replaced builds of each backend an upgrade or a reinstall keeps for a
+# rollback (backends/core/versions.py), in <backends>/.versions where LocalAI does not
+# look; 0 keeps none.
+LOCALAI_ADMIN_KEEP_VERSIONS = envint("LOCALAI_ADMIN_KEEP_VERSIONS", "1")
 # Deadlines on every transfer (backends/core/transfer.py): a download, registry or
 # gallery request that makes less than 1 KiB of progress in this many seconds fails
 # that attempt; a source that stalls twice fails the job (or the sync).

@@ -29,7 +29,8 @@ class BodyLimitsTestCase(BaseTestCase):
         super().setUp()
         self.enterContext(queued_tasks())
         node = Node.objects.local()
-        # The delete route reads a body too (its force flag): it needs a name.
+        # Routes with a body under /backends/<name> (delete, upgrade, rollback) need a
+        # name.
         self.samples = {"node_id": node.pk, "name": "cpu-whisper"}
 
     def post_each(self, body: bytes) -> list[tuple[str, Any]]:

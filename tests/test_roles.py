@@ -36,6 +36,9 @@ class RouteTableTestCase(BaseTestCase):
             "node_id": node.pk,
             "gallery": "localai",
             "name": "cpu-whisper",
+            # A kept version's id (installed/<name>/rollback/<version>/): none is
+            # kept, so the page answers 404 to those allowed, 403 to the others.
+            "version": "20260101T000000000000Z",
         }
         self.personas = {
             "viewer": self.bob,

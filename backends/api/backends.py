@@ -19,7 +19,7 @@ from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_backend_id
 from backends.fixedsql import FixedSelect
 from backends.models import Job, Node
-from backends.services import catalogue, jobs, plans, upgrades
+from backends.services import catalogue, jobs, plans, upgrades, versions
 
 JOB_LIST_LIMIT = 200
 
@@ -243,20 +243,77 @@ def delete(request: ApiRequest, name: str) -> JsonResponse:
     return _started(request, job)
 
 
-@installed_job_view(permission=roles.UPGRADE)
-def upgrade(request: HttpRequest, name: str) -> JsonResponse:
-    """Upgrade an installed backend (a job)"""
-    return _installed_job(request, name, Job.Kind.UPGRADE)
-
-
-def _installed_job(request: HttpRequest, name: str, kind: str) -> JsonResponse:
-    """A delete or an upgrade: the backend must be installed here, and not a system one."""
-    start = jobs.delete if kind == Job.Kind.DELETE else jobs.upgrade
+@installed_job_view(permission=roles.UPGRADE, body=schemas.UPGRADE_BODY)
+def upgrade(request: ApiRequest, name: str) -> JsonResponse:
+    """Upgrade an installed backend (a job); a pinned one needs force"""
     try:
-        job = start(name, requested_by=request.user.get_username())
+        job = jobs.upgrade(
+            name,
+            force=request.json.get("force", False),
+            requested_by=request.user.get_username(),
+        )
     except jobs.Refused as exc:
         return refused(exc)
     return _started(request, job)
+
+
+# -- kept versions and pins ---------------------------------------------------------
+
+
+@api_view(
+    permission=roles.VIEW,
+    responses={200: ref("Versions")},
+    errors=(404, 409),
+    path=schemas.BACKEND_PATH,
+)
+def backend_versions(request: HttpRequest, name: str) -> JsonResponse:
+    """The versions an upgrade or a reinstall kept for a rollback, newest first"""
+    try:
+        return JsonResponse(versions.versions(name).to_json())
+    except jobs.Refused as exc:
+        return refused(exc)
+
+
+@installed_job_view(permission=roles.UPGRADE, body=schemas.ROLLBACK_BODY)
+def backend_rollback(request: ApiRequest, name: str) -> JsonResponse:
+    """Put a kept version back in place (a job); the current build is kept"""
+    try:
+        job = versions.rollback(
+            name, request.json["version"], requested_by=request.user.get_username()
+        )
+    except jobs.Refused as exc:
+        return refused(exc)
+    return _started(request, job)
+
+
+pin_view = partial(
+    api_view,
+    ("POST",),
+    permission=roles.UPGRADE,
+    responses={200: ref("Pin")},
+    errors=(404, 409),
+    path=schemas.BACKEND_PATH,
+)
+
+
+@pin_view()
+def backend_pin(request: HttpRequest, name: str) -> JsonResponse:
+    """Pin a backend: left out of upgrade all, upgraded only with force"""
+    return _pin(name, True)
+
+
+@pin_view()
+def backend_unpin(request: HttpRequest, name: str) -> JsonResponse:
+    """Unpin a backend"""
+    return _pin(name, False)
+
+
+def _pin(name: str, pinned: bool) -> JsonResponse:
+    try:
+        record = versions.set_pinned(name, pinned)
+    except jobs.Refused as exc:
+        return refused(exc)
+    return JsonResponse({"name": record.name, "pinned": record.pinned})
 
 
 @api_view(

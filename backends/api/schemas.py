@@ -198,6 +198,26 @@ DELETE_BODY: Schema = {
         }
     },
 }
+UPGRADE_BODY: Schema = {
+    "type": "object",
+    "properties": {
+        "force": {**BOOL, "description": "upgrade even if the backend is pinned"}
+    },
+}
+ROLLBACK_BODY: Schema = {
+    "type": "object",
+    "required": ["version"],
+    "properties": {
+        "version": {
+            **STRING,
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": NO_NUL,
+            "description": "a kept version's id, or its version (the newest kept "
+            "with it)",
+        }
+    },
+}
 NODE_BACKEND_BODY: Schema = {
     "type": "object",
     "required": ["backend"],
@@ -243,7 +263,8 @@ COMPONENTS: dict[str, Schema] = {
             "code": {
                 **STRING,
                 "description": "why, for scripts: node_takes_no_work, "
-                "not_runnable_here, no_online_node, source_refused, backend_in_use",
+                "not_runnable_here, no_online_node, source_refused, backend_in_use, "
+                "pinned, version_not_found",
             },
             "models": {
                 **STRINGS,
@@ -413,6 +434,38 @@ COMPONENTS: dict[str, Schema] = {
             "description": STRING,
             "installed": BOOL,
         },
+    },
+    "KeptVersion": {
+        "type": "object",
+        "required": ["id", "version", "digest", "installed_at", "kept_at", "size"],
+        "properties": {
+            "id": {**STRING, "description": "what a rollback names"},
+            "version": STRING,
+            "digest": STRING,
+            "installed_at": STRING,
+            "kept_at": {**STRING, "description": "when it was replaced"},
+            "size": {**INTEGER, "description": "bytes on disk"},
+        },
+    },
+    "Versions": {
+        "type": "object",
+        "required": ["name", "build", "pinned", "keep_versions", "versions"],
+        "properties": {
+            "name": STRING,
+            "build": {**STRING, "description": "the build folder (a meta's target)"},
+            "pinned": BOOL,
+            "keep_versions": {**INTEGER, "description": "LOCALAI_ADMIN_KEEP_VERSIONS"},
+            "versions": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/KeptVersion"},
+                "description": "newest first",
+            },
+        },
+    },
+    "Pin": {
+        "type": "object",
+        "required": ["name", "pinned"],
+        "properties": {"name": STRING, "pinned": BOOL},
     },
     "JobStarted": {
         "type": "object",

@@ -55,6 +55,7 @@ from backends.core.redact import redact_message
 from backends.core.sources import looks_like_oci
 from backends.core.transfer import DEFAULT_STALL_SECONDS, Watch, stalled
 from backends.core.trees import remove_tree
+from backends.core.versions import KeptVersion, VersionNotFound, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class Installer:
     stall_seconds: float = DEFAULT_STALL_SECONDS
     # backends.core.health.HealthCheck in production; None skips the check.
     health_check: HealthHook | None = None
+    # How many replaced builds of each backend stay in the versions store for a
+    # rollback (versions.py); 0 removes a replaced build once the new one is in place.
+    keep_versions: int = 0
     # Made in the thread that runs the job: the one that polls should_cancel.
     watch: Watch = field(init=False)
 
@@ -147,7 +151,7 @@ class Installer:
                 self.health_check(staging, self.watch)
             metadata.name = metadata.name or name
 
-        return self._stage(target, fill, metadata)
+        return self._stage(target, fill, metadata, keep=True)
 
     def install_meta(
         self, meta_name: str, concrete: str, metadata: Metadata
@@ -165,15 +169,21 @@ class Installer:
         return self._stage(target, lambda staging: None, metadata)
 
     def _stage(
-        self, target: Path, fill: Callable[[Path], None], metadata: Metadata
+        self,
+        target: Path,
+        fill: Callable[[Path], None],
+        metadata: Metadata,
+        *,
+        keep: bool = False,
     ) -> Metadata:
-        """Fill a staging folder beside ``target``, add the metadata, swap it in."""
+        """Fill a staging folder beside ``target``, add the metadata, swap it in;
+        ``keep``: the build it replaces goes to the versions store."""
         staging = self._fresh(target.with_name(target.name + STAGING_SUFFIX))
         try:
             fill(staging)
             metadata.installed_at = datetime.now(UTC).isoformat(timespec="seconds")
             write_metadata(staging, metadata)
-            self._swap(staging, target)
+            self._swap(staging, target, keep=keep)
         finally:
             _discard(staging)
         return metadata
@@ -197,7 +207,7 @@ class Installer:
             # Tarballs made on filesystems without modes lose the bit; LocalAI runs it anyway.
             run.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
-    def _swap(self, staging: Path, target: Path) -> None:
+    def _swap(self, staging: Path, target: Path, *, keep: bool = False) -> None:
         backup = target.with_name(target.name + BACKUP_SUFFIX)
         remove_tree(backup)
         had_previous = target.exists()
@@ -209,13 +219,70 @@ class Installer:
             if had_previous:
                 os.rename(backup, target)
             raise
-        _discard(backup)
+        if had_previous and keep:
+            self._keep(backup, target.name)
+        else:
+            _discard(backup)
+
+    @property
+    def versions(self) -> VersionStore:
+        return VersionStore(self.backends_path)
+
+    def _keep(self, backup: Path, name: str) -> None:
+        # The new build is live: failing to keep the old one must not fail the job.
+        try:
+            self.versions.keep(backup, name, self.keep_versions)
+        except OSError as exc:
+            log.warning("could not keep the previous %s: %s", name, exc)
+            _discard(backup)
+
+    # -- rollback ------------------------------------------------------------------
+
+    def rollback(self, name: str, ref: str) -> KeptVersion:
+        """Put the kept version ``ref`` (an id or a version) of ``name`` back in place;
+        the build it replaces becomes a kept version. Returns the one restored.
+
+        The same two renames as an upgrade's swap, with the kept folder as the staging
+        one: a crash between them leaves the backup, which ``recover`` puts back, and
+        the kept version still in the store.
+        """
+        validate_name(name)
+        target = self.backends_path / name
+        if target.is_symlink() or not (target / RUN_FILE).is_file():
+            raise NotFoundError(f"{name} is not installed as a build here")
+        try:
+            kept = self.versions.find(name, ref)
+        except VersionNotFound as exc:
+            raise NotFoundError(str(exc)) from None
+        if not (kept.folder / RUN_FILE).is_file():
+            raise InstallError(f"kept version {kept.id} of {name} has no {RUN_FILE}")
+        backup = target.with_name(name + BACKUP_SUFFIX)
+        remove_tree(backup)
+        os.rename(target, backup)
+        try:
+            self.versions.take(kept, target)
+        except OSError:
+            os.rename(backup, target)
+            raise
+        # A rollback always keeps what it replaced, so it can be undone the same way.
+        self._keep_replaced(backup, name)
+        return kept
+
+    def _keep_replaced(self, backup: Path, name: str) -> None:
+        try:
+            self.versions.keep(backup, name, max(self.keep_versions, 1))
+        except OSError as exc:
+            log.warning("could not keep the previous %s: %s", name, exc)
+            _discard(backup)
 
     def recover(self) -> list[str]:
         """Tidy the folder after a worker was killed mid-install; returns what was done.
 
         A staging folder is half written: removed. A backup whose live folder is missing
         means the kill fell between the two renames of a swap: the backup is put back.
+        A backup beside its live folder is a build the swap had replaced: kept as a
+        version when versions are kept. The versions store is left as it is, but for
+        a prune cut short.
         """
         actions: list[str] = []
         if not self.backends_path.is_dir():
@@ -224,7 +291,10 @@ class Installer:
             name = entry.name
             if name.endswith(BACKUP_SUFFIX):
                 live = entry.with_name(name.removesuffix(BACKUP_SUFFIX))
-                if live.exists():
+                if live.exists() and self.keep_versions > 0:
+                    self._keep(entry, live.name)
+                    actions.append(f"kept {name} as a version of {live.name}")
+                elif live.exists():
                     _discard(entry)
                     actions.append(f"removed {name}")
                 else:
@@ -236,6 +306,7 @@ class Installer:
             elif name.startswith(DOWNLOAD_PREFIX) and entry.is_file():
                 entry.unlink()
                 actions.append(f"removed {name}")
+        actions += self.versions.recover()
         return actions
 
     # -- fetch ---------------------------------------------------------------------
@@ -467,6 +538,8 @@ class Installer:
         removed = []
         for folder in self.plan_delete(requested, system_path):
             removed.append(self._remove(folder))
+            # Its kept versions go with it: a rollback needs the backend installed.
+            self.versions.prune(folder.name, 0)
         return removed
 
     def plan_delete(

@@ -80,7 +80,10 @@ def recover_from_a_killed_worker() -> None:
             return
         _recovered = True
         failed = Job.objects.fail_interrupted(Node.objects.local(), PROCESS_STARTED)
-        actions = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).recover()
+        actions = Installer(
+            Path(settings.LOCALAI_BACKENDS_PATH),
+            keep_versions=settings.LOCALAI_ADMIN_KEEP_VERSIONS,
+        ).recover()
         if failed or actions:
             log.warning("recovered after a stop: %d job(s) failed; %s", failed, actions)
 

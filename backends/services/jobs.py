@@ -284,7 +284,11 @@ def _installed_job(
     queue: bool = True,
     **fields: Any,
 ) -> Job:
-    verbs: dict[str, str] = {Job.Kind.DELETE: "deleted", Job.Kind.UPGRADE: "upgraded"}
+    verbs: dict[str, str] = {
+        Job.Kind.DELETE: "deleted",
+        Job.Kind.UPGRADE: "upgraded",
+        Job.Kind.ROLLBACK: "rolled back",
+    }
     verb = verbs.get(kind, "reinstalled")
     if node is None or node.is_local:
         row = installed_here(name)
@@ -293,6 +297,7 @@ def _installed_job(
             raise Refused(409, f"system backend {bare!r} cannot be {verb}")
         if node is not None:
             _check_takes_work(node)
+        build = row.metadata.meta_backend_for if row.is_meta and row.metadata else ""
     else:
         _check_takes_work(node)
         bare = _check_id(name).rpartition("@")[2]
@@ -303,6 +308,16 @@ def _installed_job(
             raise Refused(404, f"backend {bare!r} is not installed on node {node.name}")
         if record.is_system:
             raise Refused(409, f"system backend {bare!r} cannot be {verb}")
+        build = record.meta_backend_for if record.is_meta else ""
+    if kind == Job.Kind.UPGRADE and not fields.get("force"):
+        held = pinned_builds(node or Node.objects.local()) & {bare, build}
+        if held:
+            raise Refused(
+                409,
+                f"{bare} is pinned ({', '.join(sorted(held))}): unpin it, or upgrade "
+                "with force",
+                code="pinned",
+            )
     return start(
         kind,
         bare,
@@ -315,10 +330,44 @@ def _installed_job(
 
 
 def upgrade(
-    name: str, *, requested_by: str = "", node: Node | None = None, queue: bool = True
+    name: str,
+    *,
+    force: bool = False,
+    requested_by: str = "",
+    node: Node | None = None,
+    queue: bool = True,
 ) -> Job:
+    """Upgrade an installed backend; a pinned one only with ``force``."""
     return _installed_job(
-        Job.Kind.UPGRADE, name, node=node, requested_by=requested_by, queue=queue
+        Job.Kind.UPGRADE,
+        name,
+        node=node,
+        requested_by=requested_by,
+        queue=queue,
+        force=force,
+    )
+
+
+def pinned_builds(node: Node) -> set[str]:
+    """The names a pin holds on ``node``: each pinned backend, and the build a pinned
+    meta points at (upgrading that build would change what the meta runs)."""
+    rows = InstalledBackend.objects.filter(node=node, pinned=True).values_list(
+        "name", "meta_backend_for"
+    )
+    return {name for pair in rows for name in pair if name}
+
+
+def rollback(
+    name: str, version: str, *, requested_by: str = "", queue: bool = True
+) -> Job:
+    """Put a kept version of a backend of this host back in place (a job)."""
+    return _installed_job(
+        Job.Kind.ROLLBACK,
+        name,
+        node=None,
+        requested_by=requested_by,
+        queue=queue,
+        version_ref=version,
     )
 
 
@@ -354,11 +403,14 @@ def reinstall(name: str, *, requested_by: str = "") -> Job:
 
 
 def upgrade_all(*, requested_by: str = "") -> tuple[list[str], list[str]]:
-    """Upgrade every backend of this host flagged upgradable; (started, refused)."""
+    """Upgrade every backend of this host flagged upgradable, but the pinned ones;
+    (started, refused)."""
+    node = Node.objects.local()
     names = (
         InstalledBackend.objects.filter(
-            node=Node.objects.local(), upgrade_available=True, is_system=False
+            node=node, upgrade_available=True, is_system=False
         )
+        .exclude(name__in=pinned_builds(node))
         .order_by("name")
         .values_list("name", flat=True)
     )
@@ -422,4 +474,5 @@ def retry(job: Job, *, requested_by: str = "") -> Job:
         external_uri=job.external_uri,
         external_name=job.external_name,
         external_alias=job.external_alias,
+        version_ref=job.version_ref,
     )

@@ -209,6 +209,7 @@ class Runner:
             policy=source_policy(),
             stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
             health_check=health_check(),
+            keep_versions=settings.LOCALAI_ADMIN_KEEP_VERSIONS,
         )
 
     def run(self) -> str:
@@ -218,6 +219,8 @@ class Runner:
             return self.install_external()
         if self.job.kind == Job.Kind.UPGRADE:
             return self.upgrade()
+        if self.job.kind == Job.Kind.ROLLBACK:
+            return self.rollback()
         return self.install()
 
     # -- install from a gallery ----------------------------------------------------
@@ -341,6 +344,22 @@ class Runner:
         if row.is_system or row.folder is None:
             raise JobFailed(f"system backend {name!r} cannot be upgraded")
         return row.folder.name
+
+    # -- rollback ------------------------------------------------------------------
+
+    def rollback(self) -> str:
+        name = self.job.target.rpartition("@")[2]
+        concrete = self.concrete_folder(name)
+        Job.objects.filter(pk=self.job.pk).update(
+            cancellable=False, phase="rolling back", message=f"rolling back {concrete}"
+        )
+        kept = self.installer().rollback(concrete, self.job.version_ref)
+        # The build back in place is not what the last upgrade check looked at.
+        InstalledBackend.objects.filter(
+            node=self.job.node or Node.objects.local(), name__in=(name, concrete)
+        ).update(upgrade_available=False, checked_at=None)
+        shown = kept.metadata.version or kept.metadata.digest[:19] or kept.id
+        return f"rolled {concrete} back to {shown} (kept {kept.id})"
 
     # -- delete --------------------------------------------------------------------
 

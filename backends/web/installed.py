@@ -1,9 +1,11 @@
-"""The Installed page: what is on this host's disk, with upgrade, reinstall and delete."""
+"""The Installed page: what is on this host's disk, with upgrade, reinstall and delete;
+and each backend's kept versions, with rollback and pin."""
 
 from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -16,7 +18,7 @@ from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
-from backends.services import jobs, plans, upgrades, usage
+from backends.services import jobs, plans, upgrades, usage, versions
 from backends.web.base import (
     HtmxHttpRequest,
     not_started,
@@ -191,3 +193,83 @@ def installed_check_upgrades(request: HtmxHttpRequest) -> HttpResponse:
     )
     query = urlencode({"checking": since})
     return redirect(f"{reverse('backends:installed')}?{query}")
+
+
+# -- kept versions, rollback, pin ------------------------------------------------------
+
+
+def _versions_or_404(name: str) -> versions.Versions:
+    try:
+        return versions.versions(name)
+    except jobs.Refused as exc:
+        raise Http404(str(exc)) from None
+
+
+@requires(roles.VIEW)
+def installed_versions(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    _get_installed(name)
+    context = {
+        "versions": _versions_or_404(name),
+        "keep_versions": settings.LOCALAI_ADMIN_KEEP_VERSIONS,
+    }
+    return render(request, "backends/installed_versions.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@requires(roles.UPGRADE)
+def installed_rollback(
+    request: HtmxHttpRequest, name: str, version: str
+) -> HttpResponse:
+    """GET: the confirmation naming the build that goes back and the one replaced;
+    POST: start the rollback."""
+    disk, _ = _get_installed(name)
+    try:
+        kept = versions.check_kept(name, version)
+    except jobs.Refused as exc:
+        raise Http404(str(exc)) from None
+    if request.method == "POST":
+        try:
+            job = versions.rollback(
+                name, kept.id, requested_by=request.user.get_username()
+            )
+        except jobs.Refused as exc:
+            not_started(request, exc)
+            return redirect("backends:installed-versions", name)
+        messages.success(request, f"Rollback of {name} started.")
+        return redirect("backends:job-detail", job.pk)
+    current = read.installed_folders().get(versions.build_of(disk))
+    context = {
+        "disk": disk,
+        "kept": kept,
+        "kept_row": versions.kept_json(kept),
+        "current": current.metadata if current else None,
+    }
+    return render(request, "backends/installed_rollback.html", context)
+
+
+@require_POST
+@requires(roles.UPGRADE)
+def installed_pin(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    return _pin(request, name, True)
+
+
+@require_POST
+@requires(roles.UPGRADE)
+def installed_unpin(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    return _pin(request, name, False)
+
+
+def _pin(request: HtmxHttpRequest, name: str, pinned: bool) -> HttpResponse:
+    _get_installed(name)
+    try:
+        versions.set_pinned(name, pinned)
+    except jobs.Refused as exc:
+        messages.error(request, f"{exc}.")
+    else:
+        messages.success(
+            request,
+            f"{name} is pinned: upgrade all leaves it out."
+            if pinned
+            else f"{name} is unpinned.",
+        )
+    return redirect("backends:installed")

@@ -102,7 +102,10 @@ class Command(BaseCommand):
         ):
             if job.parent is not None and job.parent.is_active:
                 Job.objects.settle_parent(job.parent.pk)
-        actions = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).recover()
+        actions = Installer(
+            Path(settings.LOCALAI_BACKENDS_PATH),
+            keep_versions=settings.LOCALAI_ADMIN_KEEP_VERSIONS,
+        ).recover()
         pipeline.reconcile(node)
         if failed or actions:
             log.warning(
