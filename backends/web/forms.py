@@ -51,7 +51,9 @@ class CatalogueQueryForm(QueryForm):
     # filter rather than fail validation. The page renders its ~100 options itself
     # (the widget's per-option templates cost more than the rest of the page).
     tag = forms.CharField(required=False, max_length=100, label="Modality / tag")
-    runs_here = forms.BooleanField(required=False, label="Runs on this hardware")
+    # The default view is what this node can install and use; these widen it.
+    development = forms.BooleanField(required=False, label="Development builds")
+    other_hardware = forms.BooleanField(required=False, label="Other hardware")
     sort = forms.ChoiceField(choices=SORTS, required=False)
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
