@@ -40,6 +40,11 @@ urlpatterns = [
         catalogue_pages.catalogue_install,
         name="catalogue-install",
     ),
+    path(
+        "catalogue/<slug:gallery>/<str:name>/install-anyway/",
+        catalogue_pages.catalogue_force,
+        name="catalogue-force",
+    ),
     path("installed/", installed_pages.installed_list, name="installed"),
     path(
         "installed/upgrade-all/",

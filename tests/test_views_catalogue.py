@@ -303,6 +303,50 @@ class CatalogueInstallTestCase(BaseTestCase):
         self.assertIn('hx-swap-oob="true"', body)
 
 
+class NotForThisNodeTestCase(BaseTestCase):
+    """A build for other hardware: no plain Install, a confirmation saying what breaks."""
+
+    url = "/catalogue/localai/cuda12-llama-cpp/install-anyway/"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        self.client.force_login(self.carol)
+
+    def test_it_offers_install_anyway_instead_of_install(self) -> None:
+        r = self.client.get("/?q=cuda12&other_hardware=on")
+        self.assertNotContains(r, 'aria-label="Install cuda12-llama-cpp"')
+        self.assertContains(r, f'href="{self.url}"')
+
+    def test_the_confirmation_says_what_will_not_work(self) -> None:
+        r = self.client.get(self.url)
+        self.assertContains(r, "needs an NVIDIA GPU")
+        self.assertContains(r, "LocalAI will fail to start this backend")
+        self.assertContains(r, 'href="/catalogue/localai/llama-cpp/"')
+        self.assertContains(r, '<input type="hidden" name="force" value="on">')
+
+    def test_a_confirmed_install_starts_a_forced_job(self) -> None:
+        self.client.post(
+            "/catalogue/localai/cuda12-llama-cpp/install/", {"force": "on"}
+        )
+        job = Job.objects.get()
+        self.assertEqual((job.target, job.force), ("localai@cuda12-llama-cpp", True))
+
+    def test_an_unconfirmed_install_starts_nothing_and_asks(self) -> None:
+        r = self.client.post("/catalogue/localai/cuda12-llama-cpp/install/")
+        self.assertRedirects(r, self.url, fetch_redirect_response=False)
+        self.assertFalse(Job.objects.exists())
+        self.assertContains(self.client.get(self.url), "does not run on this node")
+
+    def test_it_has_nothing_to_confirm_for_a_build_that_runs_here(self) -> None:
+        r = self.client.get("/catalogue/localai/cpu-whisper/install-anyway/")
+        self.assertRedirects(r, "/catalogue/localai/cpu-whisper/")
+
+    def test_it_is_for_operators(self) -> None:
+        self.client.force_login(self.bob)
+        self.assertEqual(self.client.get(self.url).status_code, 403)
+
+
 @override_settings(DISTRIBUTED=True)
 class CatalogueFanOutTestCase(BaseTestCase):
     """Distributed mode: the dashboard installs the way ``POST /backends/apply`` does."""

@@ -204,8 +204,32 @@ def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> Ent
 def catalogue_entry(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
     entry = _get_entry(gallery, name)
     node = Node.objects.local()
-    context = {"row": _entry_row(entry, node), "entry": entry, "node": node}
+    context = {
+        "row": _entry_row(entry, node),
+        "entry": entry,
+        "node": node,
+        "distributed": settings.DISTRIBUTED,
+    }
     return render(request, "backends/catalogue_entry.html", context)
+
+
+@requires(roles.INSTALL)
+def catalogue_force(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
+    """Confirm installing a build that does not run on this node, saying what will not
+    work; the answer posts to the install with ``force``."""
+    entry = _get_entry(gallery, name)
+    node = Node.objects.local()
+    row = _entry_row(entry, node)
+    if not row.problem or not row.can_install or settings.DISTRIBUTED:
+        # Nothing to confirm (it runs here), or nothing a force could install.
+        return redirect("backends:catalogue-entry", gallery, name)
+    context = {
+        "row": row,
+        "entry": entry,
+        "node": node,
+        "meta": read.meta_offering(entry.name),
+    }
+    return render(request, "backends/catalogue_force.html", context)
 
 
 @require_POST
@@ -216,6 +240,28 @@ def catalogue_install(
     entry = _get_entry(gallery, name)
     form = InstallForm(request.POST)
     force = form.is_valid() and form.cleaned_data["force"]
+    if not force and not settings.DISTRIBUTED:
+        # The job would fail at its first step: say why now, and where to insist.
+        row = _entry_row(entry, Node.objects.local())
+        if row.problem:
+            messages.error(
+                request,
+                f"Not started: {entry.name} does not run on this node: {row.problem}. "
+                "Open its page to install it anyway.",
+            )
+            if not wants_fragment(request):
+                return redirect("backends:catalogue-force", gallery, name)
+            context = {
+                "row": row,
+                "catalogue_url": reverse("backends:catalogue"),
+                "distributed": False,
+            }
+            return render_page(
+                request,
+                "backends/catalogue_entry.html",
+                context,
+                fragment="backends/partials/_catalogue_row.html",
+            )
     job = _start_install(request, entry, force)
     if job is not None:
         verb = "Reinstall" if force else "Install"
@@ -228,6 +274,7 @@ def catalogue_install(
     context = {
         "row": _entry_row(entry, node, job),
         "catalogue_url": reverse("backends:catalogue"),
+        "distributed": settings.DISTRIBUTED,
     }
     return render_page(
         request,
