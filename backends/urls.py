@@ -5,6 +5,7 @@ from django.urls import path
 from backends.api import backends as api
 from backends.api import nodes as api_nodes
 from backends.web import catalogue as catalogue_pages
+from backends.web import external as external_pages
 from backends.web import installed as installed_pages
 from backends.web import jobs as jobs_pages
 from backends.web import nodes as nodes_pages
@@ -46,6 +47,11 @@ urlpatterns = [
         name="catalogue-force",
     ),
     path("installed/", installed_pages.installed_list, name="installed"),
+    path(
+        "installed/from-uri/",
+        external_pages.install_from_uri,
+        name="install-from-uri",
+    ),
     path(
         "installed/upgrade-all/",
         installed_pages.installed_upgrade_all,

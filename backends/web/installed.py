@@ -14,6 +14,7 @@ from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
 from backends.services import jobs
 from backends.web.base import HtmxHttpRequest, not_started, render_page, requires
+from backends.web.forms import ExternalInstallForm
 
 
 @requires(roles.VIEW)
@@ -32,6 +33,7 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
         "checked_at": max(
             (r.checked_at for r in records.values() if r.checked_at), default=None
         ),
+        "uri_form": ExternalInstallForm(),
     }
     return render_page(
         request,
