@@ -6,6 +6,7 @@ from backends.api import backends as api
 from backends.api import nodes as api_nodes
 from backends.web import catalogue as catalogue_pages
 from backends.web import external as external_pages
+from backends.web import icons as icon_pages
 from backends.web import installed as installed_pages
 from backends.web import jobs as jobs_pages
 from backends.web import nodes as nodes_pages
@@ -46,6 +47,7 @@ urlpatterns = [
         catalogue_pages.catalogue_force,
         name="catalogue-force",
     ),
+    path("icons/<str:key>", icon_pages.icon, name="icon"),
     path("installed/", installed_pages.installed_list, name="installed"),
     path(
         "installed/from-uri/",

@@ -45,6 +45,9 @@ def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.LOCALAI_ADMIN_PRIVATE_HOSTS = list(LOOPBACK_HOSTS)
     settings.LOCALAI_ADMIN_LOCAL_ROOTS = [tmp_path, SHARED_FIXTURES]
+    # The real gallery's icons are on the internet: only the icon tests fetch any.
+    settings.LOCALAI_ADMIN_GALLERY_ICONS = False
+    settings.LOCALAI_ADMIN_CACHE_DIR = tmp_path / "cache"
     HUEY.immediate = True
     dispatch.INSTALLS.immediate = True
     yield

@@ -36,6 +36,7 @@ class RouteTableTestCase(BaseTestCase):
             "node_id": node.pk,
             "gallery": "localai",
             "name": "cpu-whisper",
+            "key": "0" * 32,
         }
         self.personas = {
             "viewer": self.bob,
