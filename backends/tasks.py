@@ -17,7 +17,7 @@ from huey import crontab
 from huey.contrib.djhuey import db_periodic_task, db_task, lock_task
 
 from backends.models import Gallery
-from backends.services import nodes, upgrades
+from backends.services import icons, nodes, upgrades
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,38 @@ def every_n_minutes(minutes: int) -> Callable[[datetime.datetime], bool]:
 
 @db_task()
 def sync_gallery(gallery_pk: int, force: bool = False) -> str:
-    return Gallery.objects.get(pk=gallery_pk).sync(force=force)
+    result = Gallery.objects.get(pk=gallery_pk).sync(force=force)
+    queue_icon_caching()
+    return result
 
 
 @db_task()
 def sync_galleries(force: bool = False) -> list[str]:
-    return sync_all(force=force)
+    result = sync_all(force=force)
+    queue_icon_caching()
+    return result
 
 
 @db_periodic_task(every_n_minutes(settings.GALLERY_SYNC_MINUTES))
 @lock_task("sync-galleries-lock")
 def sync_galleries_periodically() -> list[str]:
-    return sync_all()
+    result = sync_all()
+    queue_icon_caching()
+    return result
+
+
+@db_task()
+@lock_task("cache-icons-lock")
+def cache_icons() -> str:
+    outcome = icons.cache_icons()
+    return f"{outcome.fetched} fetched, {outcome.kept} kept, {outcome.refused} refused"
+
+
+def queue_icon_caching() -> None:
+    """Icons come after a sync, as a task of their own: a slow icon host must not hold
+    the sync (or the page that asked for it)."""
+    if settings.LOCALAI_ADMIN_GALLERY_ICONS:
+        cache_icons()
 
 
 @db_task()

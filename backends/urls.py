@@ -5,6 +5,8 @@ from django.urls import path
 from backends.api import backends as api
 from backends.api import nodes as api_nodes
 from backends.web import catalogue as catalogue_pages
+from backends.web import external as external_pages
+from backends.web import icons as icon_pages
 from backends.web import installed as installed_pages
 from backends.web import jobs as jobs_pages
 from backends.web import nodes as nodes_pages
@@ -40,7 +42,18 @@ urlpatterns = [
         catalogue_pages.catalogue_install,
         name="catalogue-install",
     ),
+    path(
+        "catalogue/<slug:gallery>/<str:name>/install-anyway/",
+        catalogue_pages.catalogue_force,
+        name="catalogue-force",
+    ),
+    path("icons/<str:key>", icon_pages.icon, name="icon"),
     path("installed/", installed_pages.installed_list, name="installed"),
+    path(
+        "installed/from-uri/",
+        external_pages.install_from_uri,
+        name="install-from-uri",
+    ),
     path(
         "installed/upgrade-all/",
         installed_pages.installed_upgrade_all,

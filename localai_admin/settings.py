@@ -197,7 +197,8 @@ SECURE_CSP = {
     "default-src": ["'self'"],
     "script-src": ["'self'"],
     "style-src": ["'self'"],
-    "img-src": ["'self'", "data:", "https:"],
+    # Icons are cached and served by us: no image comes from elsewhere.
+    "img-src": ["'self'", "data:"],
     "connect-src": ["'self'"],
     "frame-ancestors": ["'none'"],
     "form-action": ["'self'"],
@@ -309,6 +310,9 @@ LOCALAI_BACKEND_IMAGES_BRANCH_TAG = (
 )
 LOCALAI_BACKEND_DEV_SUFFIX = os.getenv("LOCALAI_BACKEND_DEV_SUFFIX") or "development"
 LOCALAI_ADMIN_CACHE_DIR = DATA_DIR / "cache"
+# Gallery icons are fetched by the worker after each sync into LOCALAI_ADMIN_CACHE_DIR
+# and served by us (never hot-linked); False shows the placeholder for every backend.
+LOCALAI_ADMIN_GALLERY_ICONS = envbool("LOCALAI_ADMIN_GALLERY_ICONS", "True")
 GALLERY_SYNC_MINUTES = envint("LOCALAI_ADMIN_GALLERY_SYNC_MINUTES", "60")
 # More entries than this fail a gallery's sync (its last good entries stay); the other
 # gallery limits are fixed in backends.core.gallery.GalleryLimits.

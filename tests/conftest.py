@@ -48,6 +48,9 @@ def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
     # The suite's builds have a plain shell run.sh that speaks no gRPC: the health check
     # is off here and on in tests/test_health_check.py.
     settings.LOCALAI_ADMIN_HEALTH_CHECK = False
+    # The real gallery's icons are on the internet: only the icon tests fetch any.
+    settings.LOCALAI_ADMIN_GALLERY_ICONS = False
+    settings.LOCALAI_ADMIN_CACHE_DIR = tmp_path / "cache"
     HUEY.immediate = True
     dispatch.INSTALLS.immediate = True
     yield

@@ -149,7 +149,7 @@ class WhatRunsHereTestCase(BaseTestCase):
         names: set[str] = set()
         page = 1
         while True:
-            r = self.client.get(f"/?runs_here=on&sort=name&page={page}")
+            r = self.client.get(f"/?development=on&sort=name&page={page}")
             body = r.content.decode()
             names |= set(re.findall(r'<tr id="entry-localai-([^"]+)"', body))
             pages = re.search(r"Page (\d+) of (\d+)", body)

@@ -39,6 +39,7 @@ class RouteTableTestCase(BaseTestCase):
             # A kept version's id (installed/<name>/rollback/<version>/): none is
             # kept, so the page answers 404 to those allowed, 403 to the others.
             "version": "20260101T000000000000Z",
+            "key": "0" * 32,
         }
         self.personas = {
             "viewer": self.bob,

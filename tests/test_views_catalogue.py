@@ -23,7 +23,7 @@ class CatalogueTestCase(BaseTestCase):
         self.assertRedirects(r, "/accounts/login/?next=/")
 
     def test_it_lists_every_entry_with_its_gallery(self) -> None:
-        r = self.client.get("/")
+        r = self.client.get("/?other_hardware=on")
         self.assertTemplateUsed(r, "base.html")
         for name in (
             "llama-cpp",
@@ -43,27 +43,56 @@ class CatalogueTestCase(BaseTestCase):
         self.assertContains(r, "No backend matches these filters")
 
     def test_it_requires_every_search_word(self) -> None:
-        self.assertContains(self.client.get("/?q=llm+cuda12"), "1 of 6 backends")
+        self.assertContains(
+            self.client.get("/?q=llm+cuda12&other_hardware=on"), "1 of 6 backends"
+        )
 
     def test_it_filters_by_tag_ignoring_case(self) -> None:
-        r = self.client.get("/?tag=LLM")
+        r = self.client.get("/?tag=LLM&other_hardware=on")
         self.assertContains(r, "4 of 6 backends")
         self.assertNotContains(r, 'href="/catalogue/localai/whisper/"')
 
     def test_it_filters_by_gallery(self) -> None:
         other = Gallery.objects.create(name="extra", url=self.gallery.url, position=1)
         other.sync()
-        self.assertContains(self.client.get("/"), "12 of 12 backends")
-        r = self.client.get("/?gallery=extra")
+        self.assertContains(self.client.get("/?other_hardware=on"), "12 of 12 backends")
+        r = self.client.get("/?gallery=extra&other_hardware=on")
         self.assertContains(r, "6 of 12 backends")
         self.assertContains(r, 'href="/catalogue/extra/whisper/"')
         self.assertNotContains(r, 'href="/catalogue/localai/whisper/"')
 
-    def test_it_keeps_only_what_runs_on_this_hardware(self) -> None:
-        r = self.client.get("/?runs_here=on")
+    def test_it_shows_only_what_runs_on_this_hardware_by_default(self) -> None:
+        r = self.client.get("/")
         self.assertContains(r, "4 of 6 backends")
         self.assertNotContains(r, 'href="/catalogue/localai/cuda12-llama-cpp/"')
         self.assertNotContains(r, 'href="/catalogue/localai/metal-llama-cpp/"')
+
+    def test_it_shows_builds_for_other_hardware_when_asked(self) -> None:
+        r = self.client.get("/?other_hardware=on")
+        self.assertContains(r, "6 of 6 backends")
+        self.assertContains(r, 'href="/catalogue/localai/cuda12-llama-cpp/"')
+
+    def test_it_hides_development_builds_unless_asked(self) -> None:
+        dev = GalleryBackend.objects.get(name="cpu-whisper")
+        dev.pk, dev.name = None, "cpu-whisper-development"
+        dev.save()
+        self.assertNotContains(self.client.get("/"), "cpu-whisper-development")
+        r = self.client.get("/?development=on")
+        self.assertContains(r, 'href="/catalogue/localai/cpu-whisper-development/"')
+
+    def test_it_keeps_the_toggles_in_the_form(self) -> None:
+        r = self.client.get("/?development=on&other_hardware=on")
+        self.assertContains(
+            r, '<input type="checkbox" name="development" id="id_development" checked>'
+        )
+        self.assertContains(r, 'name="other_hardware" id="id_other_hardware" checked')
+
+    def test_it_ranks_the_exact_name_then_prefixes_first(self) -> None:
+        body = self.client.get("/?q=whisper&sort=name").content.decode()
+        self.assertLess(
+            body.index("/catalogue/localai/whisper/"),
+            body.index("/catalogue/localai/cpu-whisper/"),
+        )
 
     def test_it_explains_what_a_meta_resolves_to_here(self) -> None:
         r = self.client.get("/?q=llama-cpp&sort=name")
@@ -71,7 +100,7 @@ class CatalogueTestCase(BaseTestCase):
         self.assertContains(r, "cpu-llama-cpp chosen for")
 
     def test_it_says_why_a_build_cannot_run_here(self) -> None:
-        r = self.client.get("/?q=cuda12")
+        r = self.client.get("/?q=cuda12&other_hardware=on")
         self.assertContains(r, "Not for this node")
         self.assertContains(r, "needs an NVIDIA GPU")
 
@@ -89,7 +118,7 @@ class CatalogueTestCase(BaseTestCase):
 
     def test_it_sorts_installed_first(self) -> None:
         self.install_on_disk("metal-llama-cpp")
-        body = self.client.get("/?sort=installed").content.decode()
+        body = self.client.get("/?sort=installed&other_hardware=on").content.decode()
         self.assertLess(
             body.index("/catalogue/localai/metal-llama-cpp/"),
             body.index("/catalogue/localai/cpu-llama-cpp/"),
@@ -114,11 +143,13 @@ class CatalogueTestCase(BaseTestCase):
 
             original, views.PAGE_SIZE = views.PAGE_SIZE, 2
             try:
-                r = self.client.get("/?q=llama&sort=name")
+                r = self.client.get("/?q=llama&sort=name&other_hardware=on")
             finally:
                 views.PAGE_SIZE = original
         self.assertContains(r, "Page 1 of 2")
-        self.assertContains(r, 'href="?q=llama&amp;sort=name&amp;page=2"')
+        self.assertContains(
+            r, 'href="?q=llama&amp;sort=name&amp;other_hardware=on&amp;page=2"'
+        )
 
     def test_it_returns_only_the_rows_for_htmx(self) -> None:
         r = self.client.get("/?q=whisper", headers=HTMX)
@@ -178,7 +209,7 @@ class CatalogueSpeedTestCase(BaseTestCase):
         self.assertEqual(GalleryBackend.objects.count(), 1028)
         self.client.get("/")  # first request probes the hardware
         with CaptureQueriesContext(connection) as queries:
-            r = self.client.get("/?runs_here=on&sort=installed")
+            r = self.client.get("/?sort=installed")
         self.assertEqual(r.status_code, 200)
         # A fixed handful (session, user, node, entries, galleries, jobs): none per row.
         # The time itself is measured by `make bench` (bench/catalogue.py).
@@ -187,6 +218,13 @@ class CatalogueSpeedTestCase(BaseTestCase):
     def test_it_searches_the_real_gallery(self) -> None:
         r = self.client.get("/?q=llama-cpp&tag=llm")
         self.assertContains(r, 'href="/catalogue/localai/llama-cpp/"')
+
+    def test_it_puts_the_whisper_meta_first_on_page_one(self) -> None:
+        body = self.client.get("/?q=whisper").content.decode()
+        first = body.index('<a class="name" href="/catalogue/localai/')
+        self.assertTrue(
+            body.startswith('<a class="name" href="/catalogue/localai/whisper/"', first)
+        )
 
 
 class CatalogueEntryTestCase(BaseTestCase):
@@ -263,6 +301,50 @@ class CatalogueInstallTestCase(BaseTestCase):
         self.assertTrue(body.lstrip().startswith('<tr id="entry-localai-cpu-whisper"'))
         self.assertIn('id="messages"', body)
         self.assertIn('hx-swap-oob="true"', body)
+
+
+class NotForThisNodeTestCase(BaseTestCase):
+    """A build for other hardware: no plain Install, a confirmation saying what breaks."""
+
+    url = "/catalogue/localai/cuda12-llama-cpp/install-anyway/"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        self.client.force_login(self.carol)
+
+    def test_it_offers_install_anyway_instead_of_install(self) -> None:
+        r = self.client.get("/?q=cuda12&other_hardware=on")
+        self.assertNotContains(r, 'aria-label="Install cuda12-llama-cpp"')
+        self.assertContains(r, f'href="{self.url}"')
+
+    def test_the_confirmation_says_what_will_not_work(self) -> None:
+        r = self.client.get(self.url)
+        self.assertContains(r, "needs an NVIDIA GPU")
+        self.assertContains(r, "LocalAI will fail to start this backend")
+        self.assertContains(r, 'href="/catalogue/localai/llama-cpp/"')
+        self.assertContains(r, '<input type="hidden" name="force" value="on">')
+
+    def test_a_confirmed_install_starts_a_forced_job(self) -> None:
+        self.client.post(
+            "/catalogue/localai/cuda12-llama-cpp/install/", {"force": "on"}
+        )
+        job = Job.objects.get()
+        self.assertEqual((job.target, job.force), ("localai@cuda12-llama-cpp", True))
+
+    def test_an_unconfirmed_install_starts_nothing_and_asks(self) -> None:
+        r = self.client.post("/catalogue/localai/cuda12-llama-cpp/install/")
+        self.assertRedirects(r, self.url, fetch_redirect_response=False)
+        self.assertFalse(Job.objects.exists())
+        self.assertContains(self.client.get(self.url), "does not run on this node")
+
+    def test_it_has_nothing_to_confirm_for_a_build_that_runs_here(self) -> None:
+        r = self.client.get("/catalogue/localai/cpu-whisper/install-anyway/")
+        self.assertRedirects(r, "/catalogue/localai/cpu-whisper/")
+
+    def test_it_is_for_operators(self) -> None:
+        self.client.force_login(self.bob)
+        self.assertEqual(self.client.get(self.url).status_code, 403)
 
 
 @override_settings(DISTRIBUTED=True)

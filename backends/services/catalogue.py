@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
-from backends.core import installed, resolve
+from backends.core import icons, installed, resolve
 from backends.core.install import Installer
 from backends.core.redact import redact_uri
 from backends.models import (
@@ -76,21 +76,45 @@ class Entry:
     tags: list[str]
     is_meta: bool
     capabilities: dict[str, str]
+    icon: str = ""
 
     @property
     def id_in_gallery(self) -> str:
         return f"{self.gallery}@{self.name}"
+
+    @property
+    def icon_key(self) -> str:
+        """Where the dashboard asks for the cached icon; "" without one."""
+        return icons.icon_key(self.icon) if self.icon else ""
 
 
 def light_entries(entries: QuerySet[GalleryBackend]) -> list[Entry]:
     """Light entries; only metas carry their capabilities map (nothing reads a build's)."""
     maps = dict(entries.filter(is_meta=True).values_list("pk", "capabilities"))
     rows = entries.values_list(
-        "pk", "gallery__name", "name", "alias", "description", "uri", "tags", "is_meta"
+        "pk",
+        "gallery__name",
+        "name",
+        "alias",
+        "description",
+        "uri",
+        "tags",
+        "is_meta",
+        "icon",
     )
     return [
-        Entry(gallery, name, alias, description, uri, tags, is_meta, maps.get(pk, {}))
-        for pk, gallery, name, alias, description, uri, tags, is_meta in rows
+        Entry(
+            gallery,
+            name,
+            alias,
+            description,
+            uri,
+            tags,
+            is_meta,
+            maps.get(pk, {}),
+            icon,
+        )
+        for pk, gallery, name, alias, description, uri, tags, is_meta, icon in rows
     ]
 
 

@@ -59,6 +59,33 @@ def _search_text(entry: Entry) -> str:
     return " ".join([entry.name, entry.alias, entry.description, *entry.tags]).lower()
 
 
+DEVELOPMENT_SUFFIX = "-development"
+
+
+def is_development(entry: Entry) -> bool:
+    """A nightly build (or a meta over nightly builds), hidden unless asked for."""
+    return entry.name.lower().endswith(DEVELOPMENT_SUFFIX)
+
+
+def relevance(entry: Entry, query: str) -> int:
+    """How well ``entry`` answers a search, lower first: the entry named exactly what was
+    typed, then the builds aliased to it, then names starting with it, then the rest (a
+    word in a description or tag).
+
+    Without it "whisper" listed every build mentioning whisper, alphabetically, before the
+    ``whisper`` meta itself.
+    """
+    query = query.lower()
+    name, alias = entry.name.lower(), entry.alias.lower()
+    if name == query:
+        return 0
+    if alias == query:
+        return 1
+    if name.startswith(query) or (alias and alias.startswith(query)):
+        return 2
+    return 3
+
+
 def _filter(entries: list[Entry], form: CatalogueQueryForm) -> list[Entry]:
     words = form.value("q", "").lower().split()
     gallery = form.value("gallery")
@@ -69,11 +96,13 @@ def _filter(entries: list[Entry], form: CatalogueQueryForm) -> list[Entry]:
         entries = [e for e in entries if e.gallery == gallery]
     if tag:
         entries = [e for e in entries if tag in (t.lower() for t in e.tags)]
+    if not form.value("development"):
+        entries = [e for e in entries if not is_development(e)]
     return entries
 
 
 def _sort(
-    entries: list[Entry], sort: str, on_disk: Mapping[str, object]
+    entries: list[Entry], sort: str, on_disk: Mapping[str, object], query: str = ""
 ) -> list[Entry]:
     if sort == "name":
         entries.sort(key=lambda e: e.name.lower())
@@ -81,7 +110,11 @@ def _sort(
         entries.sort(key=lambda e: e.name.lower(), reverse=True)
     elif sort == "installed":
         entries.sort(key=lambda e: (e.name not in on_disk, e.name.lower()))
-    return entries  # "gallery": the order the galleries list them in
+    # "gallery": the order the galleries list them in
+    if query:
+        # Stable: within each rank the chosen order stays.
+        entries.sort(key=lambda e: relevance(e, query))
+    return entries
 
 
 def _tags(entries: Iterable[Entry]) -> list[str]:
@@ -113,14 +146,20 @@ def catalogue(request: HtmxHttpRequest) -> HttpResponse:
     def describe(entry: Entry) -> EntryRow:
         return read.describe(entry, capability, concretes, on_disk, active, on_nodes)
 
-    shown = _sort(_filter(entries, form), form.value("sort", "name"), on_disk)
+    shown = _sort(
+        _filter(entries, form),
+        form.value("sort", "name"),
+        on_disk,
+        form.value("q", ""),
+    )
+    if not form.value("other_hardware"):
+        # The default view is what this node can use: the verdict is the same one rule
+        # a row's "Not for this node" comes from, so the two cannot disagree.
+        shown = [
+            e for e in shown if resolve.verdict(e, concretes, capability).runs_here
+        ]
     number = form.value("page", 1)
-    rows: Sequence[EntryRow]
-    if form.value("runs_here"):
-        # Only a described row knows whether it runs here: describe every match.
-        rows = [row for row in map(describe, shown) if row.runs_here]
-    else:
-        rows = _Described(shown, describe)
+    rows: Sequence[EntryRow] = _Described(shown, describe)
     page = Paginator(rows, PAGE_SIZE).get_page(number)
     context = {
         "form": form,
@@ -165,8 +204,32 @@ def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> Ent
 def catalogue_entry(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
     entry = _get_entry(gallery, name)
     node = Node.objects.local()
-    context = {"row": _entry_row(entry, node), "entry": entry, "node": node}
+    context = {
+        "row": _entry_row(entry, node),
+        "entry": entry,
+        "node": node,
+        "distributed": settings.DISTRIBUTED,
+    }
     return render(request, "backends/catalogue_entry.html", context)
+
+
+@requires(roles.INSTALL)
+def catalogue_force(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
+    """Confirm installing a build that does not run on this node, saying what will not
+    work; the answer posts to the install with ``force``."""
+    entry = _get_entry(gallery, name)
+    node = Node.objects.local()
+    row = _entry_row(entry, node)
+    if not row.problem or not row.can_install or settings.DISTRIBUTED:
+        # Nothing to confirm (it runs here), or nothing a force could install.
+        return redirect("backends:catalogue-entry", gallery, name)
+    context = {
+        "row": row,
+        "entry": entry,
+        "node": node,
+        "meta": read.meta_offering(entry.name),
+    }
+    return render(request, "backends/catalogue_force.html", context)
 
 
 @require_POST
@@ -177,6 +240,28 @@ def catalogue_install(
     entry = _get_entry(gallery, name)
     form = InstallForm(request.POST)
     force = form.is_valid() and form.cleaned_data["force"]
+    if not force and not settings.DISTRIBUTED:
+        # The job would fail at its first step: say why now, and where to insist.
+        row = _entry_row(entry, Node.objects.local())
+        if row.problem:
+            messages.error(
+                request,
+                f"Not started: {entry.name} does not run on this node: {row.problem}. "
+                "Open its page to install it anyway.",
+            )
+            if not wants_fragment(request):
+                return redirect("backends:catalogue-force", gallery, name)
+            context = {
+                "row": row,
+                "catalogue_url": reverse("backends:catalogue"),
+                "distributed": False,
+            }
+            return render_page(
+                request,
+                "backends/catalogue_entry.html",
+                context,
+                fragment="backends/partials/_catalogue_row.html",
+            )
     job = _start_install(request, entry, force)
     if job is not None:
         verb = "Reinstall" if force else "Install"
@@ -189,6 +274,7 @@ def catalogue_install(
     context = {
         "row": _entry_row(entry, node, job),
         "catalogue_url": reverse("backends:catalogue"),
+        "distributed": settings.DISTRIBUTED,
     }
     return render_page(
         request,

@@ -51,7 +51,9 @@ class CatalogueQueryForm(QueryForm):
     # filter rather than fail validation. The page renders its ~100 options itself
     # (the widget's per-option templates cost more than the rest of the page).
     tag = forms.CharField(required=False, max_length=100, label="Modality / tag")
-    runs_here = forms.BooleanField(required=False, label="Runs on this hardware")
+    # The default view is what this node can install and use; these widen it.
+    development = forms.BooleanField(required=False, label="Development builds")
+    other_hardware = forms.BooleanField(required=False, label="Other hardware")
     sort = forms.ChoiceField(choices=SORTS, required=False)
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
@@ -124,3 +126,42 @@ class NodeInstallForm(forms.Form):
                 f"No backend named {value} in the enabled galleries."
             )
         return entry
+
+
+class ExternalInstallForm(forms.Form):
+    """Install from a URI: an OCI image, a download, or a folder under the local roots.
+
+    Only the shape is checked here; what the URI may reach, and who may ask, is the
+    service's and the role's say, as for the API.
+    """
+
+    uri = forms.CharField(
+        max_length=2048,
+        label="URI",
+        widget=forms.TextInput(
+            attrs={
+                "placeholder": "quay.io/org/image:tag, https://…/backend.tar.gz or a folder",
+                "spellcheck": "false",
+                "autocomplete": "off",
+            }
+        ),
+    )
+    name = forms.CharField(
+        max_length=255,
+        required=False,
+        label="Name",
+        help_text="The backend's folder; required for an image or a download.",
+    )
+    alias = forms.CharField(max_length=255, required=False, label="Alias")
+    force = forms.BooleanField(
+        required=False, label="Replace it if a backend of that name is installed"
+    )
+
+    def clean_uri(self) -> str:
+        return str(self.cleaned_data["uri"]).strip()
+
+    def clean_name(self) -> str:
+        return str(self.cleaned_data["name"]).strip()
+
+    def clean_alias(self) -> str:
+        return str(self.cleaned_data["alias"]).strip()

@@ -28,6 +28,7 @@ from backends.web.base import (
     wants_fragment,
     watch_since,
 )
+from backends.web.forms import ExternalInstallForm
 
 
 @requires(roles.VIEW)
@@ -60,6 +61,7 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
         "check_stalled": since is not None
         and not checking
         and upgrades.check_pending(node, since, window=False),
+        "uri_form": ExternalInstallForm(),
     }
     if since is not None and wants_fragment(request):
         response = render_page(

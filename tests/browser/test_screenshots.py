@@ -248,7 +248,7 @@ def test_write_a_screenshot_of_every_page(
     OUT.mkdir(parents=True, exist_ok=True)
     shots = [
         ("catalogue", "/"),
-        ("catalogue-filtered", "/?q=llama&tag=llm&runs_here=on&sort=installed"),
+        ("catalogue-filtered", "/?q=llama&tag=llm&sort=installed"),
         ("catalogue-fan-out", "/?q=whisper&sort=installed"),
         ("catalogue-entry", "/catalogue/localai/llama-cpp/"),
         ("installed", "/installed/"),
@@ -270,7 +270,7 @@ def test_write_a_screenshot_of_every_page(
         page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
 
     phone = new_page(users["alice"], viewport=PHONE, device_scale_factor=2)
-    phone.goto("/?runs_here=on")
+    phone.goto("/")
     phone.screenshot(path=str(OUT / "catalogue-phone.png"))
     phone.goto("/nodes/")
     phone.screenshot(path=str(OUT / "nodes-phone.png"))
