@@ -117,14 +117,24 @@ class EntryRow:
         return not (self.entry.is_meta and self.resolution is None)
 
 
+def job_names(job: Job) -> list[str]:
+    """The lower-cased names a job shows under: the folder it locks (its dedup key) and
+    the name it was asked for (a meta's upgrade locks its build's folder, and shows on
+    both rows)."""
+    names = [job.dedup_key, job.target.rpartition("@")[2].lower()]
+    if job.external_name:
+        names.append(job.external_name.lower())
+    return [name for name in names if name]
+
+
 def active_jobs(jobs: Iterable[Job] | None = None) -> dict[str, Job]:
-    """Active jobs by the lower-cased backend name they work on (their dedup key)."""
+    """Active jobs by the lower-cased backend names they work on (``job_names``)."""
     if jobs is None:
         jobs = Job.objects.active().order_by("created_at")
     found: dict[str, Job] = {}
     for job in jobs:
-        key = job.dedup_key or job.target.rpartition("@")[2].lower()
-        found.setdefault(key, job)
+        for key in job_names(job):
+            found.setdefault(key, job)
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -66,6 +67,11 @@ def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
 @requires(roles.INSTALL)
 def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
     _get_installed(name)
+    # A backend installed from a host path comes back from that path: that needs what
+    # installing from a path needs, as the API's install-external does.
+    needed = roles.to_install_from(jobs.reinstall_source(name) or name)
+    if not request.user.has_perm(needed):
+        raise PermissionDenied(f"Not allowed: {roles.refusal(needed)}.")
     try:
         jobs.reinstall(name, requested_by=request.user.get_username())
     except jobs.Refused as exc:
