@@ -14,7 +14,13 @@ from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
 from backends.services import jobs
-from backends.web.base import HtmxHttpRequest, not_started, render_page, requires
+from backends.web.base import (
+    HtmxHttpRequest,
+    dismissed_jobs,
+    not_started,
+    render_page,
+    requires,
+)
 
 
 @requires(roles.VIEW)
@@ -22,8 +28,8 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     records = {r.name: r for r in InstalledBackend.objects.filter(node=node)}
     # This node's jobs only: an install fanned out to the agents is not about this disk.
-    active = read.active_jobs(
-        Job.objects.active().filter(node=node).order_by("created_at")
+    active = read.row_jobs(
+        read.recent_jobs(Job.objects.filter(node=node)), dismissed_jobs(request)
     )
     rows = read.installed_rows(read.installed_folders(), records, active)
     context = {
