@@ -159,6 +159,7 @@ class RedrawTestCase(BaseTestCase):
 
         self.assertEqual(r.status_code, 200)
         self.assertTrue(r.content.decode().lstrip().startswith('<section class="card"'))
+        assert job.finished_at is not None
         self.assertContains(r, job.finished_at.strftime("%Y-%m-%d"))
         self.assertNotIn("HX-Trigger", r.headers)  # no loop: the facts end nothing
 
