@@ -11,6 +11,9 @@ from django.urls.converters import IntConverter, UUIDConverter
 
 from backends.roles import DELETE, VIEW
 
+# Pages a viewer may POST to: they change only what that user sees (their session).
+VIEWER_POSTS = {"jobs/<uuid:pk>/dismiss/"}
+
 
 @dataclass(frozen=True)
 class Route:
@@ -37,6 +40,8 @@ class Route:
         reading is a POST (installed-delete's GET is its confirmation)."""
         if self.contract is not None:
             return str(self.contract.methods[0])
+        if self.route in VIEWER_POSTS:
+            return "POST"
         if self.permission in (VIEW, DELETE):
             return "GET"
         return "POST"

@@ -105,7 +105,7 @@ class JobTextsTestCase(BaseTestCase):
         with queued_tasks():
             jobs.upgrade("cpu-whisper")
             with self.assertRaisesMessage(
-                jobs.Refused, "an upgrade of cpu-whisper is already queued"
+                jobs.Refused, "an upgrade of cpu-whisper is queued"
             ):
                 jobs.delete("cpu-whisper")
 

@@ -86,7 +86,7 @@ class JobListTestCase(BaseTestCase):
         r = self.client.get("/jobs/?state=failed", headers=HTMX)
         self.assertTemplateNotUsed(r, "base.html")
         body = r.content.decode()
-        self.assertTrue(body.lstrip().startswith('<div id="job-history">'))
+        self.assertTrue(body.lstrip().startswith('<div id="job-history"'))
         self.assertIn("1 finished job", body)
 
     def test_it_offers_cancel_and_retry_to_staff_only(self) -> None:

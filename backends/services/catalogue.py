@@ -7,14 +7,15 @@ computed by one function.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from backends.core import icons, installed, resolve
 from backends.core.install import Installer
@@ -141,15 +142,85 @@ class EntryRow:
         return not (self.entry.is_meta and self.resolution is None)
 
 
+def job_names(job: Job) -> list[str]:
+    """The lower-cased names a job shows under: the folder it locks (its dedup key) and
+    the name it was asked for (a meta's upgrade locks its build's folder, and shows on
+    both rows)."""
+    names = [job.dedup_key, job.target.rpartition("@")[2].lower()]
+    if job.external_name:
+        names.append(job.external_name.lower())
+    return [name for name in names if name]
+
+
 def active_jobs(jobs: Iterable[Job] | None = None) -> dict[str, Job]:
-    """Active jobs by the lower-cased backend name they work on (their dedup key)."""
+    """Active jobs by the lower-cased backend names they work on (``job_names``)."""
     if jobs is None:
         jobs = Job.objects.active().order_by("created_at")
     found: dict[str, Job] = {}
     for job in jobs:
-        key = job.dedup_key or job.target.rpartition("@")[2].lower()
-        found.setdefault(key, job)
+        for key in job_names(job):
+            found.setdefault(key, job)
     return found
+
+
+# How long a failed job stays on its row and in the notification area: long enough
+# to be seen by whoever started it, short enough not to nag about last week.
+FAILURES_SHOWN_FOR = timedelta(hours=1)
+TRAY_SIZE = 50
+
+
+def recent_jobs(jobs: QuerySet[Job] | None = None) -> QuerySet[Job]:
+    """Jobs that are active or ended within ``FAILURES_SHOWN_FOR``, newest first: what
+    rows and the notification area show (one query; fanned-out parts left out)."""
+    if jobs is None:
+        jobs = Job.objects.filter(parent=None)
+    since = timezone.now() - FAILURES_SHOWN_FOR
+    return jobs.filter(
+        Q(state__in=Job.ACTIVE_STATES) | Q(finished_at__gte=since)
+    ).order_by("-created_at")
+
+
+def row_jobs(jobs: Iterable[Job], dismissed: Collection[str] = ()) -> dict[str, Job]:
+    """The job each backend's row shows, by lower-cased name: its active job, else its
+    last job when that failed (until retried, followed by another job, or dismissed).
+
+    ``jobs`` come newest first (``recent_jobs``): the first job seen for a name is the
+    latest, and a failure followed by a success is no longer news.
+    """
+    latest: dict[str, Job] = {}
+    active: dict[str, Job] = {}
+    for job in jobs:
+        for key in job_names(job):
+            latest.setdefault(key, job)
+            if job.is_active:
+                active.setdefault(key, job)
+    shown = {
+        key: job
+        for key, job in latest.items()
+        if job.state == Job.State.FAILED and str(job.pk) not in dismissed
+    }
+    return shown | active
+
+
+@dataclass
+class Tray:
+    """The notification area every page shows: active jobs and recent failures."""
+
+    active: list[Job]
+    failed: list[Job]
+
+    @property
+    def watching(self) -> str:
+        return ",".join(str(job.pk) for job in self.active)
+
+
+def job_tray(dismissed: Collection[str] = ()) -> Tray:
+    jobs = list(recent_jobs()[:TRAY_SIZE])
+    shown = set(map(id, row_jobs(jobs, dismissed).values()))
+    return Tray(
+        active=[job for job in jobs if job.is_active],
+        failed=[job for job in jobs if id(job) in shown and not job.is_active],
+    )
 
 
 def describe(

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
+from backends.core import resolve
 from backends.core.gallery import validate_backend_id, validate_name
 from backends.core.installed import DiskBackend
 from backends.core.policy import SourceRefused, is_local_source
@@ -49,10 +50,63 @@ def start(
     try:
         job, created = Job.objects.open(kind, target, node=node, **fields)
     except JobConflict as exc:
-        raise Refused(409, str(exc), job_id=str(exc.active.pk)) from None
+        raise _busy(kind, target, exc.active) from None
     if created and queue:
         dispatch.enqueue_on_commit(job)
     return job
+
+
+def _busy(kind: str, target: str, active: Job) -> Refused:
+    """The 409 for work on a folder another job is changing: says which job, and what to
+    do about it, since the two names may differ (a meta and its build share a folder)."""
+    name, busy = redact_uri(target), redact_uri(active.target)
+    same = "" if name == busy else f" (it changes the folder of {name} too)"
+    article = "a" if active.kind == Job.Kind.DELETE else "an"
+    return Refused(
+        409,
+        f"cannot {kind} {name} now: {article} {active.kind} of {busy} is "
+        f"{active.state}{same}; wait for it to finish or cancel it (job {active.pk})",
+        code="backend_busy",
+        job_id=str(active.pk),
+    )
+
+
+def _folder_key(name: str, disk: dict[str, DiskBackend]) -> str:
+    """The lock a job on ``name`` takes on this host: the folder it changes.
+
+    A meta folder only ever changes together with its build (an upgrade replaces the
+    build, a delete removes both, a reinstall rewrites both), so every job reaching a
+    build, by its name, an alias or a meta pointing at it, locks the build's folder:
+    one lock per folder, whatever name reached it.
+    """
+    row = disk.get(name)
+    return name if row is None else _folder_of(row)
+
+
+def _folder_of(row: DiskBackend) -> str:
+    if row.is_meta and row.metadata and row.metadata.meta_backend_for:
+        try:
+            return validate_name(row.metadata.meta_backend_for)
+        except ValueError:
+            return row.name  # a broken pointer: the installer refuses to follow it
+    return row.folder.name if row.folder is not None else row.name
+
+
+def _gallery_key(entry: GalleryBackend) -> str:
+    """The folder a gallery install changes here: the build a meta resolves to."""
+    disk = catalogue.local_disk()
+    if entry.name in disk:
+        return _folder_key(entry.name, disk)
+    if not entry.is_meta:
+        return entry.name
+    node = Node.objects.local()
+    try:
+        _, build = resolve.pick_build(
+            entry, catalogue.gallery_entries(), node.current_capability()
+        )
+    except resolve.NoBuildError:
+        return entry.name  # the job fails at once with the resolver's reason
+    return build.name
 
 
 def _check_id(value: str) -> str:
@@ -96,7 +150,7 @@ def install(
         _check_id(target),
         force=force,
         requested_by=requested_by,
-        dedup_key=entry.name,
+        dedup_key=_gallery_key(entry),
         queue=queue,
     )
 
@@ -239,7 +293,7 @@ def install_external(
                 source,
                 force=force,
                 requested_by=requested_by,
-                dedup_key=entry.name,
+                dedup_key=_gallery_key(entry),
                 queue=queue,
             )
         return install(source, force=force, requested_by=requested_by, node=node)
@@ -298,6 +352,7 @@ def _installed_job(
         if node is not None:
             _check_takes_work(node)
         build = row.metadata.meta_backend_for if row.is_meta and row.metadata else ""
+        key = _folder_of(row)
     else:
         _check_takes_work(node)
         bare = _check_id(name).rpartition("@")[2]
@@ -309,6 +364,12 @@ def _installed_job(
         if record.is_system:
             raise Refused(409, f"system backend {bare!r} cannot be {verb}")
         build = record.meta_backend_for if record.is_meta else ""
+        # The agent's disk is not readable from here: its table says where a meta points.
+        key = record.meta_backend_for or record.name
+        try:
+            key = validate_name(key)
+        except ValueError:
+            key = record.name
     if kind == Job.Kind.UPGRADE and not fields.get("force"):
         held = pinned_builds(node or Node.objects.local()) & {bare, build}
         if held:
@@ -323,7 +384,7 @@ def _installed_job(
         bare,
         node=node,
         requested_by=requested_by,
-        dedup_key=bare,
+        dedup_key=key,
         queue=queue,
         **fields,
     )
@@ -395,8 +456,38 @@ def delete(
     )
 
 
+def reinstall_source(name: str) -> str:
+    """The URI a reinstall of ``name`` fetches again, or "" for a gallery backend.
+
+    A backend installed from a URI (not from a gallery) is not in any gallery: it comes
+    back from where it came. The table keeps that URI whole; ``metadata.json`` holds it
+    redacted, so it is only the fallback for a row not reconciled yet.
+    """
+    row = installed_here(name)
+    if row.metadata is None or row.metadata.gallery_url or row.is_meta:
+        return ""
+    record = InstalledBackend.objects.filter(
+        node=Node.objects.local(), name=row.name
+    ).first()
+    return (record.uri if record else "") or row.metadata.uri
+
+
 def reinstall(name: str, *, requested_by: str = "") -> Job:
-    """Install an installed backend again, over itself (the Installed page's button)."""
+    """Install an installed backend again, over itself (the Installed page's button):
+    from its gallery, or from the URI it was installed from."""
+    if uri := reinstall_source(name):
+        row = installed_here(name)
+        alias = row.metadata.alias if row.metadata else ""
+        return _installed_job(
+            Job.Kind.INSTALL,
+            row.name,
+            node=None,
+            requested_by=requested_by,
+            force=True,
+            external_uri=uri,
+            external_name=row.name,
+            external_alias=alias,
+        )
     return _installed_job(
         Job.Kind.INSTALL, name, node=None, requested_by=requested_by, force=True
     )

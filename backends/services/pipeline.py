@@ -110,12 +110,28 @@ def run_job(job_id: str) -> str:
         return job.state  # cancelled while queued, or already taken
     if job.kind == Job.Kind.DELETE:
         Job.objects.filter(pk=job.pk).update(cancellable=False)
-    writer = ProgressWriter(job)
-    runner = Runner(job, writer)
+    runner = Runner(job, ProgressWriter(job))
+    try:
+        state, message, error = _outcome(runner)
+    finally:
+        # The table before the job's end: a page refreshing when the job ends must read
+        # what the job changed (digest, upgrade flag, size), not the rows from before.
+        # A failure here must not leave the job running: the next reconcile catches up.
+        try:
+            reconcile(job.node, runner.fresh)
+        except Exception:
+            log.exception("job %s: the installed table was not refreshed", job.pk)
+    finish(job, state, message, error=error)
+    return Job.objects.get(pk=job.pk).state
+
+
+def _outcome(runner: Runner) -> tuple[str, str, str]:
+    """Run the job's work: its final (state, message, error)."""
+    job = runner.job
     try:
         message = runner.run()
     except oci.Cancelled:
-        finish(job, Job.State.CANCELLED, "cancelled")
+        return Job.State.CANCELLED, "cancelled", ""
     except (
         JobFailed,
         extract.ArchiveError,
@@ -127,20 +143,15 @@ def run_job(job_id: str) -> str:
     ) as exc:
         error = runner.shown(str(exc))
         log.info("job %s failed: %s", job.pk, error)
-        finish(job, Job.State.FAILED, f"error: {error}", error=error)
+        return Job.State.FAILED, f"error: {error}", error
     except Exception as exc:  # a bug must still end the job, not leave it running
         log.exception("job %s crashed", job.pk)
-        finish(
-            job,
+        return (
             Job.State.FAILED,
             "error: internal error",
-            error=runner.shown(f"internal error: {exc!r}"),
+            runner.shown(f"internal error: {exc!r}"),
         )
-    else:
-        finish(job, Job.State.COMPLETED, runner.shown(message))
-    finally:
-        reconcile(job.node, runner.fresh)
-    return Job.objects.get(pk=job.pk).state
+    return Job.State.COMPLETED, runner.shown(message), ""
 
 
 def finish(job: Job, state: str, message: str, error: str = "") -> None:

@@ -14,6 +14,8 @@ from django.utils.timesince import timesince
 from backends.core.installed import human_size
 from backends.core.redact import redact_text, redact_uri
 from backends.models import Job, Node, mean_progress
+from backends.services import catalogue
+from backends.web.base import dismissed_jobs
 
 register = template.Library()
 
@@ -149,3 +151,16 @@ def fan_out(job: Job) -> FanOut | None:
         part["badge"] = PART_BADGES.get(part["status"], "")
         parts.append(part)
     return FanOut(mean_progress(children), parts)
+
+
+@register.inclusion_tag("backends/partials/_job_tray.html", takes_context=True)
+def job_tray(context: template.Context) -> dict[str, Any]:
+    """The notification area, drawn with the page (one query) so that a page with
+    nothing running makes no request for it."""
+    request = context["request"]
+    return {
+        "tray": catalogue.job_tray(dismissed_jobs(request)),
+        "request": request,
+        "perms": context.get("perms"),
+        "csrf_token": context.get("csrf_token"),
+    }

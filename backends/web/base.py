@@ -102,6 +102,28 @@ def _append_messages(request: HtmxHttpRequest, response: HttpResponse) -> None:
         response.write(html)
 
 
+# The session key of the failed jobs this user dismissed from the notification area.
+DISMISSED_JOBS = "dismissed_jobs"
+DISMISSED_KEPT = 200
+
+
+def dismissed_jobs(request: HttpRequest) -> set[str]:
+    """The failed jobs this user has dismissed: per user (a session), since a failure one
+    admin has read is still news to another."""
+    return set(request.session.get(DISMISSED_JOBS, ()))
+
+
+def dismiss_job(request: HttpRequest, job_id: str) -> None:
+    kept = [i for i in request.session.get(DISMISSED_JOBS, ()) if i != job_id]
+    # Bounded: only the last hour's failures are shown, so old ids can go.
+    request.session[DISMISSED_JOBS] = [*kept, job_id][-DISMISSED_KEPT:]
+
+
+# Sent with every answer that starts, retries or dismisses a job: the notification area
+# starts polling again and the rows redraw (pages listen for it, and for job-finished).
+JOBS_CHANGED = "jobs-changed"
+
+
 def not_started(request: HtmxHttpRequest, exc: jobs.Refused) -> None:
     """Tell the user why nothing started, in the page's message area."""
     messages.error(request, f"Not started: {exc}.")

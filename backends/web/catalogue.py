@@ -12,6 +12,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
+from django_htmx.http import trigger_client_event
 
 from backends import roles
 from backends.core import resolve
@@ -20,7 +21,9 @@ from backends.services import catalogue as read
 from backends.services import jobs
 from backends.services.catalogue import Entry, EntryRow
 from backends.web.base import (
+    JOBS_CHANGED,
     HtmxHttpRequest,
+    dismissed_jobs,
     render_page,
     requires,
     wants_fragment,
@@ -140,7 +143,7 @@ def catalogue(request: HtmxHttpRequest) -> HttpResponse:
 
     on_disk = read.local_disk(capability)
     concretes = resolve.concretes_by_name(entries)
-    active = read.active_jobs()
+    active = read.row_jobs(read.recent_jobs(), dismissed_jobs(request))
     on_nodes = read.installed_on_agents()
 
     def describe(entry: Entry) -> EntryRow:
@@ -187,10 +190,18 @@ def _get_entry(gallery: str, name: str) -> GalleryBackend:
     )
 
 
-def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> EntryRow:
+def _entry_row(
+    entry: GalleryBackend,
+    node: Node,
+    job: Job | None = None,
+    dismissed: set[str] | None = None,
+) -> EntryRow:
     """The row fragment and the entry page: the entry as this node sees it."""
     capability = node.current_capability()
-    active = read.active_jobs([job]) if job else read.active_jobs()
+    if job:
+        active = read.active_jobs([job])
+    else:
+        active = read.row_jobs(read.recent_jobs(), dismissed or set())
     return read.describe_one(
         entry,
         capability,
@@ -204,8 +215,9 @@ def _entry_row(entry: GalleryBackend, node: Node, job: Job | None = None) -> Ent
 def catalogue_entry(request: HtmxHttpRequest, gallery: str, name: str) -> HttpResponse:
     entry = _get_entry(gallery, name)
     node = Node.objects.local()
+    row = _entry_row(entry, node, dismissed=dismissed_jobs(request))
     context = {
-        "row": _entry_row(entry, node),
+        "row": row,
         "entry": entry,
         "node": node,
         "distributed": settings.DISTRIBUTED,
@@ -276,12 +288,15 @@ def catalogue_install(
         "catalogue_url": reverse("backends:catalogue"),
         "distributed": settings.DISTRIBUTED,
     }
-    return render_page(
+    response = render_page(
         request,
         "backends/catalogue_entry.html",
         context,
         fragment="backends/partials/_catalogue_row.html",
     )
+    if job is not None:
+        trigger_client_event(response, JOBS_CHANGED, {"id": str(job.pk)})
+    return response
 
 
 def _start_install(

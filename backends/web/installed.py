@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -21,6 +22,7 @@ from backends.services import catalogue as read
 from backends.services import jobs, plans, upgrades, usage, versions
 from backends.web.base import (
     HtmxHttpRequest,
+    dismissed_jobs,
     not_started,
     render_page,
     requires,
@@ -36,8 +38,8 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     records = {r.name: r for r in InstalledBackend.objects.filter(node=node)}
     # This node's jobs only: an install fanned out to the agents is not about this disk.
-    active = read.active_jobs(
-        Job.objects.active().filter(node=node).order_by("created_at")
+    active = read.row_jobs(
+        read.recent_jobs(Job.objects.filter(node=node)), dismissed_jobs(request)
     )
     folders = read.installed_folders()
     rows = read.installed_rows(folders, records, active)
@@ -116,6 +118,11 @@ def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
 @requires(roles.INSTALL)
 def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
     _get_installed(name)
+    # A backend installed from a host path comes back from that path: that needs what
+    # installing from a path needs, as the API's install-external does.
+    needed = roles.to_install_from(jobs.reinstall_source(name) or name)
+    if not request.user.has_perm(needed):
+        raise PermissionDenied(f"Not allowed: {roles.refusal(needed)}.")
     try:
         jobs.reinstall(name, requested_by=request.user.get_username())
     except jobs.Refused as exc:

@@ -9,16 +9,21 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, redirect
-from django.views.decorators.http import require_POST
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
 from backends import roles
 from backends.core.redact import redact_uri
 from backends.models import Job
+from backends.services import catalogue as read
 from backends.services import jobs
 from backends.web.base import (
+    JOBS_CHANGED,
     HtmxHttpRequest,
+    dismiss_job,
+    dismissed_jobs,
     render_page,
     requires,
     wants_fragment,
@@ -52,17 +57,27 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
     )
     active = Job.objects.active().filter(parent=None).select_related("node")
     context = {"form": form, "active": active, "history": history}
+    # Both lists redraw when a job starts or ends; each asks for its own part.
+    part = "job-active" if request.htmx.target == "job-active" else "job-history"
     return render_page(
         request,
         "backends/jobs.html",
         context,
-        fragment="backends/jobs.html#job-history",
+        fragment=f"backends/jobs.html#{part}",
     )
 
 
 def _job_fragment(request: HtmxHttpRequest, job: Job) -> HttpResponse:
     """A job's live fragment; once the job is over, stop the poller and tell the page."""
     context = {"job": job}
+    if wants_fragment(request) and request.htmx.target == "job-facts":
+        # The job page's details (started, finished), redrawn when the job ends.
+        return render_page(
+            request,
+            "backends/job_detail.html",
+            context,
+            fragment="backends/job_detail.html#job-facts",
+        )
     if job.is_active:
         return render_page(
             request,
@@ -132,5 +147,48 @@ def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             request, f"Retrying the {shown.kind} of {redact_uri(shown.target)}."
         )
     if wants_fragment(request):
-        return _job_fragment(request, shown)
+        # The new job takes the old one's place (its poller follows the new id); the
+        # lists and the notification area redraw so the old row goes back to history.
+        response = _job_fragment(request, shown)
+        trigger_client_event(response, JOBS_CHANGED, {"id": str(shown.pk)})
+        return response
     return redirect("backends:job-detail", shown.pk)
+
+
+@require_GET
+@requires(roles.VIEW)
+def job_tray(request: HtmxHttpRequest) -> HttpResponse:
+    """The notification area: active jobs and recent failures, on every page.
+
+    It polls only while something is active (286 stops it); a job started from a page
+    sends ``jobs-changed``, which wakes it. The ids it was watching come back in
+    ``watching``: those that ended fire ``job-finished``, so the page redraws what they
+    changed even where no row was following them.
+    """
+    tray = read.job_tray(dismissed_jobs(request))
+    status = 200 if tray.active else HTMX_STOP_POLLING
+    response = render(
+        request, "backends/partials/_job_tray.html", {"tray": tray}, status=status
+    )
+    watched = {i for i in request.GET.get("watching", "").split(",") if i}
+    if ended := sorted(watched - {str(job.pk) for job in tray.active}):
+        trigger_client_event(response, "job-finished", {"ids": ended})
+    return response
+
+
+@require_POST
+@requires(roles.VIEW)
+def job_dismiss(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    """Hide a failed job from this user's notification area and rows."""
+    job = get_object_or_404(Job, pk=pk)
+    dismiss_job(request, str(job.pk))
+    if wants_fragment(request):
+        response = HttpResponse(status=204)
+        trigger_client_event(response, JOBS_CHANGED, {"id": str(job.pk)})
+        return response
+    back = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(back)
+    return redirect("backends:jobs")
