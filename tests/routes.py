@@ -9,7 +9,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.converters import IntConverter, UUIDConverter
 
-from backends.roles import DELETE, VIEW
+from backends.roles import DELETE, VIEW, VIEW_AUDIT
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Route:
         reading is a POST (installed-delete's GET is its confirmation)."""
         if self.contract is not None:
             return str(self.contract.methods[0])
-        if self.permission in (VIEW, DELETE):
+        if self.permission in (VIEW, DELETE, VIEW_AUDIT):
             return "GET"
         return "POST"
 

@@ -242,6 +242,8 @@ def api_view(
                 if token is None:
                     return json_error(401, "invalid, expired or revoked API token")
                 request.user = token.user
+                # The audit log names the token, not only its user.
+                request.api_token = token  # type: ignore[attr-defined]
             elif (
                 isinstance(request.user, AnonymousUser)
                 or not request.user.is_authenticated

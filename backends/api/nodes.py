@@ -281,13 +281,13 @@ node_status_view = partial(
 @node_status_view(permission=roles.MANAGE_NODES)
 def node_drain(request: HttpRequest, node_id: str) -> JsonResponse:
     """Drain a node: it takes no new work"""
-    return _change_status(node_id, Node.drain)
+    return _change_status(node_id, nodes.drain)
 
 
 @node_status_view(permission=roles.MANAGE_NODES)
 def node_resume(request: HttpRequest, node_id: str) -> JsonResponse:
     """Resume a drained node"""
-    return _change_status(node_id, Node.resume)
+    return _change_status(node_id, nodes.resume)
 
 
 def _change_status(node_id: str, change: Callable[[Node], None]) -> JsonResponse:

@@ -18,7 +18,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backends.models import Job, Node
+from backends.models import Job, Node, NodeRefused
+from backends.services import audit
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +86,24 @@ def sweep_offline() -> list[str]:
         log.warning("node %s is offline", node.name)
         swept.append(node.name)
     return swept
+
+
+def drain(node: Node, *, actor: audit.Actor | None = None) -> None:
+    """Stop sending the node new work (its running jobs finish); audited."""
+    _change_status(node, Node.drain, "node_drain", actor)
+
+
+def resume(node: Node, *, actor: audit.Actor | None = None) -> None:
+    """Let a drained node take new work again; audited."""
+    _change_status(node, Node.resume, "node_resume", actor)
+
+
+def _change_status(
+    node: Node, change: Any, action: str, actor: audit.Actor | None
+) -> None:
+    try:
+        change(node)
+    except NodeRefused as exc:
+        audit.record(actor, action, node.name, "refused", reason=str(exc), node=node)
+        raise
+    audit.record(actor, action, node.name, "done", node=node)

@@ -19,6 +19,7 @@ from backends.core import installed
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import catalogue as read
 from backends.services import jobs
+from backends.services import nodes as node_service
 from backends.web.base import (
     HtmxHttpRequest,
     render_page,
@@ -218,7 +219,7 @@ def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _change_status(
         request,
         pk,
-        Node.drain,
+        node_service.drain,
         "is draining: its running jobs finish, it takes no new work",
     )
 
@@ -226,4 +227,4 @@ def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @requires(roles.MANAGE_NODES)
 def node_resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    return _change_status(request, pk, Node.resume, "takes new work again")
+    return _change_status(request, pk, node_service.resume, "takes new work again")

@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 
 from backends import roles, tasks
 from backends.models import Gallery, Node
+from backends.services import audit
 from backends.services import catalogue as read
 from backends.web.base import HtmxHttpRequest, render_page, requires
 from backends.web.forms import KnownFilterForm
@@ -42,6 +43,7 @@ def gallery_list(request: HtmxHttpRequest) -> HttpResponse:
 def gallery_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     gallery = get_object_or_404(Gallery, pk=pk)
     tasks.sync_gallery(gallery.pk, force=True)
+    audit.record(None, "gallery_sync", gallery.name, "started")
     messages.info(request, f"Sync of {gallery.name} queued.")
     return redirect("backends:galleries")
 
