@@ -12,7 +12,7 @@ from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
-from backends.services import jobs
+from backends.services import disk, jobs
 from backends.web.base import HtmxHttpRequest, not_started, render_page, requires
 
 
@@ -25,8 +25,11 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
         Job.objects.active().filter(node=node).order_by("created_at")
     )
     rows = read.installed_rows(read.installed_folders(), records, active)
+    sizes = [(row.name, row.size) for row in rows]
     context = {
         "rows": rows,
+        "bars": disk.bars(sizes),
+        "space": disk.local_space(sum(size for _, size in sizes)),
         "node": node,
         "upgradable": sum(1 for r in rows if r.upgrade_available),
         "checked_at": max(

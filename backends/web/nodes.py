@@ -18,6 +18,7 @@ from backends import roles
 from backends.core import installed
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import catalogue as read
+from backends.services import disk as disk_space
 from backends.services import jobs
 from backends.services import nodes as node_service
 from backends.web.base import (
@@ -49,6 +50,7 @@ class NodeCard:
     backends: list[NodeBackend]
     jobs: list[Job]
     form: NodeInstallForm = field(default_factory=NodeInstallForm)
+    space: disk_space.Space | None = None
 
     @property
     def takes_work(self) -> bool:
@@ -105,6 +107,7 @@ def _node_cards(shown: Iterable[Node]) -> list[NodeCard]:
             node,
             _local_backends() if node.is_local else on_agents.get(node.pk, []),
             active.get(node.pk, []),
+            space=disk_space.node_space(node),
         )
         for node in shown
     ]
