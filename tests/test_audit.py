@@ -136,6 +136,22 @@ class MutationsAreAuditedTestCase(BaseTestCase):
             (last_event().action, last_event().channel), ("node_resume", "dashboard")
         )
 
+    @override_settings(LOCALAI_ADMIN_REGISTRATION_TOKEN="s3cret")
+    def test_an_agent_registration_is_recorded_with_the_agent_channel(self) -> None:
+        r = self.client.post(
+            "/api/node/register",
+            {"name": "worker-2", "backends_path": "/srv/backends"},
+            content_type="application/json",
+            headers={"Authorization": "Bearer s3cret"},
+            REMOTE_ADDR="10.4.4.4",
+        )
+        self.assertEqual(r.status_code, 201)
+        event = last_event()
+        self.assertEqual(
+            (event.channel, event.username, event.ip, event.action),
+            ("agent", "worker-2", "10.4.4.4", "node_register"),
+        )
+
     def test_a_refused_drain_is_recorded_with_the_reason(self) -> None:
         local = Node.objects.local()
         self.api_post(f"/api/nodes/{local.pk}/drain")

@@ -24,7 +24,7 @@ from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_name
 from backends.core.redact import redact_uri
 from backends.models import InstalledBackend, Job, Node, NodeRefused
-from backends.services import jobs, nodes
+from backends.services import audit, jobs, nodes
 
 
 def agent_view(
@@ -105,6 +105,9 @@ def register(request: ApiRequest) -> JsonResponse:
         node = nodes.register(name, hardware, backends_path)
     except (KeyError, TypeError, ValueError) as exc:
         return json_error(400, f"hardware report is not usable: {exc}")
+    # A (re)registration may bring a node back online: the log says which host did.
+    agent = audit.Actor.agent(name, audit.client_ip(request))
+    audit.record(agent, "node_register", name, "done", node=node)
     return JsonResponse(node_dict(node), status=201)
 
 

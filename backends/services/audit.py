@@ -54,6 +54,7 @@ ACTIONS = (
     "token_delete",
     "node_drain",
     "node_resume",
+    "node_register",
 )
 
 
