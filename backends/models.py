@@ -367,6 +367,9 @@ class Node(models.Model):
     arch = models.CharField(max_length=32, blank=True)
     probed_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # The backends disk, as the node last reported it (0: never reported).
+    disk_total_bytes = models.BigIntegerField(default=0)
+    disk_free_bytes = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = NodeQuerySet.as_manager()

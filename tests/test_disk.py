@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from django.conf import settings
+from django.test import override_settings
 
 from backends.models import Node
 from backends.services import disk
@@ -47,12 +48,12 @@ class DiskOnPagesTestCase(BaseTestCase):
 
     def test_each_node_card_has_a_disk_meter_or_says_it_is_unknown(self) -> None:
         Node.objects.local()
-        Node.objects.create(
-            name="gpu-a", hardware={"disk": {"total": 1000, "free": 250}}
-        )
+        Node.objects.create(name="gpu-a", disk_total_bytes=1000, disk_free_bytes=250)
         Node.objects.create(name="gpu-b")
         html = self.client.get("/nodes/").content.decode()
         self.assertIn('max="1000" value="750"', html)
+        # This host's backends are measured on its disk: 50 kB of files.
+        self.assertIn("Backends 48.9\xa0KB", html)
         self.assertIn("Disk space not reported by this agent", html)
         self.assertEqual(html.count('class="node-disk"'), 3)
         self.assertNotIn("style=", html)
@@ -63,18 +64,37 @@ class SpaceTestCase(BaseTestCase):
         space = disk.Space(total=1000, free=400, backends=150)
         self.assertEqual((space.backends_percent, space.other_percent), (15.0, 45.0))
 
-    def test_an_agents_nonsense_disk_report_is_ignored(self) -> None:
+    @override_settings(LOCALAI_ADMIN_REGISTRATION_TOKEN="s3cret")
+    def test_an_agents_heartbeat_reports_its_disk_space(self) -> None:
+        agent = Node.objects.create(name="gpu-a")
+        r = self.client.post(
+            f"/api/node/{agent.pk}/heartbeat",
+            {"disk": {"total": 1000, "free": 300}},
+            content_type="application/json",
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        self.assertEqual(r.status_code, 200)
+        space = disk.node_space(Node.objects.get(pk=agent.pk))
+        assert space is not None
+        self.assertEqual((space.total, space.free), (1000, 300))
+
+    @override_settings(LOCALAI_ADMIN_REGISTRATION_TOKEN="s3cret")
+    def test_a_nonsense_disk_report_is_refused_with_400(self) -> None:
+        agent = Node.objects.create(name="gpu-a")
         for report in (
-            {"total": -1, "free": 0},
+            {"total": 0, "free": 0},
             {"total": 10, "free": 11},
-            "full",
             {"total": "x", "free": 1},
         ):
             with self.subTest(report=report):
-                node = Node.objects.create(
-                    name=f"n{abs(hash(str(report)))}", hardware={"disk": report}
+                r = self.client.post(
+                    f"/api/node/{agent.pk}/heartbeat",
+                    {"disk": report},
+                    content_type="application/json",
+                    headers={"Authorization": "Bearer s3cret"},
                 )
-                self.assertIsNone(disk.node_space(node))
+                self.assertEqual(r.status_code, 400)
+        self.assertIsNone(disk.node_space(Node.objects.get(pk=agent.pk)))
 
     def test_a_missing_backends_folder_reads_its_parent_disk(self) -> None:
         Path(settings.LOCALAI_BACKENDS_PATH).rename(

@@ -8,6 +8,7 @@ from django.test import override_settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from backends.checks import metrics_allowlist
 from backends.models import ApiToken, Gallery, InstalledBackend, Job, Node
 from tests.base import BaseTestCase
 
@@ -148,3 +149,13 @@ class MetricsValuesTestCase(BaseTestCase):
         self.assertEqual(found[(age, (("gallery", "never"),))], float("inf"))
         failing = ("localai_admin_gallery_sync_failing", (("gallery", "localai"),))
         self.assertEqual(found[failing], 1)
+
+
+class MetricsAllowlistCheckTestCase(BaseTestCase):
+    def test_a_mistyped_allowlist_entry_stops_the_start(self) -> None:
+        with override_settings(
+            LOCALAI_ADMIN_METRICS_ALLOW=["10.0.0.0/8", "10.0.0.300/8"]
+        ):
+            errors = metrics_allowlist(None)
+        self.assertEqual([e.id for e in errors], ["backends.E002"])
+        self.assertIn("10.0.0.300/8", errors[0].msg)

@@ -38,7 +38,7 @@ def address_allowed(address: str) -> bool:
             if ip in ipaddress.ip_network(allowed, strict=False):
                 return True
         except ValueError:
-            continue  # a bad entry is reported by the system check, not here
+            continue  # a bad entry stops the start (checks.metrics_allowlist)
     return False
 
 

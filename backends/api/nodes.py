@@ -112,14 +112,21 @@ def register(request: ApiRequest) -> JsonResponse:
 
 
 @agent_view(
-    responses={200: ref("Heartbeat")}, errors=(404,), path=schemas.AGENT_NODE_PATH
+    responses={200: ref("Heartbeat")},
+    errors=(404,),
+    path=schemas.AGENT_NODE_PATH,
+    body=schemas.HEARTBEAT_BODY,
 )
-def heartbeat(request: HttpRequest, node_id: int) -> JsonResponse:
-    """Agents: heartbeat (registration token)"""
+def heartbeat(request: ApiRequest, node_id: int) -> JsonResponse:
+    """Agents: heartbeat, with the backends disk's space (registration token)"""
     node = Node.objects.filter(pk=node_id).first()
     if node is None:
         return json_error(404, f"no node {node_id}: register first")
-    return JsonResponse({"status": nodes.heartbeat(node)})
+    disk = request.json.get("disk")
+    if disk is not None and disk["free"] > disk["total"]:
+        return json_error(400, "disk: free is larger than total")
+    space = (disk["total"], disk["free"]) if disk else None
+    return JsonResponse({"status": nodes.heartbeat(node, disk=space)})
 
 
 # -- admin -----------------------------------------------------------------------------

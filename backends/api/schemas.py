@@ -217,6 +217,20 @@ BACKEND_PATH: Schema = {
 }
 JOB_PATH: Schema = {"job_id": {**STRING, "description": "the job's id (a UUID)"}}
 NODE_PATH: Schema = {"node_id": {**STRING, "description": "node id or name"}}
+HEARTBEAT_BODY: Schema = {
+    "type": "object",
+    "properties": {
+        "disk": {
+            "type": "object",
+            "description": "the agent's backends disk, in bytes",
+            "required": ["total", "free"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 1, "maximum": 2**62},
+                "free": {"type": "integer", "minimum": 0, "maximum": 2**62},
+            },
+        }
+    },
+}
 AGENT_NODE_PATH: Schema = {"node_id": {**INTEGER, "description": "the node's id"}}
 
 # -- response shapes --------------------------------------------------------------------

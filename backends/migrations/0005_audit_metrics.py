@@ -1,4 +1,5 @@
-"""The audit log (AuditEvent), readable by the admin role (roles.VIEW_AUDIT)."""
+"""The audit log (AuditEvent), readable by the admin role (roles.VIEW_AUDIT), and the
+backends disk space agents report with their heartbeat."""
 
 from __future__ import annotations
 
@@ -104,6 +105,16 @@ class Migration(migrations.Migration):
                     models.Index(fields=["-created_at"], name="audit_newest_first")
                 ],
             },
+        ),
+        migrations.AddField(
+            model_name="node",
+            name="disk_total_bytes",
+            field=models.BigIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name="node",
+            name="disk_free_bytes",
+            field=models.BigIntegerField(default=0),
         ),
         migrations.RunPython(grant_admin, migrations.RunPython.noop),
     ]

@@ -14,7 +14,9 @@ from pathlib import Path
 from django.conf import settings
 from django.db.models import Sum
 
+from backends.core import installed
 from backends.models import InstalledBackend, Node
+from backends.services import catalogue
 
 
 @dataclass(frozen=True)
@@ -74,21 +76,20 @@ def local_space(backends: int) -> Space | None:
 
 
 def node_space(node: Node) -> Space | None:
-    """A node's backends disk: read here for this host; for an agent, what it reported
-    in its hardware report (``disk``: ``total`` and ``free``), if it did."""
+    """A node's backends disk: read here for this host; for an agent, what its last
+    heartbeat reported, if it did."""
+    if node.is_local:
+        # The disk is the truth here, as on the Installed page: the table is
+        # reconciled only after each job.
+        folders = catalogue.installed_folders().values()
+        return local_space(
+            sum(installed.folder_size(f.folder) for f in folders if f.folder)
+        )
     backends = (
         InstalledBackend.objects.filter(node=node).aggregate(b=Sum("size_bytes"))["b"]
         or 0
     )
-    if node.is_local:
-        return local_space(backends)
-    reported = node.hardware.get("disk") if isinstance(node.hardware, dict) else None
-    if not isinstance(reported, dict):
-        return None
-    try:
-        total, free = int(reported["total"]), int(reported["free"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    total, free = node.disk_total_bytes, node.disk_free_bytes
     if total <= 0 or not 0 <= free <= total:
         return None
     return Space(total, free, backends)

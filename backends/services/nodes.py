@@ -52,9 +52,12 @@ def register(name: str, hardware: dict[str, Any], backends_path: str) -> Node:
     return node
 
 
-def heartbeat(node: Node) -> str:
-    """Record a heartbeat; an agent that was offline is online again. Returns the status."""
+def heartbeat(node: Node, *, disk: tuple[int, int] | None = None) -> str:
+    """Record a heartbeat, and the disk space (total, free) the agent reports; an agent
+    that was offline is online again. Returns the status."""
     updates: dict[str, Any] = {"last_heartbeat": timezone.now()}
+    if disk is not None:
+        updates["disk_total_bytes"], updates["disk_free_bytes"] = disk
     if node.status == Node.Status.OFFLINE:
         updates["status"] = Node.Status.ONLINE
     Node.objects.filter(pk=node.pk).update(**updates)
