@@ -197,6 +197,14 @@ class MutationsAreAuditedTestCase(BaseTestCase):
         self.assertEqual((event.action, event.channel), ("token_create", "cli"))
         self.assertIn("ci", event.target)
 
+    def test_a_gallery_sync_from_the_command_is_recorded(self) -> None:
+        call_command("sync_galleries")
+        event = last_event()
+        self.assertEqual(
+            (event.action, event.channel, event.outcome),
+            ("gallery_sync", "cli", "done"),
+        )
+
     def test_credentials_in_an_external_uri_are_redacted_in_the_log(self) -> None:
         self.api_post(
             "/api/backends/install-external",
