@@ -205,6 +205,23 @@ class MutationsAreAuditedTestCase(BaseTestCase):
             ("gallery_sync", "cli", "done"),
         )
 
+    def test_a_change_refused_for_want_of_a_role_is_recorded(self) -> None:
+        self.install_on_disk("cpu-whisper")
+        self.client.force_login(self.carol)
+        self.assertEqual(
+            self.client.post("/installed/cpu-whisper/delete/").status_code, 403
+        )
+        event = last_event()
+        self.assertEqual(
+            (event.action, event.username, event.outcome),
+            ("denied", "carol", "refused"),
+        )
+        self.assertEqual(event.target, "POST /installed/cpu-whisper/delete/")
+        self.assertIn("backends.delete_backend", event.reason)
+        before = AuditEvent.objects.count()
+        self.client.get("/installed/cpu-whisper/delete/")
+        self.assertEqual(AuditEvent.objects.count(), before)
+
     def test_credentials_in_an_external_uri_are_redacted_in_the_log(self) -> None:
         self.api_post(
             "/api/backends/install-external",

@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from backends import roles
 from backends.api import schemas
 from backends.models import ApiToken
+from backends.services import audit
 
 View = Callable[..., HttpResponse]
 
@@ -254,6 +255,7 @@ def api_view(
             ):
                 return json_error(403, "CSRF check failed")
             if not request.user.has_perm(permission):
+                audit.denied(request, roles.refusal(permission))
                 return forbidden(permission)
             return checked(request, *args, **kwargs)
 

@@ -55,6 +55,7 @@ ACTIONS = (
     "node_drain",
     "node_resume",
     "node_register",
+    "denied",
 )
 
 
@@ -190,6 +191,20 @@ def record(
         outcome,
     )
     return event
+
+
+def denied(request: HttpRequest, refusal: str) -> None:
+    """A change refused for want of a permission: who tried what is worth knowing.
+    Reads (GET, HEAD, OPTIONS) are not recorded: they change nothing."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    record(
+        Actor.from_request(request),
+        "denied",
+        f"{request.method} {request.path}",
+        Outcome.REFUSED,
+        reason=refusal,
+    )
 
 
 # -- reading and pruning ---------------------------------------------------------------
