@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from backends.api.http import is_api_request, json_error
+from backends.services import audit
 
 
 def lockout_message() -> str:
@@ -36,14 +37,6 @@ def locked_out(
 
 
 def client_ip(request: HttpRequest) -> str:
-    """The address a lockout counts failures against (AXES_CLIENT_IP_CALLABLE).
-
-    Behind a reverse proxy every request comes from the proxy: then the last
-    X-Forwarded-For entry, the one the proxy appended, is the client. Earlier entries are
-    whatever the client sent, so they are never read.
-    """
-    remote = str(request.META.get("REMOTE_ADDR", ""))
-    if not settings.LOCALAI_ADMIN_TRUST_X_FORWARDED_FOR:
-        return remote
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    return forwarded.rpartition(",")[2].strip() or remote
+    """The address a lockout counts failures against (AXES_CLIENT_IP_CALLABLE): the
+    same one the audit log records (``services.audit.client_ip`` says which)."""
+    return audit.client_ip(request)

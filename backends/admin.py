@@ -16,6 +16,7 @@ from backends.core.gallery import check_source
 from backends.core.redact import redact_uri
 from backends.models import (
     ApiToken,
+    AuditEvent,
     Gallery,
     GalleryBackend,
     InstalledBackend,
@@ -24,7 +25,7 @@ from backends.models import (
     Node,
     NodeRefused,
 )
-from backends.services import jobs, pipeline
+from backends.services import audit, jobs, pipeline
 
 
 def _shown(field: str) -> Callable[[Any, Model], str]:
@@ -155,6 +156,15 @@ class GalleryAdmin(RedactingAdmin):
         self, request: HttpRequest, obj: Gallery, form: Any, change: bool
     ) -> None:
         super().save_model(request, obj, form, change)
+        # Gallery changes decide what the worker downloads and runs: each is audited.
+        fields = ", ".join(form.changed_data) if change else ""
+        audit.record(
+            audit.Actor.from_request(request),
+            "gallery_change" if change else "gallery_add",
+            obj.name,
+            "done",
+            reason=f"changed: {fields}" if fields else "",
+        )
         source_changed = {"url", "mirrors", "enabled"} & set(form.changed_data)
         if obj.enabled and (not change or source_changed):
             # Queued once the row is committed, so the worker reads the new source.
@@ -173,10 +183,29 @@ class GalleryAdmin(RedactingAdmin):
 
     @admin.action(description="Sync now")
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Gallery]) -> None:
+        actor = audit.Actor.from_request(request)
         for gallery in queryset:
             summary = gallery.sync(force=True)
             level = messages.ERROR if gallery.last_error else messages.SUCCESS
             self.message_user(request, summary, level)
+            outcome = "failed" if gallery.last_error else "done"
+            audit.record(
+                actor, "gallery_sync", gallery.name, outcome, reason=gallery.last_error
+            )
+
+    def delete_model(self, request: HttpRequest, obj: Gallery) -> None:
+        name = obj.name
+        super().delete_model(request, obj)
+        audit.record(audit.Actor.from_request(request), "gallery_delete", name, "done")
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[Gallery]
+    ) -> None:
+        names = list(queryset.values_list("name", flat=True))
+        super().delete_queryset(request, queryset)
+        actor = audit.Actor.from_request(request)
+        for name in names:
+            audit.record(actor, "gallery_delete", name, "done")
 
 
 @admin.register(GalleryBackend)
@@ -372,15 +401,73 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     def save_model(
         self, request: HttpRequest, obj: ApiToken, form: Any, change: bool
     ) -> None:
+        actor = audit.Actor.from_request(request)
         if change:
             super().save_model(request, obj, form, change)
+            revoked = "revoked_at" in form.changed_data and obj.revoked_at is not None
+            audit.record(
+                actor,
+                "token_revoke" if revoked else "token_change",
+                _token_target(obj),
+                "done",
+                reason=f"changed: {', '.join(form.changed_data)}",
+            )
             return
         token, value = ApiToken.objects.create_token(
             obj.user, obj.name, expires_at=obj.expires_at
         )
         obj.pk, obj.prefix, obj.token_hash = token.pk, token.prefix, token.token_hash
+        audit.record(actor, "token_create", _token_target(token), "done")
         self.message_user(
             request,
             f"Token created. Copy it now, it is not shown again: {value}",
             messages.WARNING,
         )
+
+    def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
+        target = _token_target(obj)
+        super().delete_model(request, obj)
+        audit.record(audit.Actor.from_request(request), "token_delete", target, "done")
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[ApiToken]
+    ) -> None:
+        targets = [_token_target(token) for token in queryset.select_related("user")]
+        super().delete_queryset(request, queryset)
+        actor = audit.Actor.from_request(request)
+        for target in targets:
+            audit.record(actor, "token_delete", target, "done")
+
+
+def _token_target(token: ApiToken) -> str:
+    # The name, prefix and owner identify a token; its value is never recorded.
+    return f"{token.name} ({token.prefix}…) of {token.user.get_username()}"
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+    """Read only: an audit log that its readers could edit would prove nothing."""
+
+    list_display = (
+        "created_at",
+        "username",
+        "token_name",
+        "channel",
+        "ip",
+        "action",
+        "target",
+        "node_name",
+        "outcome",
+    )
+    list_filter = ("channel", "outcome", "action")
+    search_fields = ("username", "token_name", "target", "reason")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -381,6 +381,9 @@ class Node(models.Model):
     arch = models.CharField(max_length=32, blank=True)
     probed_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # The backends disk, as the node last reported it (0: never reported).
+    disk_total_bytes = models.BigIntegerField(default=0)
+    disk_free_bytes = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = NodeQuerySet.as_manager()
@@ -1019,3 +1022,56 @@ class ApiToken(models.Model):
         return self.expires_at is not None and self.expires_at <= (
             now or timezone.now()
         )
+
+
+class AuditEvent(models.Model):
+    """One mutation asked of the product: who, from where, on what, and how it went.
+
+    Kept apart from Job: a refused request starts no job, a pin or a drain is not one,
+    and a job may be deleted while "who removed this?" must still be answerable.
+    """
+
+    class Channel(models.TextChoices):
+        DASHBOARD = "dashboard", "Dashboard"
+        API = "api", "API token"
+        CLI = "cli", "Command"
+        AGENT = "agent", "Agent"
+        ADMIN = "admin", "Django admin"
+        SYSTEM = "system", "Worker"
+
+    class Outcome(models.TextChoices):
+        STARTED = "started", "Started"
+        DONE = "done", "Done"
+        REFUSED = "refused", "Refused"
+        FAILED = "failed", "Failed"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # A name, not a foreign key: the record outlives the account.
+    username = models.CharField(max_length=150, blank=True, db_index=True)
+    token_name = models.CharField(max_length=100, blank=True)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    target = models.CharField(max_length=2000, blank=True)
+    node_name = models.CharField(max_length=255, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    reason = models.TextField(blank=True)
+    job = models.ForeignKey(
+        Job, models.SET_NULL, null=True, blank=True, related_name="audit_events"
+    )
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        permissions = [("view_audit", "Can read the audit log")]
+        indexes = [models.Index(fields=("-created_at",), name="audit_newest_first")]
+
+    def __str__(self) -> str:
+        who = self.username or self.token_name or self.channel
+        return f"{self.created_at:%Y-%m-%d %H:%M} {who} {self.action} {self.target}"
+
+    @property
+    def who(self) -> str:
+        """The user, and the token when an API token acted for them."""
+        if self.token_name:
+            return f"{self.username} (token {self.token_name})"
+        return self.username or self.get_channel_display()

@@ -17,6 +17,8 @@ DELETE = "backends.delete_backend"
 INSTALL_FROM_PATH = "backends.install_from_path"
 SYNC_GALLERY = "backends.sync_gallery"
 MANAGE_NODES = "backends.manage_nodes"
+# Admin only: the log names users and their addresses.
+VIEW_AUDIT = "backends.view_audit"
 # Not a permission: the agents' routes take the registration token, not a user.
 AGENT = "agent registration token"
 
@@ -34,6 +36,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         INSTALL_FROM_PATH,
         SYNC_GALLERY,
         MANAGE_NODES,
+        VIEW_AUDIT,
     ),
 }
 

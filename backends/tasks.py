@@ -17,7 +17,7 @@ from huey import crontab
 from huey.contrib.djhuey import db_periodic_task, db_task, lock_task
 
 from backends.models import Gallery
-from backends.services import icons, nodes, upgrades
+from backends.services import audit, icons, nodes, upgrades
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,16 @@ def check_upgrades_periodically() -> int:
 def sweep_offline_nodes() -> list[str]:
     """Every minute: agents silent past the offline window go offline, their jobs fail."""
     return nodes.sweep_offline()
+
+
+@db_periodic_task(crontab(minute="17", hour="3"))
+@lock_task("prune-audit-lock")
+def prune_audit_log() -> int:
+    """Daily: audit events past LOCALAI_ADMIN_AUDIT_RETENTION_DAYS are deleted."""
+    pruned = audit.prune()
+    if pruned:
+        log.info("audit log: %d events past the retention deleted", pruned)
+    return pruned
 
 
 def sync_all(force: bool = False) -> list[str]:

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from django.urls import path
 
+from backends.api import audit as api_audit
 from backends.api import backends as api
 from backends.api import nodes as api_nodes
+from backends.web import audit as audit_pages
 from backends.web import catalogue as catalogue_pages
 from backends.web import external as external_pages
 from backends.web import icons as icon_pages
@@ -108,6 +110,7 @@ urlpatterns = [
     path("galleries/<int:pk>/sync/", pages_pages.gallery_sync, name="gallery-sync"),
     path("hardware/", pages_pages.hardware, name="hardware"),
     path("hardware/probe/", pages_pages.hardware_probe, name="hardware-probe"),
+    path("audit/", audit_pages.audit_list, name="audit"),
     path("nodes/", nodes_pages.node_list, name="nodes"),
     path("nodes/<int:pk>/", nodes_pages.node_detail, name="node-detail"),
     path("nodes/<int:pk>/install/", nodes_pages.node_install, name="node-install"),
@@ -115,6 +118,7 @@ urlpatterns = [
     path("nodes/<int:pk>/resume/", nodes_pages.node_resume, name="node-resume"),
     # Our own JSON API: /api/...
     path("api/openapi.json", api.openapi, name="api-openapi"),
+    path("api/audit", api_audit.audit_list, name="api-audit"),
     path(
         "api/backends/install-external",
         api.install_external,

@@ -89,6 +89,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The audit log's "who, from where" for every change a view makes.
+    "backends.services.audit.RequestActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -404,6 +406,17 @@ LOCALAI_ADMIN_REGISTRATION_TOKEN = envsecret("LOCALAI_ADMIN_REGISTRATION_TOKEN")
 LOCALAI_ADMIN_ALLOW_EMPTY_TOKEN = envbool("LOCALAI_ADMIN_ALLOW_EMPTY_TOKEN", "False")
 NODE_HEARTBEAT_SECONDS = envint("LOCALAI_ADMIN_HEARTBEAT_SECONDS", "5")
 NODE_OFFLINE_SECONDS = envint("LOCALAI_ADMIN_NODE_OFFLINE_SECONDS", "30")
+
+# The audit log keeps this many days of events (0: forever); pruned daily by the worker.
+LOCALAI_ADMIN_AUDIT_RETENTION_DAYS = envint("LOCALAI_ADMIN_AUDIT_RETENTION_DAYS", "365")
+# GET /metrics answers a bearer token equal to this one, an API token whose user may
+# view, or an address in these comma-separated CIDRs; anyone else gets 401/403.
+LOCALAI_ADMIN_METRICS_TOKEN = envsecret("LOCALAI_ADMIN_METRICS_TOKEN") or ""
+LOCALAI_ADMIN_METRICS_ALLOW = [
+    c.strip()
+    for c in os.getenv("LOCALAI_ADMIN_METRICS_ALLOW", "").split(",")
+    if c.strip()
+]
 
 LOGGING = {
     "version": 1,

@@ -9,7 +9,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.converters import IntConverter, UUIDConverter
 
-from backends.roles import DELETE, VIEW
+from backends.roles import DELETE, VIEW, VIEW_AUDIT
 
 # Pages a viewer may POST to: they change only what that user sees (their session).
 VIEWER_POSTS = {"jobs/<uuid:pk>/dismiss/"}
@@ -42,7 +42,7 @@ class Route:
             return str(self.contract.methods[0])
         if self.route in VIEWER_POSTS:
             return "POST"
-        if self.permission in (VIEW, DELETE):
+        if self.permission in (VIEW, DELETE, VIEW_AUDIT):
             return "GET"
         return "POST"
 

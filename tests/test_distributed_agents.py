@@ -83,3 +83,17 @@ def test_a_killed_agent_fails_only_its_own_part(
     assert "cpu-node went offline" in parent.error
     gpu_child = Job.objects.get(parent_id=parent_id, node__name="gpu-node")
     assert gpu_child.state == "completed"
+
+
+def test_an_agent_reports_its_backends_disk_with_each_heartbeat(
+    cluster: Cluster, admin_client
+) -> None:
+    cluster.start("cpu-node", linux_host)
+    node = wait_for(
+        lambda: Node.objects.filter(name="cpu-node", disk_total_bytes__gt=0).first(),
+        cluster.log("cpu-node"),
+        timeout=30,
+    )
+    assert 0 < node.disk_free_bytes <= node.disk_total_bytes
+    page = admin_client.get("/nodes/").content.decode()
+    assert f'max="{node.disk_total_bytes}"' in page

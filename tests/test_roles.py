@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib.auth.models import Group, User
 
 from backends import roles
+from backends.api.metrics import scrape
 from backends.models import Job, Node
 from tests.base import BaseTestCase, queued_tasks, user_with_role
 from tests.routes import Route, app_routes
@@ -199,3 +200,21 @@ class RoleRulesTestCase(BaseTestCase):
         self.assertContains(
             self.client.get("/installed/"), "/installed/cpu-whisper/delete/"
         )
+
+
+class MetricsRouteTestCase(BaseTestCase):
+    """/metrics lives outside the app's URL conf (Prometheus' path): its permission is
+    checked here, with the same personas."""
+
+    def test_metrics_takes_the_view_permission(self) -> None:
+        self.assertEqual(scrape.permission, roles.VIEW)  # type: ignore[attr-defined]
+        for role, user, status in (
+            ("viewer", self.bob, 200),
+            ("admin", self.alice, 200),
+            ("none", self.dave, 403),
+        ):
+            with self.subTest(role=role):
+                self.client.force_login(user)
+                self.assertEqual(self.client.get("/metrics").status_code, status)
+        self.client.logout()
+        self.assertEqual(self.client.get("/metrics").status_code, 401)

@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from backends import roles
 from backends.api import schemas
 from backends.models import ApiToken
+from backends.services import audit
 
 View = Callable[..., HttpResponse]
 
@@ -242,6 +243,8 @@ def api_view(
                 if token is None:
                     return json_error(401, "invalid, expired or revoked API token")
                 request.user = token.user
+                # The audit log names the token, not only its user.
+                request.api_token = token  # type: ignore[attr-defined]
             elif (
                 isinstance(request.user, AnonymousUser)
                 or not request.user.is_authenticated
@@ -252,6 +255,7 @@ def api_view(
             ):
                 return json_error(403, "CSRF check failed")
             if not request.user.has_perm(permission):
+                audit.denied(request, roles.refusal(permission))
                 return forbidden(permission)
             return checked(request, *args, **kwargs)
 

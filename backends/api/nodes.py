@@ -24,7 +24,7 @@ from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_name
 from backends.core.redact import redact_uri
 from backends.models import InstalledBackend, Job, Node, NodeRefused
-from backends.services import jobs, nodes
+from backends.services import audit, jobs, nodes
 
 
 def agent_view(
@@ -105,18 +105,28 @@ def register(request: ApiRequest) -> JsonResponse:
         node = nodes.register(name, hardware, backends_path)
     except (KeyError, TypeError, ValueError) as exc:
         return json_error(400, f"hardware report is not usable: {exc}")
+    # A (re)registration may bring a node back online: the log says which host did.
+    agent = audit.Actor.agent(name, audit.client_ip(request))
+    audit.record(agent, "node_register", name, "done", node=node)
     return JsonResponse(node_dict(node), status=201)
 
 
 @agent_view(
-    responses={200: ref("Heartbeat")}, errors=(404,), path=schemas.AGENT_NODE_PATH
+    responses={200: ref("Heartbeat")},
+    errors=(404,),
+    path=schemas.AGENT_NODE_PATH,
+    body=schemas.HEARTBEAT_BODY,
 )
-def heartbeat(request: HttpRequest, node_id: int) -> JsonResponse:
-    """Agents: heartbeat (registration token)"""
+def heartbeat(request: ApiRequest, node_id: int) -> JsonResponse:
+    """Agents: heartbeat, with the backends disk's space (registration token)"""
     node = Node.objects.filter(pk=node_id).first()
     if node is None:
         return json_error(404, f"no node {node_id}: register first")
-    return JsonResponse({"status": nodes.heartbeat(node)})
+    disk = request.json.get("disk")
+    if disk is not None and disk["free"] > disk["total"]:
+        return json_error(400, "disk: free is larger than total")
+    space = (disk["total"], disk["free"]) if disk else None
+    return JsonResponse({"status": nodes.heartbeat(node, disk=space)})
 
 
 # -- admin -----------------------------------------------------------------------------
@@ -281,13 +291,13 @@ node_status_view = partial(
 @node_status_view(permission=roles.MANAGE_NODES)
 def node_drain(request: HttpRequest, node_id: str) -> JsonResponse:
     """Drain a node: it takes no new work"""
-    return _change_status(node_id, Node.drain)
+    return _change_status(node_id, nodes.drain)
 
 
 @node_status_view(permission=roles.MANAGE_NODES)
 def node_resume(request: HttpRequest, node_id: str) -> JsonResponse:
     """Resume a drained node"""
-    return _change_status(node_id, Node.resume)
+    return _change_status(node_id, nodes.resume)
 
 
 def _change_status(node_id: str, change: Callable[[Node], None]) -> JsonResponse:

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 
 from backends.core.gallery import MAX_NAME_LENGTH
-from backends.models import Job, Node
+from backends.models import AuditEvent, Job, Node
 
 Schema = dict[str, Any]
 
@@ -236,11 +236,43 @@ REGISTER_BODY: Schema = {
 # -- query and path parameters ----------------------------------------------------------
 
 JOBS_QUERY: Schema = {"state": {"type": "string", "enum": list(Job.State.values)}}
+# A date, or a date and time (ISO 8601, UTC unless an offset is given); empty: any.
+_WHEN: Schema = {
+    "anyOf": [
+        {"type": "string", "maxLength": 0},
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+    ]
+}
+AUDIT_QUERY: Schema = {
+    "who": {**column(AuditEvent, "username"), "description": "user or token name"},
+    "action": {"type": "string", "pattern": r"^[a-z_]{1,64}$"},
+    "target": {**TEXT, "maxLength": 255, "description": "part of the target"},
+    "outcome": {"type": "string", "enum": list(AuditEvent.Outcome.values)},
+    "channel": {"type": "string", "enum": list(AuditEvent.Channel.values)},
+    "since": {**_WHEN, "description": "from this date or time (UTC), included"},
+    "until": {**_WHEN, "description": "to this date (included) or time (excluded)"},
+    "page": {"type": "string", "pattern": "^[1-9][0-9]{0,5}$"},
+}
 BACKEND_PATH: Schema = {
     "name": {**BACKEND_ID, "description": "backend name, alias or gallery@name"}
 }
 JOB_PATH: Schema = {"job_id": {**STRING, "description": "the job's id (a UUID)"}}
 NODE_PATH: Schema = {"node_id": {**STRING, "description": "node id or name"}}
+HEARTBEAT_BODY: Schema = {
+    "type": "object",
+    "properties": {
+        "disk": {
+            "type": "object",
+            "description": "the agent's backends disk, in bytes",
+            "required": ["total", "free"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 1, "maximum": 2**62},
+                "free": {"type": "integer", "minimum": 0, "maximum": 2**62},
+            },
+        }
+    },
+}
 AGENT_NODE_PATH: Schema = {"node_id": {**INTEGER, "description": "the node's id"}}
 
 # -- response shapes --------------------------------------------------------------------
@@ -494,6 +526,26 @@ COMPONENTS: dict[str, Schema] = {
             "message": STRING,
         },
     },
+    "AuditEvent": {
+        "type": "object",
+        "description": "one change asked of the product, and how it went",
+        "required": ["id", "at", "user", "channel", "action", "target", "outcome"],
+        "properties": {
+            "id": INTEGER,
+            "at": {"type": "string", "format": "date-time"},
+            "user": STRING,
+            "token": {**STRING, "description": "the API token's name, if one was used"},
+            "channel": {"type": "string", "enum": list(AuditEvent.Channel.values)},
+            "ip": STRING,
+            "action": STRING,
+            "target": STRING,
+            "node": STRING,
+            "outcome": {"type": "string", "enum": list(AuditEvent.Outcome.values)},
+            "reason": STRING,
+            "job_id": NULLABLE_STRING,
+            "job_state": NULLABLE_STRING,
+        },
+    },
     "OpStatus": {
         "type": "object",
         "required": [
@@ -597,6 +649,16 @@ COMPONENTS: dict[str, Schema] = {
 
 UPGRADES: Schema = {"type": "object", "additionalProperties": ref("UpgradeInfo")}
 JOBS: Schema = {"type": "object", "additionalProperties": ref("OpStatus")}
+AUDIT: Schema = {
+    "type": "object",
+    "required": ["count", "page", "pages", "events"],
+    "properties": {
+        "count": INTEGER,
+        "page": INTEGER,
+        "pages": INTEGER,
+        "events": array_of("AuditEvent"),
+    },
+}
 
 # -- validation -------------------------------------------------------------------------
 

@@ -7,8 +7,12 @@ into a page, a JSON body or a command error.
 
 from __future__ import annotations
 
+import contextvars
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
 
@@ -19,7 +23,11 @@ from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_uri
 from backends.core.sources import SourceKind, classify, default_name
 from backends.models import GalleryBackend, InstalledBackend, Job, JobConflict, Node
-from backends.services import catalogue, dispatch, pipeline, usage
+from backends.services import audit, catalogue, dispatch, pipeline, usage
+from backends.services.audit import Actor
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Refused(Exception):
@@ -33,6 +41,66 @@ class Refused(Exception):
         self.status = status
         self.code = code
         self.extra = extra
+
+
+# Set while an audited use case runs: one it calls (install_external calling install)
+# is part of the same request and is not recorded twice.
+_auditing = contextvars.ContextVar("auditing", default=False)
+
+
+def audited(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Record the use case in the audit log: started (with its job), done, or refused
+    with the reason. Reads ``actor`` and ``requested_by`` from the call's keywords and
+    the target from its first argument (a name, a URI, or the Job acted on)."""
+
+    def decorator(use_case: Callable[P, R]) -> Callable[P, R]:
+        names_requester = "requested_by" in inspect.signature(use_case).parameters
+
+        @wraps(use_case)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if _auditing.get():
+                return use_case(*args, **kwargs)
+            given = kwargs.get("actor")
+            actor = (
+                given
+                if isinstance(given, Actor)
+                else audit.current_actor(str(kwargs.get("requested_by") or ""))
+            )
+            if names_requester and not kwargs.get("requested_by") and actor.username:
+                kwargs["requested_by"] = actor.username
+            subject = args[0] if args else ""
+            acted_on = subject if isinstance(subject, Job) else None
+            target = f"{acted_on.kind} {acted_on.target}" if acted_on else str(subject)
+            node = kwargs.get("node")
+            where = (
+                node
+                if isinstance(node, Node)
+                else (acted_on.node if acted_on else None)
+            )
+            flag = _auditing.set(True)
+            try:
+                result = use_case(*args, **kwargs)
+            except Refused as exc:
+                audit.record(
+                    actor, action, target, "refused", reason=str(exc), node=where
+                )
+                raise
+            finally:
+                _auditing.reset(flag)
+            if isinstance(result, Job):
+                audit.record(actor, action, target, "started", job=result, node=where)
+            elif result is False:
+                reason = f"job is {acted_on.state}" if acted_on else ""
+                audit.record(
+                    actor, action, target, "refused", reason=reason, job=acted_on
+                )
+            else:
+                audit.record(actor, action, target, "done", job=acted_on, node=where)
+            return result
+
+        return wrapper
+
+    return decorator
 
 
 def start(
@@ -126,6 +194,7 @@ def _gallery_entry(target: str) -> GalleryBackend:
 # -- installs --------------------------------------------------------------------------
 
 
+@audited("install")
 def install(
     target: str,
     *,
@@ -133,6 +202,7 @@ def install(
     requested_by: str = "",
     node: Node | None = None,
     queue: bool = True,
+    actor: Actor | None = None,
 ) -> Job:
     """Install a gallery backend.
 
@@ -273,6 +343,7 @@ def check_external(
     return ExternalSource(uri, name, alias, folder)
 
 
+@audited("install_external")
 def install_external(
     uri: str,
     *,
@@ -282,6 +353,7 @@ def install_external(
     requested_by: str = "",
     node: Node | None = None,
     queue: bool = True,
+    actor: Actor | None = None,
 ) -> Job:
     """Install from an OCI image, a download, or a local folder (or a gallery name)."""
     source = check_external(uri, name, alias, here=node is None or node.is_local)
@@ -390,6 +462,7 @@ def _installed_job(
     )
 
 
+@audited("upgrade")
 def upgrade(
     name: str,
     *,
@@ -397,6 +470,7 @@ def upgrade(
     requested_by: str = "",
     node: Node | None = None,
     queue: bool = True,
+    actor: Actor | None = None,
 ) -> Job:
     """Upgrade an installed backend; a pinned one only with ``force``."""
     return _installed_job(
@@ -418,8 +492,14 @@ def pinned_builds(node: Node) -> set[str]:
     return {name for pair in rows for name in pair if name}
 
 
+@audited("rollback")
 def rollback(
-    name: str, version: str, *, requested_by: str = "", queue: bool = True
+    name: str,
+    version: str,
+    *,
+    requested_by: str = "",
+    queue: bool = True,
+    actor: Actor | None = None,
 ) -> Job:
     """Put a kept version of a backend of this host back in place (a job)."""
     return _installed_job(
@@ -432,6 +512,7 @@ def rollback(
     )
 
 
+@audited("delete")
 def delete(
     name: str,
     *,
@@ -439,6 +520,7 @@ def delete(
     node: Node | None = None,
     queue: bool = True,
     force: bool = False,
+    actor: Actor | None = None,
 ) -> Job:
     """Delete an installed backend; refused (409 ``backend_in_use``) while a model of
     this host's LocalAI uses a folder it removes, unless ``force``."""
@@ -472,7 +554,8 @@ def reinstall_source(name: str) -> str:
     return (record.uri if record else "") or row.metadata.uri
 
 
-def reinstall(name: str, *, requested_by: str = "") -> Job:
+@audited("reinstall")
+def reinstall(name: str, *, requested_by: str = "", actor: Actor | None = None) -> Job:
     """Install an installed backend again, over itself (the Installed page's button):
     from its gallery, or from the URI it was installed from."""
     if uri := reinstall_source(name):
@@ -493,7 +576,9 @@ def reinstall(name: str, *, requested_by: str = "") -> Job:
     )
 
 
-def upgrade_all(*, requested_by: str = "") -> tuple[list[str], list[str]]:
+def upgrade_all(
+    *, requested_by: str = "", actor: Actor | None = None
+) -> tuple[list[str], list[str]]:
     """Upgrade every backend of this host flagged upgradable, but the pinned ones;
     (started, refused)."""
     node = Node.objects.local()
@@ -508,7 +593,8 @@ def upgrade_all(*, requested_by: str = "") -> tuple[list[str], list[str]]:
     started, refused = [], []
     for name in names:
         try:
-            upgrade(name, requested_by=requested_by)
+            # Each upgrade is its own audit event, refusals included.
+            upgrade(name, requested_by=requested_by, actor=actor)
         except Refused as exc:
             refused.append(f"{name}: {exc}")
         else:
@@ -519,7 +605,8 @@ def upgrade_all(*, requested_by: str = "") -> tuple[list[str], list[str]]:
 # -- a job's life ----------------------------------------------------------------------
 
 
-def cancel(job: Job) -> bool:
+@audited("cancel")
+def cancel(job: Job, *, actor: Actor | None = None) -> bool:
     """Cancel a queued job now, or ask a running one to stop; False if too late.
 
     A fanned-out job cancels every part, then settles on what its parts became.
@@ -536,7 +623,8 @@ def cancel(job: Job) -> bool:
     return job.ask_to_stop()
 
 
-def retry(job: Job, *, requested_by: str = "") -> Job:
+@audited("retry")
+def retry(job: Job, *, requested_by: str = "", actor: Actor | None = None) -> Job:
     """The same work again; a fanned-out job goes to every agent taking work now."""
     if job.state not in (Job.State.FAILED, Job.State.CANCELLED):
         raise Refused(

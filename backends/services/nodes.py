@@ -18,7 +18,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backends.models import Job, Node
+from backends.models import Job, Node, NodeRefused
+from backends.services import audit
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,12 @@ def register(name: str, hardware: dict[str, Any], backends_path: str) -> Node:
     return node
 
 
-def heartbeat(node: Node) -> str:
-    """Record a heartbeat; an agent that was offline is online again. Returns the status."""
+def heartbeat(node: Node, *, disk: tuple[int, int] | None = None) -> str:
+    """Record a heartbeat, and the disk space (total, free) the agent reports; an agent
+    that was offline is online again. Returns the status."""
     updates: dict[str, Any] = {"last_heartbeat": timezone.now()}
+    if disk is not None:
+        updates["disk_total_bytes"], updates["disk_free_bytes"] = disk
     if node.status == Node.Status.OFFLINE:
         updates["status"] = Node.Status.ONLINE
     Node.objects.filter(pk=node.pk).update(**updates)
@@ -85,3 +89,24 @@ def sweep_offline() -> list[str]:
         log.warning("node %s is offline", node.name)
         swept.append(node.name)
     return swept
+
+
+def drain(node: Node, *, actor: audit.Actor | None = None) -> None:
+    """Stop sending the node new work (its running jobs finish); audited."""
+    _change_status(node, Node.drain, "node_drain", actor)
+
+
+def resume(node: Node, *, actor: audit.Actor | None = None) -> None:
+    """Let a drained node take new work again; audited."""
+    _change_status(node, Node.resume, "node_resume", actor)
+
+
+def _change_status(
+    node: Node, change: Any, action: str, actor: audit.Actor | None
+) -> None:
+    try:
+        change(node)
+    except NodeRefused as exc:
+        audit.record(actor, action, node.name, "refused", reason=str(exc), node=node)
+        raise
+    audit.record(actor, action, node.name, "done", node=node)

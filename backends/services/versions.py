@@ -14,7 +14,7 @@ from django.conf import settings
 from backends.core.installed import DiskBackend
 from backends.core.versions import KeptVersion, VersionNotFound, VersionStore
 from backends.models import InstalledBackend, Job, Node
-from backends.services import jobs, pipeline
+from backends.services import audit, jobs, pipeline
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,6 @@ def set_pinned(name: str, pinned: bool) -> InstalledBackend:
     if record.pinned != pinned:
         record.pinned = pinned
         record.save(update_fields=["pinned"])
+    # Who pinned what decides what upgrades skip: on the audit log, acting user included.
+    audit.record(None, "pin" if pinned else "unpin", row.name, "done")
     return record

@@ -17,7 +17,7 @@ from django.utils.cache import patch_vary_headers
 from django_htmx.middleware import HtmxDetails
 
 from backends import roles
-from backends.services import jobs
+from backends.services import audit, jobs
 
 View = Callable[..., HttpResponse]
 
@@ -40,6 +40,7 @@ def requires(permission: str) -> Callable[[View], View]:
             request: HtmxHttpRequest, *args: Any, **kwargs: Any
         ) -> HttpResponse:
             if not request.user.has_perm(permission):
+                audit.denied(request, roles.refusal(permission))
                 raise PermissionDenied(f"Not allowed: {roles.refusal(permission)}.")
             return view(request, *args, **kwargs)
 

@@ -8,7 +8,7 @@ from typing import Any
 from django import forms
 
 from backends.core.gallery import validate_backend_id
-from backends.models import GalleryBackend, Job
+from backends.models import AuditEvent, GalleryBackend, Job
 
 
 def _choices(values: Iterable[str], everything: str) -> list[tuple[str, str]]:
@@ -89,6 +89,42 @@ class JobHistoryForm(QueryForm):
 
     def clean_backend(self) -> str:
         return str(self.cleaned_data["backend"]).strip()
+
+
+class AuditFilterForm(QueryForm):
+    """Filters of the Audit page."""
+
+    who = forms.CharField(
+        required=False,
+        max_length=150,
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "User or token"}
+        ),
+    )
+    action = forms.ChoiceField(required=False)
+    target = forms.CharField(
+        required=False,
+        max_length=255,
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "Backend, node…"}
+        ),
+    )
+    outcome = forms.ChoiceField(
+        required=False, choices=[("", "Any outcome"), *AuditEvent.Outcome.choices]
+    )
+    since = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def __init__(self, data: Any = None, *, actions: Iterable[str] = ()) -> None:
+        super().__init__(data)
+        action = self.fields["action"]
+        assert isinstance(action, forms.ChoiceField)
+        action.choices = _choices(actions, "Any action")
 
 
 class KnownFilterForm(QueryForm):

@@ -19,7 +19,7 @@ from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
 from backends.services import catalogue as read
-from backends.services import jobs, plans, upgrades, usage, versions
+from backends.services import disk, jobs, plans, upgrades, usage, versions
 from backends.web.base import (
     HtmxHttpRequest,
     dismissed_jobs,
@@ -51,8 +51,11 @@ def installed_list(request: HtmxHttpRequest) -> HttpResponse:
     # every backend has been checked, then stops (286) and has the rows redrawn.
     since = watch_since(request, "checking")
     checking = since is not None and upgrades.check_pending(node, since)
+    sizes = [(row.name, row.size) for row in rows]
     context = {
         "rows": rows,
+        "bars": disk.bars(sizes),
+        "space": disk.local_space(sum(size for _, size in sizes)),
         "node": node,
         "upgradable": sum(1 for r in rows if r.upgrade_available),
         "checked_at": max(

@@ -18,7 +18,9 @@ from backends import roles
 from backends.core import installed
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import catalogue as read
+from backends.services import disk as disk_space
 from backends.services import jobs
+from backends.services import nodes as node_service
 from backends.web.base import (
     HtmxHttpRequest,
     render_page,
@@ -48,6 +50,7 @@ class NodeCard:
     backends: list[NodeBackend]
     jobs: list[Job]
     form: NodeInstallForm = field(default_factory=NodeInstallForm)
+    space: disk_space.Space | None = None
 
     @property
     def takes_work(self) -> bool:
@@ -104,6 +107,7 @@ def _node_cards(shown: Iterable[Node]) -> list[NodeCard]:
             node,
             _local_backends() if node.is_local else on_agents.get(node.pk, []),
             active.get(node.pk, []),
+            space=disk_space.node_space(node),
         )
         for node in shown
     ]
@@ -218,7 +222,7 @@ def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _change_status(
         request,
         pk,
-        Node.drain,
+        node_service.drain,
         "is draining: its running jobs finish, it takes no new work",
     )
 
@@ -226,4 +230,4 @@ def node_drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @requires(roles.MANAGE_NODES)
 def node_resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    return _change_status(request, pk, Node.resume, "takes new work again")
+    return _change_status(request, pk, node_service.resume, "takes new work again")

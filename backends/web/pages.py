@@ -13,6 +13,7 @@ from django_htmx.http import HTMX_STOP_POLLING
 
 from backends import roles, tasks
 from backends.models import Gallery, Node
+from backends.services import audit
 from backends.services import catalogue as read
 from backends.web.base import (
     HtmxHttpRequest,
@@ -80,6 +81,7 @@ def gallery_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     gallery = get_object_or_404(Gallery, pk=pk)
     since = since_param()
     tasks.sync_gallery(gallery.pk, force=True)
+    audit.record(None, "gallery_sync", gallery.name, "started")
     messages.info(
         request, f"Sync of {gallery.name} queued: its row updates when it is done."
     )

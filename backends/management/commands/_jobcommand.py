@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from backends.core.installed import human_size
 from backends.core.redact import redact_uri
 from backends.models import Job
-from backends.services import jobs, pipeline, plans
+from backends.services import audit, jobs, pipeline, plans
 
 
 class JobCommand(BaseCommand):
@@ -43,7 +43,9 @@ class JobCommand(BaseCommand):
         try:
             if options["dry_run"]:
                 return self.dry_run(options["name"], options)
-            job = self.start(options["name"], options)
+            # The audit log records the command and the account that ran it.
+            with audit.acting_as(audit.Actor.cli()):
+                job = self.start(options["name"], options)
         except jobs.Refused as exc:
             raise CommandError(str(exc)) from None
         if job.state != Job.State.QUEUED:

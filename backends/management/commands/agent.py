@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,19 @@ class Command(BaseCommand):
     ) -> None:
         while not stop.wait(settings.NODE_HEARTBEAT_SECONDS):
             try:
-                client.post(f"/api/node/{node.pk}/heartbeat")
+                client.post(f"/api/node/{node.pk}/heartbeat", json=disk_report())
             except httpx.HTTPError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+
+def disk_report() -> dict[str, Any]:
+    """The backends disk's space, for the controller's node cards; nothing if unreadable."""
+    # The folder may not exist before the first install: its disk is its parent's.
+    path = Path(settings.LOCALAI_BACKENDS_PATH).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return {}
+    return {"disk": {"total": usage.total, "free": usage.free}}

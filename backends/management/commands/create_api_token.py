@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from backends import roles
 from backends.models import ApiToken
+from backends.services import audit
 
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -57,5 +58,11 @@ class Command(BaseCommand):
                 f"{username!r} has no role: add them to the viewer, operator or admin "
                 "group first"
             )
-        _token, value = ApiToken.objects.create_token(user, name, expires_at=expires_at)
+        token, value = ApiToken.objects.create_token(user, name, expires_at=expires_at)
+        audit.record(
+            audit.Actor.cli(),
+            "token_create",
+            f"{token.name} ({token.prefix}…) of {username}",
+            "done",
+        )
         return value

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from backends import tasks
+from backends.services import audit
 
 
 class Command(BaseCommand):
@@ -23,7 +24,11 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, force: bool = False, background: bool = False, **options: Any
     ) -> str:
+        actor = audit.Actor.cli()
         if background:
             tasks.sync_galleries(force=force)
+            audit.record(actor, "gallery_sync", "all galleries", "started")
             return "Gallery sync queued."
-        return "\n".join(tasks.sync_all(force=force))
+        summaries = tasks.sync_all(force=force)
+        audit.record(actor, "gallery_sync", "all galleries", "done")
+        return "\n".join(summaries)
