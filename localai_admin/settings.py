@@ -95,6 +95,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # JSON errors under /api and /backends whatever DEBUG says.
+    "backends.api.middleware.JsonErrorsMiddleware",
     # Last, as django-axes asks: it turns a refused login into the lockout answer.
     "axes.middleware.AxesMiddleware",
 ]

@@ -138,6 +138,18 @@ class DjangoErrorsTestCase(BaseTestCase):
         self.assertNotIn(b"secret detail", r.content)
         self.assertNotIn(b"Traceback", r.content)
 
+    @override_settings(ROOT_URLCONF="tests.urls_failing", DEBUG=True)
+    def test_the_api_answers_json_errors_in_debug_mode_too(self) -> None:
+        client = Client(raise_request_exception=False)
+        headers = {"Authorization": f"Bearer {self.token_value}"}
+        r = client.get("/api/failing", headers=headers)
+        self.assertEqual(r.status_code, 500)
+        self.assertEqual(r.json()["error"]["type"], "server_error")
+        self.assertNotIn(b"secret detail", r.content)
+        r = client.get("/api/no-such-route", headers=headers)
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(r.json()["error"]["type"], "not_found")
+
     @override_settings(ROOT_URLCONF="tests.urls_failing", DEBUG=False)
     def test_an_unhandled_exception_in_a_page_answers_the_html_500(self) -> None:
         client = Client(raise_request_exception=False)

@@ -32,7 +32,7 @@ from backends.core.oci import (
 from backends.core.policy import SourcePolicy, SourceRefused, may_send_credentials
 from backends.core.text import with_article
 from backends.models import Gallery, GalleryBackend, Job, Node
-from tests.base import PipelineTestCase, make_build
+from tests.base import BaseTestCase, PipelineTestCase, make_build
 from tests.imagebuild import make_layer
 from tests.registry_fixtures import FaultProxy, RegistryProcess
 from tests.slowserver import tarball
@@ -459,3 +459,17 @@ class SourcePolicyTestCase(PipelineTestCase):
         status = self.status(self.apply("cpu-bar"))
 
         self.assertEqual(status["state"], "completed", status)
+
+
+class NulInLocalUriTestCase(BaseTestCase):
+    def test_a_percent_encoded_nul_in_a_file_uri_is_refused_not_a_crash(self) -> None:
+        r = self.api_post(
+            "/api/backends/install-external", {"uri": "file:///x%00", "name": "x"}
+        )
+        self.assertEqual(r.status_code, 400, r.content)
+        self.assertIn("LOCALAI_ADMIN_LOCAL_ROOTS", r.json()["error"]["message"])
+
+    def test_a_single_slash_file_uri_needs_the_path_permission(self) -> None:
+        from backends import roles
+
+        self.assertEqual(roles.to_install_from("file:/srv/x"), roles.INSTALL_FROM_PATH)

@@ -156,8 +156,13 @@ class SourcePolicy:
         under a local root. Outside the roots the answer is the same whether the path
         exists or not. Messages name ``shown`` (what the user gave), else ``path``."""
         shown = shown or os.fspath(path)
-        real = Path(os.path.realpath(path))
-        if not any(real.is_relative_to(root) for root in self.local_roots):
+        try:
+            real = Path(os.path.realpath(path))
+        except ValueError:  # an embedded NUL (a "%00" in a file:// URL): no such path
+            real = None
+        if real is None or not any(
+            real.is_relative_to(root) for root in self.local_roots
+        ):
             raise SourceRefused(
                 f"{shown} is not under a folder local sources may be read "
                 f"from; {LOCAL_ROOTS_SETTING} lists those folders"

@@ -20,7 +20,8 @@ class SourceKind(StrEnum):
 
 
 def classify(uri: str) -> SourceKind:
-    if uri.startswith("file://"):
+    # Any "file:" form (file:/x, FILE:///x) names a local file, as the policy reads it.
+    if uri[:5].lower() == "file:":
         return SourceKind.FILE
     if uri.startswith(("http://", "https://")):
         return SourceKind.URL
