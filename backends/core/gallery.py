@@ -33,7 +33,15 @@ from yaml.resolver import Resolver
 from backends.core.installed import TRANSIENT_SUFFIXES
 from backends.core.policy import SourcePolicy, default_policy
 from backends.core.redact import redact_message, redact_uri
-from backends.core.transfer import DEFAULT_STALL_SECONDS, Stalled, Watch, stalled
+from backends.core.transfer import (
+    DEFAULT_STALL_SECONDS,
+    BodyTimedOut,
+    BodyTooLarge,
+    Stalled,
+    Watch,
+    read_capped,
+    stalled,
+)
 
 # --- names -----------------------------------------------------------------------------
 
@@ -915,19 +923,15 @@ def _read_http(
             if not 200 <= status < 300:
                 # Never parse an error page as an index.
                 raise _SourceFailed(f"HTTP {status} {response.reason_phrase}".rstrip())
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_GALLERY_BYTES:
-                raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in watch.read(response):
-                size += len(chunk)
-                if size > MAX_GALLERY_BYTES:
-                    raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")
-                if time.monotonic() > deadline:
-                    raise _SourceFailed(f"timed out after {timeout:g}s")
-                chunks.append(chunk)
-            return b"".join(chunks), response.headers.get("etag", "")
+            try:
+                body = read_capped(
+                    response, watch, max_bytes=MAX_GALLERY_BYTES, deadline=deadline
+                )
+            except BodyTooLarge as exc:
+                raise _SourceFailed(str(exc)) from None
+            except BodyTimedOut:
+                raise _SourceFailed(f"timed out after {timeout:g}s") from None
+            return body, response.headers.get("etag", "")
     except Stalled as exc:
         raise _SourceFailed(str(exc)) from None
     except httpx.TimeoutException as exc:

@@ -18,7 +18,13 @@ import httpx
 
 from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_uri
-from backends.core.transfer import Stalled, Watch
+from backends.core.transfer import (
+    BodyTimedOut,
+    BodyTooLarge,
+    Stalled,
+    Watch,
+    read_capped,
+)
 
 MAX_ICON_BYTES = 256 * 1024
 ICON_TIMEOUT_SECONDS = 20.0
@@ -107,18 +113,16 @@ def fetch_icon(
         ):
             if response.status_code != 200:
                 raise IconRefused(f"{shown}: HTTP {response.status_code}")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise IconRefused(f"{shown}: larger than {max_bytes // 1024} KiB")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in watch.read(response):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise IconRefused(f"{shown}: larger than {max_bytes // 1024} KiB")
-                if time.monotonic() > deadline:
-                    raise IconRefused(f"{shown}: timed out after {timeout:g}s")
-                chunks.append(chunk)
+            try:
+                body = read_capped(
+                    response, watch, max_bytes=max_bytes, deadline=deadline
+                )
+            except BodyTooLarge:
+                raise IconRefused(
+                    f"{shown}: larger than {max_bytes // 1024} KiB"
+                ) from None
+            except BodyTimedOut:
+                raise IconRefused(f"{shown}: timed out after {timeout:g}s") from None
             content_type = response.headers.get("content-type", "")
     except SourceRefused as exc:
         raise IconRefused(f"{shown}: {exc}") from None
@@ -127,6 +131,6 @@ def fetch_icon(
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise IconRefused(f"{shown}: {type(exc).__name__}") from None
     try:
-        return check_icon(content_type, b"".join(chunks))
+        return check_icon(content_type, body)
     except IconRefused as exc:
         raise IconRefused(f"{shown}: {exc}") from None

@@ -289,3 +289,32 @@ def _close(value: Any) -> None:
     if callable(close):
         with suppress(Exception):  # best effort on an abandoned result
             close()
+
+
+class BodyTooLarge(ValueError):
+    """A response body over the cap its reader set."""
+
+
+class BodyTimedOut(TimeoutError):
+    """A response body still arriving when the whole transfer's deadline passed."""
+
+
+def read_capped(
+    response: httpx.Response, watch: Watch, *, max_bytes: int, deadline: float
+) -> bytes:
+    """The whole body of a small response (a gallery, an icon), under the stall rule,
+    at most ``max_bytes`` (the declared length is checked first), and finished before
+    ``deadline`` (``time.monotonic()``), so a trickling server cannot hold a fetch."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(f"larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in watch.read(response):
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"larger than {max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise BodyTimedOut("the whole transfer took too long")
+        chunks.append(chunk)
+    return b"".join(chunks)
