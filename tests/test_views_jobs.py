@@ -127,7 +127,7 @@ class JobDetailTestCase(BaseTestCase):
         self.assertEqual(r.status_code, 286)
         self.assertContains(r, "Install: completed", status_code=286)
         self.assertNotContains(r, "hx-trigger", status_code=286)
-        self.assertIn("job-finished", r["HX-Trigger"])
+        self.assertIn("job-finished", r["HX-Trigger-After-Settle"])
 
     def test_it_answers_404_for_an_unknown_job(self) -> None:
         r = self.client.get("/jobs/00000000-0000-0000-0000-000000000000/")
@@ -301,7 +301,7 @@ class FanOutJobTestCase(BaseTestCase):
         Job.objects.settle_parent(self.parent.pk)
         r = self.client.get(f"/jobs/{self.parent.pk}/", headers=HTMX)
         self.assertEqual(r.status_code, 286)
-        self.assertIn("job-finished", r["HX-Trigger"])
+        self.assertIn("job-finished", r["HX-Trigger-After-Settle"])
         parts = self.parts(r.content.decode())
         self.assertIn('<span class="badge completed">success</span>', parts["gpu-node"])
         self.assertIn('<progress max="100" value="100.0"', parts["gpu-node"])

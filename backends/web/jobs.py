@@ -94,8 +94,12 @@ def _job_fragment(request: HtmxHttpRequest, job: Job) -> HttpResponse:
     )
     if wants_fragment(request):
         # Pages listen for this to refresh what the job changed (rows, installed state).
+        # After the settle: the job's last state is drawn before its row is redrawn.
         trigger_client_event(
-            response, "job-finished", {"id": str(job.pk), "state": job.state}
+            response,
+            "job-finished",
+            {"id": str(job.pk), "state": job.state},
+            after="settle",
         )
     return response
 
