@@ -112,16 +112,18 @@ class AgentModelsReportTestCase(PipelineTestCase):
         self.install_on_disk("cpu-bar")
         self.install_on_disk("bar", meta_for="cpu-bar")
         write_model(self.models, "chat.yaml", "bar", name="chat")
-        body = agent.heartbeat_body()
+        body = agent.heartbeat_body("default")
         self.assertEqual(
             body["models"],
             [{"model": "chat", "backend": "bar", "folders": ["bar", "cpu-bar"]}],
         )
         self.assertIn("disk", body)
+        # Reading its own disk must not make the agent a local node in the shared table.
+        self.assertFalse(Node.objects.filter(is_local=True).exists())
 
     def test_without_a_models_folder_the_agent_reports_no_models(self) -> None:
         with override_settings(LOCALAI_MODELS_PATH=None):
-            self.assertEqual(agent.heartbeat_body()["models"], [])
+            self.assertEqual(agent.heartbeat_body("default")["models"], [])
 
     def test_a_heartbeat_replaces_the_nodes_models(self) -> None:
         models = [{"model": "chat", "backend": "bar", "folders": ["cpu-bar"]}]
@@ -162,7 +164,7 @@ class AgentModelsReportTestCase(PipelineTestCase):
         for i in range(models_usage.REPORT_MAX_MODELS + 5):
             write_model(self.models, f"m{i:04}.yaml", "cpu-foo", name=f"m{i:04}")
         with self.assertLogs("backends.services.usage", "WARNING") as logs:
-            report = agent.heartbeat_body()["models"]
+            report = agent.heartbeat_body("default")["models"]
         self.assertEqual(len(report), models_usage.REPORT_MAX_MODELS)
         self.assertIn("only 500 of 505 models", logs.output[0])
         self.assertEqual(self.heartbeat({"models": report}).status_code, 200)

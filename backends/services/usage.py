@@ -77,17 +77,20 @@ def _refusal(name: str, models: list[str]) -> tuple[str, list[str]]:
 # -- distributed mode: each agent reads its own models folder ---------------------------
 
 
-def model_report() -> list[dict[str, Any]]:
+def model_report(capability: str) -> list[dict[str, Any]]:
     """This host's models, each with the backend it names and the folders that name
     lands on here: what an agent sends the controller (registration and heartbeats).
-    The agent resolves the names itself, since only it can read its own disk."""
+    The agent resolves the names itself, since only it can read its own disk; it
+    passes its capability (which build an alias stands for), as asking for the local
+    node would create a row for it in the shared database."""
     path = models_path()
     if path is None:
         return []
     configs = models_usage.read_configs(path)
     if not configs:
         return []
-    folders, registry = catalogue.installed_folders(), catalogue.local_disk()
+    folders = catalogue.installed_folders()
+    registry = catalogue.local_disk(capability)
     cut = models_usage.REPORT_MAX_TEXT
     report: list[dict[str, Any]] = []
     size = 0

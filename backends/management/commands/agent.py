@@ -82,7 +82,7 @@ class Command(BaseCommand):
             "name": settings.NODE_NAME,
             "hardware": report.to_dict(),
             "backends_path": str(settings.LOCALAI_BACKENDS_PATH),
-            "models": usage.model_report(),
+            "models": usage.model_report(report.capability),
         }
         try:
             response = client.post("/api/node/register", json=body)
@@ -119,7 +119,10 @@ class Command(BaseCommand):
     ) -> None:
         while not stop.wait(settings.NODE_HEARTBEAT_SECONDS):
             try:
-                client.post(f"/api/node/{node.pk}/heartbeat", json=heartbeat_body())
+                client.post(
+                    f"/api/node/{node.pk}/heartbeat",
+                    json=heartbeat_body(node.capability),
+                )
             except httpx.HTTPError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -137,6 +140,6 @@ def disk_report() -> dict[str, Any]:
     return {"disk": {"total": space.total, "free": space.free}}
 
 
-def heartbeat_body() -> dict[str, Any]:
+def heartbeat_body(capability: str) -> dict[str, Any]:
     """What each heartbeat carries: the disk's space and LocalAI's models here."""
-    return {**disk_report(), "models": usage.model_report()}
+    return {**disk_report(), "models": usage.model_report(capability)}
