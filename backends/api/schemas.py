@@ -181,13 +181,23 @@ PLAN_BODY: Schema = {
     "type": "object",
     "required": ["action", "id"],
     "properties": {
-        "action": {"type": "string", "enum": ["install", "upgrade", "delete"]},
+        "action": {
+            "type": "string",
+            "enum": ["install", "upgrade", "delete", "rollback"],
+        },
         "id": {
             **BACKEND_ID,
             "description": "install: gallery backend name or gallery@name; upgrade, "
-            "delete: installed backend name or alias",
+            "delete, rollback: installed backend name or alias",
         },
         "force": BOOL,
+        "version": {
+            "type": ["string", "null"],
+            "maxLength": 255,
+            "pattern": NO_NUL,
+            "description": "rollback: a kept version's id, or its version; empty: "
+            "the newest kept",
+        },
     },
 }
 DELETE_BODY: Schema = {
