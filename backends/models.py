@@ -384,6 +384,11 @@ class Node(models.Model):
     # The backends disk, as the node last reported it (0: never reported).
     disk_total_bytes = models.BigIntegerField(default=0)
     disk_free_bytes = models.BigIntegerField(default=0)
+    # LocalAI's models on the node, as its agent last reported them: a list of
+    # {"model", "backend", "folders"} (the folders that backend name lands on there).
+    # The controller cannot read an agent's models folder, so a delete on that node
+    # is checked against this (services.usage).
+    localai_models = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = NodeQuerySet.as_manager()

@@ -97,3 +97,29 @@ def test_an_agent_reports_its_backends_disk_with_each_heartbeat(
     assert 0 < node.disk_free_bytes <= node.disk_total_bytes
     page = admin_client.get("/nodes/").content.decode()
     assert f'max="{node.disk_total_bytes}"' in page
+
+
+def test_an_agent_reports_its_models_and_a_delete_there_is_refused(
+    cluster: Cluster, admin_client, tmp_path
+) -> None:
+    models = tmp_path / "cpu-models"
+    models.mkdir()
+    (models / "stt.yaml").write_text("name: stt\nbackend: whisper\n")
+    cluster.env["LOCALAI_MODELS_PATH"] = str(models)
+    cluster.start("cpu-node", linux_host)
+    node = wait_for(
+        lambda: Node.objects.filter(name="cpu-node").exclude(localai_models=[]).first(),
+        cluster.log("cpu-node"),
+        timeout=30,
+    )
+    assert not node.is_local
+    assert node.localai_models == [
+        {"model": "stt", "backend": "whisper", "folders": []}
+    ]
+    r = admin_client.post(
+        f"/api/nodes/{node.pk}/backends/delete",
+        {"backend": "whisper"},
+        content_type="application/json",
+    )
+    assert r.status_code == 409, r.content
+    assert r.json()["models"] == ["stt"]

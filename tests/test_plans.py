@@ -1,4 +1,4 @@
-"""Plans: what an install, upgrade or delete would do, without doing it."""
+"""Plans: what an install, upgrade, delete or rollback would do, without doing it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
+from backends.core.versions import VersionStore
 from backends.models import InstalledBackend, Job
-from tests.base import PipelineTestCase
+from tests.base import PipelineTestCase, make_build
 from tests.imagebuild import file, make_layer
 from tests.registry_fixtures import RegistryProcess
 from tests.test_models_in_use import write_model
@@ -77,6 +78,39 @@ class PlanTestCase(PipelineTestCase):
         self.assertEqual(body["models"], ["chat"])
         self.assertFalse(body["changes"])
         self.assertTrue(forced["changes"])
+
+    def test_a_rollback_plan_names_the_version_coming_back_and_the_one_kept(
+        self,
+    ) -> None:
+        self.status(self.apply("cpu-bar"))
+        old = make_build(self.backends / "old-bar", "old")
+        (old / "metadata.json").write_text('{"name": "cpu-bar", "version": "0.9"}')
+        kept = VersionStore(self.backends).keep(old, "cpu-bar", 1)
+        assert kept is not None
+        models = self.gallery_file.parent / "models"
+        write_model(models, "chat.yaml", "cpu-bar", name="chat")
+        before = snapshot(self.backends), database()
+        with override_settings(LOCALAI_MODELS_PATH=models):
+            body = self.plan("rollback", "cpu-bar", version="0.9").json()
+            newest = self.plan("rollback", "cpu-bar").json()
+        self.assertEqual((body["backend"], body["build"]), ("cpu-bar", "cpu-bar"))
+        self.assertIn("cpu-bar goes back to 0.9", body["explanation"])
+        self.assertEqual(
+            [(f["action"], f["name"]) for f in body["folders"]],
+            [("replace", "cpu-bar"), ("keep", "cpu-bar")],
+        )
+        self.assertIn(kept.id, body["folders"][0]["note"])
+        self.assertEqual(body["models"], ["chat"])
+        self.assertEqual(newest["folders"], body["folders"])
+        self.assertEqual((snapshot(self.backends), database()), before)
+
+    def test_a_rollback_plan_without_a_kept_version_is_404(self) -> None:
+        self.status(self.apply("cpu-bar"))
+        r = self.plan("rollback", "cpu-bar")
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(r.json()["code"], "version_not_found")
+        r = self.plan("rollback", "cpu-bar", version="7.7")
+        self.assertEqual(r.status_code, 404)
 
     def test_a_plan_never_changes_anything(self) -> None:
         self.status(self.apply("cpu-bar"))

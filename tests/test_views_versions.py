@@ -50,6 +50,19 @@ class VersionPagesTestCase(BaseTestCase):
         self.assertContains(r, 'method="post"')
         self.assertFalse(Job.objects.exists())
 
+    def test_the_rollback_confirmation_shows_the_plan_first(self) -> None:
+        models = Path(settings.LOCALAI_BACKENDS_PATH).parent / "models"
+        models.mkdir()
+        (models / "stt.yaml").write_text("name: stt\nbackend: cpu-whisper\n")
+        self.client.force_login(self.carol)
+        with self.settings(LOCALAI_MODELS_PATH=models):
+            r = self.client.get(f"/installed/cpu-whisper/rollback/{self.kept.id}/")
+        self.assertContains(r, "cpu-whisper goes back to 0.9")
+        self.assertContains(r, "<strong>replace</strong>")
+        self.assertContains(r, "moves into the kept versions")
+        self.assertContains(r, "Models using it: stt.")
+        self.assertFalse(Job.objects.exists())
+
     def test_confirming_starts_a_rollback_job(self) -> None:
         self.client.force_login(self.carol)
         r = self.client.post(f"/installed/cpu-whisper/rollback/{self.kept.id}/")

@@ -386,11 +386,14 @@ def upgrade_check(request: HttpRequest) -> JsonResponse:
     body=schemas.PLAN_BODY,
 )
 def plan(request: ApiRequest) -> JsonResponse:
-    """What an install, upgrade or delete would do, without doing it"""
+    """What an install, upgrade, delete or rollback would do, without doing it"""
     data = request.json
     try:
         answer = plans.make_plan(
-            data["action"], data["id"], force=data.get("force", False)
+            data["action"],
+            data["id"],
+            force=data.get("force", False),
+            version=data.get("version") or "",
         )
     except jobs.Refused as exc:
         return refused(exc)

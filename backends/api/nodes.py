@@ -102,7 +102,9 @@ def register(request: ApiRequest) -> JsonResponse:
     hardware = request.json.get("hardware") or {}
     backends_path = _text(request.json, "backends_path")
     try:
-        node = nodes.register(name, hardware, backends_path)
+        node = nodes.register(
+            name, hardware, backends_path, models=request.json.get("models")
+        )
     except (KeyError, TypeError, ValueError) as exc:
         return json_error(400, f"hardware report is not usable: {exc}")
     # A (re)registration may bring a node back online: the log says which host did.
@@ -118,7 +120,7 @@ def register(request: ApiRequest) -> JsonResponse:
     body=schemas.HEARTBEAT_BODY,
 )
 def heartbeat(request: ApiRequest, node_id: int) -> JsonResponse:
-    """Agents: heartbeat, with the backends disk's space (registration token)"""
+    """Agents: heartbeat, with the disk's space and LocalAI's models (registration token)"""
     node = Node.objects.filter(pk=node_id).first()
     if node is None:
         return json_error(404, f"no node {node_id}: register first")
@@ -126,7 +128,8 @@ def heartbeat(request: ApiRequest, node_id: int) -> JsonResponse:
     if disk is not None and disk["free"] > disk["total"]:
         return json_error(400, "disk: free is larger than total")
     space = (disk["total"], disk["free"]) if disk else None
-    return JsonResponse({"status": nodes.heartbeat(node, disk=space)})
+    models = request.json.get("models")
+    return JsonResponse({"status": nodes.heartbeat(node, disk=space, models=models)})
 
 
 # -- admin -----------------------------------------------------------------------------
@@ -255,9 +258,9 @@ def node_upgrade(request: ApiRequest, node_id: str) -> JsonResponse:
     return _installed_backend_job(request, node_id, Job.Kind.UPGRADE)
 
 
-@node_job_view(permission=roles.DELETE, body=schemas.NODE_BACKEND_BODY)
+@node_job_view(permission=roles.DELETE, body=schemas.NODE_DELETE_BODY)
 def node_delete(request: ApiRequest, node_id: str) -> JsonResponse:
-    """Delete a backend from one node (a job)"""
+    """Delete a backend from one node (a job); 409 backend_in_use unless force"""
     return _installed_backend_job(request, node_id, Job.Kind.DELETE)
 
 
@@ -271,9 +274,13 @@ def _installed_backend_job(
         backend = _backend_from_body(request)
     except BadRequest as exc:
         return json_error(400, str(exc))
-    start = jobs.delete if kind == Job.Kind.DELETE else jobs.upgrade
+    username = request.user.get_username()
     try:
-        job = start(backend, requested_by=request.user.get_username(), node=node)
+        if kind == Job.Kind.DELETE:
+            force = bool(request.json.get("force", False))
+            job = jobs.delete(backend, requested_by=username, node=node, force=force)
+        else:
+            job = jobs.upgrade(backend, requested_by=username, node=node)
     except jobs.Refused as exc:
         return refused(exc)
     return _node_started(request, job)

@@ -15,6 +15,7 @@ from django.db.models import Field, Model
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 
+from backends.core import models_usage
 from backends.core.gallery import MAX_NAME_LENGTH
 from backends.models import AuditEvent, Job, Node
 
@@ -180,13 +181,23 @@ PLAN_BODY: Schema = {
     "type": "object",
     "required": ["action", "id"],
     "properties": {
-        "action": {"type": "string", "enum": ["install", "upgrade", "delete"]},
+        "action": {
+            "type": "string",
+            "enum": ["install", "upgrade", "delete", "rollback"],
+        },
         "id": {
             **BACKEND_ID,
             "description": "install: gallery backend name or gallery@name; upgrade, "
-            "delete: installed backend name or alias",
+            "delete, rollback: installed backend name or alias",
         },
         "force": BOOL,
+        "version": {
+            "type": ["string", "null"],
+            "maxLength": 255,
+            "pattern": NO_NUL,
+            "description": "rollback: a kept version's id, or its version; empty: "
+            "the newest kept",
+        },
     },
 }
 DELETE_BODY: Schema = {
@@ -223,6 +234,44 @@ NODE_BACKEND_BODY: Schema = {
     "required": ["backend"],
     "properties": {"backend": BACKEND_ID},
 }
+NODE_DELETE_BODY: Schema = {
+    "type": "object",
+    "required": ["backend"],
+    "properties": {
+        "backend": BACKEND_ID,
+        "force": {
+            **BOOL,
+            "description": "delete even though models of LocalAI on that node use it",
+        },
+    },
+}
+# What an agent reads in its own models folder (LOCALAI_MODELS_PATH on its host): the
+# controller refuses a delete on that node of a backend one of these uses.
+_TEXT_MAX = models_usage.REPORT_MAX_TEXT
+MODELS_REPORT: Schema = {
+    "type": "array",
+    "maxItems": models_usage.REPORT_MAX_MODELS,
+    "description": "LocalAI's models on the agent's host (replaces the last report)",
+    "items": {
+        "type": "object",
+        "required": ["model", "backend"],
+        "properties": {
+            "model": {**TEXT, "minLength": 1, "maxLength": _TEXT_MAX},
+            "backend": {
+                **TEXT,
+                "minLength": 1,
+                "maxLength": _TEXT_MAX,
+                "description": "the backend: field of the model's config",
+            },
+            "folders": {
+                "type": "array",
+                "maxItems": models_usage.REPORT_MAX_FOLDERS,
+                "items": NAME,
+                "description": "the backend folders that name lands on there",
+            },
+        },
+    },
+}
 REGISTER_BODY: Schema = {
     "type": "object",
     "required": ["name"],
@@ -230,6 +279,7 @@ REGISTER_BODY: Schema = {
         "name": NAME,
         "hardware": HARDWARE,
         "backends_path": {**column(Node, "backends_path"), "type": ["string", "null"]},
+        "models": MODELS_REPORT,
     },
 }
 
@@ -270,7 +320,8 @@ HEARTBEAT_BODY: Schema = {
                 "total": {"type": "integer", "minimum": 1, "maximum": 2**62},
                 "free": {"type": "integer", "minimum": 0, "maximum": 2**62},
             },
-        }
+        },
+        "models": MODELS_REPORT,
     },
 }
 AGENT_NODE_PATH: Schema = {"node_id": {**INTEGER, "description": "the node's id"}}

@@ -36,6 +36,13 @@ MAX_CONFIG_BYTES = 1 << 20
 # (and said so) instead of reading an attacker-sized folder on every delete.
 MAX_CONFIGS = 5000
 SUFFIXES = (".yaml", ".yml")
+# The bounds of an agent's models report (the controller's schema says the same): past
+# them an entry is cut, since one odd config must not get a whole heartbeat refused.
+REPORT_MAX_TEXT = 255
+REPORT_MAX_FOLDERS = 16
+# The whole report rides in one heartbeat, under the API's 64 KiB body limit.
+REPORT_MAX_MODELS = 500
+REPORT_MAX_BYTES = 48 * 1024
 
 try:  # the C loader when PyYAML was built with libyaml, as the gallery parser uses
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]

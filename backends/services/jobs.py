@@ -523,9 +523,13 @@ def delete(
     actor: Actor | None = None,
 ) -> Job:
     """Delete an installed backend; refused (409 ``backend_in_use``) while a model of
-    this host's LocalAI uses a folder it removes, unless ``force``."""
-    if not force and (node is None or node.is_local):
-        reason, models = usage.in_use_refusal(installed_here(name).name)
+    that node's LocalAI uses a folder it removes, unless ``force``: this host's models
+    folder is read here, an agent's as it last reported it."""
+    if not force:
+        if node is None or node.is_local:
+            reason, models = usage.in_use_refusal(installed_here(name).name)
+        else:
+            reason, models = usage.node_in_use_refusal(node, name)
         if models:
             raise Refused(409, reason, code="backend_in_use", models=models)
     return _installed_job(

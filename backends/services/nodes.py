@@ -36,15 +36,25 @@ def token_is_valid(presented: str) -> bool:
     )
 
 
-def register(name: str, hardware: dict[str, Any], backends_path: str) -> Node:
+def register(
+    name: str,
+    hardware: dict[str, Any],
+    backends_path: str,
+    *,
+    models: list[dict[str, Any]] | None = None,
+) -> Node:
+    """Create or update an agent's node; ``models`` is its models report (None: keep
+    the last one, as from an agent that sends none)."""
+    updates: dict[str, Any] = {
+        "backends_path": backends_path,
+        "last_heartbeat": timezone.now(),
+    }
+    if models is not None:
+        updates["localai_models"] = models
     node, _ = Node.objects.update_or_create(
         name=name,
-        defaults={"backends_path": backends_path, "last_heartbeat": timezone.now()},
-        create_defaults={
-            "backends_path": backends_path,
-            "last_heartbeat": timezone.now(),
-            "is_local": False,
-        },
+        defaults=updates,
+        create_defaults={**updates, "is_local": False},
     )
     if node.status == Node.Status.OFFLINE:
         node.status = Node.Status.ONLINE
@@ -52,12 +62,19 @@ def register(name: str, hardware: dict[str, Any], backends_path: str) -> Node:
     return node
 
 
-def heartbeat(node: Node, *, disk: tuple[int, int] | None = None) -> str:
-    """Record a heartbeat, and the disk space (total, free) the agent reports; an agent
-    that was offline is online again. Returns the status."""
+def heartbeat(
+    node: Node,
+    *,
+    disk: tuple[int, int] | None = None,
+    models: list[dict[str, Any]] | None = None,
+) -> str:
+    """Record a heartbeat, the disk space (total, free) and the models the agent
+    reports; an agent that was offline is online again. Returns the status."""
     updates: dict[str, Any] = {"last_heartbeat": timezone.now()}
     if disk is not None:
         updates["disk_total_bytes"], updates["disk_free_bytes"] = disk
+    if models is not None:
+        updates["localai_models"] = models
     if node.status == Node.Status.OFFLINE:
         updates["status"] = Node.Status.ONLINE
     Node.objects.filter(pk=node.pk).update(**updates)

@@ -1,4 +1,4 @@
-"""What an install, upgrade or delete would do, without doing it.
+"""What an install, upgrade, delete or rollback would do, without doing it.
 
 The API's ``POST /api/backends/plan``, the dashboard's confirmations and the commands'
 ``--dry-run`` all call ``make_plan``. It reads what the job reads (the gallery, this
@@ -32,12 +32,13 @@ from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import looks_like_oci
 from backends.core.transfer import Cancelled, Watch
+from backends.core.versions import KeptVersion
 from backends.models import GalleryBackend, InstalledBackend, Node
-from backends.services import catalogue, jobs, pipeline, usage
+from backends.services import catalogue, jobs, pipeline, usage, versions
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("install", "upgrade", "delete")
+ACTIONS = ("install", "upgrade", "delete", "rollback")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Plan:
         for download in self.downloads:
             size = _size(download.bytes)
             out.append(f"  download {download.uri}: {size} ({download.how})")
-        if self.action != "delete":
+        if self.action in ("install", "upgrade"):
             out.append(
                 f"  disk: needs {_size(self.disk_needed)}, "
                 f"{installed.human_size(self.disk_free)} free, "
@@ -145,9 +146,12 @@ def _size(size: int | None) -> str:
     return "unknown" if size is None else installed.human_size(size)
 
 
-def make_plan(action: str, target: str, *, force: bool = False) -> Plan:
+def make_plan(
+    action: str, target: str, *, force: bool = False, version: str = ""
+) -> Plan:
     """The plan of ``action`` on ``target`` on this host. Refused (as the job would be
-    refused) for a bad name, an unknown backend or a system backend."""
+    refused) for a bad name, an unknown backend or a system backend. ``version`` is
+    the kept version a rollback restores (its id or version; empty: the newest)."""
     if action not in ACTIONS:
         raise jobs.Refused(
             400, f"unknown action {action!r}: one of {', '.join(ACTIONS)}"
@@ -164,6 +168,8 @@ def make_plan(action: str, target: str, *, force: bool = False) -> Plan:
         _plan_install(plan, force)
     elif action == "upgrade":
         _plan_upgrade(plan)
+    elif action == "rollback":
+        _plan_rollback(plan, version)
     else:
         _plan_delete(plan, force)
     if plan.enough_disk is False:
@@ -344,6 +350,65 @@ def _plan_upgrade(plan: Plan) -> None:
     plan.downloads.append(measure(pipeline.gallery_source(entry).uri))
     plan.models = _models_of(concrete)
     _warn_shared(plan, concrete, on_disk, disk.name)
+
+
+# -- rollback ---------------------------------------------------------------------------
+
+
+def _plan_rollback(plan: Plan, version: str) -> None:
+    # The same checks as the rollback itself: an installed, non-system backend.
+    current = versions.versions(plan.target)
+    plan.backend, plan.build = current.name, current.build
+    if version:
+        kept = versions.check_kept(plan.target, version)
+    elif current.kept:
+        kept = current.kept[0]  # newest first
+    else:
+        raise jobs.Refused(
+            404, f"{current.build} has no kept version", code="version_not_found"
+        )
+    live = _folder(current.build)
+    now = installed.read_metadata(live) if live.is_dir() else None
+    old = (now.version if now else "") or "no version"
+    back = kept.metadata.version or "no version"
+    plan.explanation = (
+        f"{current.build} goes back to {back} (kept {_kept_at(kept)}); "
+        f"the current build ({old}) is kept as a version, so the rollback can be "
+        "undone the same way"
+    )
+    if current.build != current.name:
+        plan.explanation += f" (the build meta backend {current.name} points at)"
+    plan.folders.append(
+        FolderChange(
+            "replace",
+            current.build,
+            str(live),
+            f"by the kept version {back}, moved back from {kept.folder}",
+        )
+    )
+    plan.folders.append(
+        FolderChange(
+            "keep",
+            current.build,
+            str(kept.folder.parent),
+            f"the current build ({old}) moves into the kept versions",
+        )
+    )
+    plan.models = _models_of(current.build)
+    if now is not None and now.digest and now.digest == kept.metadata.digest:
+        plan.warnings.append(
+            "the kept version is the same build as the current one: nothing changes "
+            "for LocalAI"
+        )
+    if current.pinned:
+        plan.warnings.append(
+            f"{current.name} is pinned: the rollback runs, and it stays pinned"
+        )
+
+
+def _kept_at(kept: KeptVersion) -> str:
+    at = kept.kept_at
+    return at.strftime("%Y-%m-%d %H:%M UTC") if at else "at an unknown time"
 
 
 # -- delete -----------------------------------------------------------------------------

@@ -255,6 +255,8 @@ def installed_rollback(
         "kept": kept,
         "kept_row": versions.kept_json(kept),
         "current": current.metadata if current else None,
+        # The plan first, as before an upgrade or a delete: what moves, what stays.
+        "plan": plans.make_plan("rollback", name, version=kept.id),
     }
     return render(request, "backends/installed_rollback.html", context)
 

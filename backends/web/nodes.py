@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +19,7 @@ from backends.core import installed
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import catalogue as read
 from backends.services import disk as disk_space
-from backends.services import jobs
+from backends.services import jobs, usage
 from backends.services import nodes as node_service
 from backends.web.base import (
     HtmxHttpRequest,
@@ -40,6 +40,8 @@ class NodeBackend:
     meta_backend_for: str = ""
     is_meta: bool = False
     is_system: bool = False
+    # The models of LocalAI on that node that use this folder (a delete is refused).
+    used_by: tuple[str, ...] = ()
 
 
 @dataclass
@@ -105,11 +107,24 @@ def _node_cards(shown: Iterable[Node]) -> list[NodeCard]:
     return [
         NodeCard(
             node,
-            _local_backends() if node.is_local else on_agents.get(node.pk, []),
+            _with_users(
+                node,
+                _local_backends() if node.is_local else on_agents.get(node.pk, []),
+            ),
             active.get(node.pk, []),
             space=disk_space.node_space(node),
         )
         for node in shown
+    ]
+
+
+def _with_users(node: Node, backends: list[NodeBackend]) -> list[NodeBackend]:
+    users = usage.node_users_by_folder(node)
+    if not users:
+        return backends
+    return [
+        replace(backend, used_by=tuple(users.get(backend.name, ())))
+        for backend in backends
     ]
 
 

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from backends.core import hardware
 from backends.core.install import Installer
 from backends.models import Job, Node
-from backends.services import dispatch, pipeline
+from backends.services import dispatch, pipeline, usage
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class Command(BaseCommand):
             "name": settings.NODE_NAME,
             "hardware": report.to_dict(),
             "backends_path": str(settings.LOCALAI_BACKENDS_PATH),
+            "models": usage.model_report(report.capability),
         }
         try:
             response = client.post("/api/node/register", json=body)
@@ -118,7 +119,10 @@ class Command(BaseCommand):
     ) -> None:
         while not stop.wait(settings.NODE_HEARTBEAT_SECONDS):
             try:
-                client.post(f"/api/node/{node.pk}/heartbeat", json=disk_report())
+                client.post(
+                    f"/api/node/{node.pk}/heartbeat",
+                    json=heartbeat_body(node.capability),
+                )
             except httpx.HTTPError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -130,7 +134,12 @@ def disk_report() -> dict[str, Any]:
     while not path.exists() and path != path.parent:
         path = path.parent
     try:
-        usage = shutil.disk_usage(path)
+        space = shutil.disk_usage(path)
     except OSError:
         return {}
-    return {"disk": {"total": usage.total, "free": usage.free}}
+    return {"disk": {"total": space.total, "free": space.free}}
+
+
+def heartbeat_body(capability: str) -> dict[str, Any]:
+    """What each heartbeat carries: the disk's space and LocalAI's models here."""
+    return {**disk_report(), "models": usage.model_report(capability)}
