@@ -391,6 +391,9 @@ UPGRADE_CHECK_HOURS = envint("LOCALAI_ADMIN_UPGRADE_CHECK_HOURS", "6")
 LOCALAI_ADMIN_MAX_BACKEND_BYTES = envint(
     "LOCALAI_ADMIN_MAX_BACKEND_BYTES", str(200 * 1024**3)
 )
+# The largest offline kit an import extracts (backends/core/kits.py); kits are extracted
+# under the first of LOCALAI_ADMIN_LOCAL_ROOTS, in kits/.
+LOCALAI_ADMIN_MAX_KIT_BYTES = envint("LOCALAI_ADMIN_MAX_KIT_BYTES", str(200 * 1024**3))
 LOCALAI_ADMIN_DISK_RESERVE_BYTES = envint(
     "LOCALAI_ADMIN_DISK_RESERVE_BYTES", str(1024**3)
 )

@@ -222,7 +222,7 @@ class RegistryClient:
         if not isinstance(body, dict):
             raise RegistryError(f"{ref}: {what} is not a JSON object")
         content_type = response.headers.get("Content-Type", "")
-        return Manifest(media_type_of(body, content_type), digest, body)
+        return Manifest(media_type_of(body, content_type), digest, body, raw)
 
     def head_digest(self, ref: Reference | str, *, watch: Watch | None = None) -> str:
         """Digest the reference points to now (Docker-Content-Digest of a HEAD)."""
