@@ -385,7 +385,7 @@ class Installer:
         """Extract an image of an imported offline kit (``backends.core.kits``)."""
         folder, digest = kits.parse_layout_uri(uri)
         layout = kits.Layout(self.policy.check_local(folder, uri))
-        image = layout.resolve(digest, self.platform)
+        image = layout.resolve(digest, self.platform or oci.Platform.host())
         total = sum(layer.size for layer in image.layers)
         self._check_free_space(total)
         done = 0

@@ -65,10 +65,10 @@ def _builds(meta: GalleryBackend, capability: str) -> list[GalleryBackend]:
         return [build]
     builds = []
     for name in dict.fromkeys(meta.capabilities.values()):
-        build = GalleryBackend.objects.find(f"{meta.gallery.name}@{name}")
-        if build is None:
+        found = GalleryBackend.objects.find(f"{meta.gallery.name}@{name}")
+        if found is None:
             raise KitError(f"{meta.name}: its build {name} is not in the gallery")
-        builds.append(build)
+        builds.append(found)
     return builds
 
 
