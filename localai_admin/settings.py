@@ -349,6 +349,25 @@ if not isinstance(LOCALAI_ADMIN_REGISTRY_CREDENTIALS, dict) or not all(
         "LOCALAI_ADMIN_REGISTRY_CREDENTIALS must map each registry host to "
         '{"username": "...", "password": "...", "realms": ["https host", ...]}'
     )
+# Pull-through mirrors per registry host: {"ghcr.io": "http://mirror:5000"}. Every pull
+# from that host asks the mirror first and the registry itself when the mirror fails
+# (docs/mirror.md); the mirror's address is under the source policy like any other.
+try:
+    LOCALAI_ADMIN_REGISTRY_MIRRORS = json.loads(
+        os.getenv("LOCALAI_ADMIN_REGISTRY_MIRRORS") or "{}"
+    )
+except json.JSONDecodeError as exc:
+    raise ImproperlyConfigured(
+        f"LOCALAI_ADMIN_REGISTRY_MIRRORS is not valid JSON: {exc}"
+    ) from None
+if not isinstance(LOCALAI_ADMIN_REGISTRY_MIRRORS, dict) or not all(
+    isinstance(url, str) and url.startswith(("http://", "https://"))
+    for url in LOCALAI_ADMIN_REGISTRY_MIRRORS.values()
+):
+    raise ImproperlyConfigured(
+        "LOCALAI_ADMIN_REGISTRY_MIRRORS must map each registry host to a mirror's "
+        'http(s) URL: {"ghcr.io": "http://mirror:5000"}'
+    )
 # The source policy (backends/core/policy.py). Loopback, private, link-local and other
 # non-public addresses are reached only when listed here (comma-separated hosts,
 # host:port or CIDRs), after DNS resolution and on every redirect and token realm.
@@ -372,6 +391,9 @@ UPGRADE_CHECK_HOURS = envint("LOCALAI_ADMIN_UPGRADE_CHECK_HOURS", "6")
 LOCALAI_ADMIN_MAX_BACKEND_BYTES = envint(
     "LOCALAI_ADMIN_MAX_BACKEND_BYTES", str(200 * 1024**3)
 )
+# The largest offline kit an import extracts (backends/core/kits.py); kits are extracted
+# under the first of LOCALAI_ADMIN_LOCAL_ROOTS, in kits/.
+LOCALAI_ADMIN_MAX_KIT_BYTES = envint("LOCALAI_ADMIN_MAX_KIT_BYTES", str(200 * 1024**3))
 LOCALAI_ADMIN_DISK_RESERVE_BYTES = envint(
     "LOCALAI_ADMIN_DISK_RESERVE_BYTES", str(1024**3)
 )

@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from backends.core import extract, oci
+from backends.core import extract, kits, oci
 from backends.core.gallery import validate_name
 from backends.core.installed import (
     RUN_FILE,
@@ -354,6 +354,8 @@ class Installer:
             else:
                 self._fetch_tarball(path.as_uri(), sha256, staging, budget)
             return ""
+        if uri.startswith(kits.SCHEME):
+            return self._pull_layout(uri, staging, budget)
         if looks_like_oci(uri):
             return self._pull(uri, staging, budget)
         if uri.startswith(("http://", "https://")):
@@ -378,6 +380,28 @@ class Installer:
                 watch=self.watch,
             )
         return pulled.digest
+
+    def _pull_layout(self, uri: str, staging: Path, budget: Budget) -> str:
+        """Extract an image of an imported offline kit (``backends.core.kits``)."""
+        folder, digest = kits.parse_layout_uri(uri)
+        layout = kits.Layout(self.policy.check_local(folder, uri))
+        image = layout.resolve(digest, self.platform or oci.Platform.host())
+        total = sum(layer.size for layer in image.layers)
+        self._check_free_space(total)
+        done = 0
+        for number, layer in enumerate(image.layers, 1):
+            self._check_cancel()
+            extract.extract_layer(
+                layout.iter_blob(layer),
+                staging,
+                on_piece=self._check_cancel,
+                budget=budget,
+            )
+            done += layer.size
+            if self.progress:
+                label = f"layer {number}/{len(image.layers)} {layer.digest[:19]}"
+                self.progress(oci.Progress("extracting", label, done, total))
+        return image.digest
 
     def _check_free_space(self, needed: int) -> None:
         free = shutil.disk_usage(self.backends_path).free

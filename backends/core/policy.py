@@ -205,7 +205,10 @@ class SourcePolicy:
 def is_local_source(uri: str) -> bool:
     """A ``file:`` URL or a path on this host (what ``sources.classify`` reads as one)."""
     text = uri.strip()
-    return text.lower().startswith("file:") or text.startswith(("/", "./", "../", "~"))
+    # oci-layout: names an imported offline kit's folder (backends.core.kits).
+    return text.lower().startswith(("file:", "oci-layout:")) or text.startswith(
+        ("/", "./", "../", "~")
+    )
 
 
 def is_network_source(source: str) -> bool:

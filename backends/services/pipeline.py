@@ -459,4 +459,5 @@ def registry_client() -> oci.RegistryClient:
         insecure=settings.LOCALAI_ADMIN_INSECURE_REGISTRIES,
         credentials=credentials,
         policy=source_policy(),
+        mirrors=settings.LOCALAI_ADMIN_REGISTRY_MIRRORS,
     )

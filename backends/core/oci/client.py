@@ -11,6 +11,13 @@ without one, the stall period is the client's read timeout): a request that stal
 one failed attempt, and a source that stalls ``transfer.STALL_ATTEMPTS`` times fails
 with ``RegistryStalled``; a blob stalled mid-way resumes with a Range request, within
 the same bound.
+
+``mirrors`` maps a registry host to a pull-through mirror (``{"ghcr.io":
+"http://mirror:5000"}``): each request for an image of that host goes to the mirror
+first (same path, no upstream credentials: the mirror holds its own), and to the
+registry itself when the mirror fails (unreachable, refused by the source policy,
+stalled, or any answer but success). Digests are checked the same whichever answered.
+A failed mirror is skipped for ``MIRROR_RETRY_SECONDS`` so a dead one costs one try.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from backends.core.oci.errors import (
     AuthenticationError,
     DigestMismatchError,
     NotFoundError,
+    OCIError,
     RegistryError,
     RegistryStalled,
 )
@@ -49,8 +57,8 @@ from backends.core.oci.manifest import (
     select_platform,
 )
 from backends.core.oci.reference import Platform, Reference, as_reference, is_digest
-from backends.core.policy import SourcePolicy, default_policy
-from backends.core.redact import scrub
+from backends.core.policy import SourcePolicy, SourceRefused, default_policy
+from backends.core.redact import redact_uri, scrub
 from backends.core.transfer import (
     DEFAULT_STALL_SECONDS,
     POLL_SECONDS,
@@ -74,6 +82,7 @@ _MAX_REDIRECTS = 5
 _MAX_BACKOFF = 8.0
 _MAX_RESUMES = 5
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+MIRROR_RETRY_SECONDS = 60.0
 
 
 @functools.cache
@@ -98,8 +107,12 @@ class RegistryClient:
         retries: int = 3,
         backoff: float = 0.5,
         policy: SourcePolicy | None = None,
+        mirrors: Mapping[str, str] | None = None,
     ) -> None:
         self._insecure = frozenset(insecure)
+        self._mirrors = {host: url.rstrip("/") for host, url in (mirrors or {}).items()}
+        # Mirror base URL -> monotonic time until which it is not tried again.
+        self._mirror_down: dict[str, float] = {}
         # What a registry's error body must not repeat: it may echo what it was sent.
         self._secrets = tuple(
             secret
@@ -209,7 +222,7 @@ class RegistryClient:
         if not isinstance(body, dict):
             raise RegistryError(f"{ref}: {what} is not a JSON object")
         content_type = response.headers.get("Content-Type", "")
-        return Manifest(media_type_of(body, content_type), digest, body)
+        return Manifest(media_type_of(body, content_type), digest, body, raw)
 
     def head_digest(self, ref: Reference | str, *, watch: Watch | None = None) -> str:
         """Digest the reference points to now (Docker-Content-Digest of a HEAD)."""
@@ -334,7 +347,57 @@ class RegistryClient:
         """Send (with auth, following redirects); connection errors, stalls and
         5xx/429 answers, the token service's included, are retried (a stall at most
         STALL_ATTEMPTS times in all). The last answer is returned whatever its status;
-        errors name ``ref``."""
+        errors name ``ref``. A request for a mirrored registry goes to its mirror first
+        (see the module's docstring)."""
+        mirror = self._mirror_for(ref)
+        if mirror:
+            mirrored = mirror + url.removeprefix(self.base_url(ref.registry))
+            try:
+                response = self._send(
+                    ref, method, mirrored, headers, watch, stream=stream, retries=0
+                )
+            except (OCIError, SourceRefused) as exc:  # down, stalled, not allowed
+                self._mirror_failed(mirror, ref, str(exc))
+            else:
+                if response.status_code in (200, 206):
+                    return response
+                response.close()
+                # A 404 is not the mirror's fault (the tag may be newer upstream than
+                # its cache): fall back for this request without skipping the mirror.
+                if response.status_code != 404:
+                    self._mirror_failed(
+                        mirror, ref, f"{method} answered {response.status_code}"
+                    )
+        return self._send(ref, method, url, headers, watch, stream=stream)
+
+    def _mirror_for(self, ref: Reference) -> str:
+        mirror = self._mirrors.get(ref.registry, "")
+        if mirror and self._mirror_down.get(mirror, 0.0) > time.monotonic():
+            return ""
+        return mirror
+
+    def _mirror_failed(self, mirror: str, ref: Reference, reason: str) -> None:
+        logger.warning(
+            "%s: mirror %s failed (%s); pulling from %s",
+            ref,
+            redact_uri(mirror),
+            scrub(reason, self._secrets),
+            ref.registry,
+        )
+        self._mirror_down[mirror] = time.monotonic() + MIRROR_RETRY_SECONDS
+
+    def _send(
+        self,
+        ref: Reference,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        watch: Watch,
+        *,
+        stream: bool = False,
+        retries: int | None = None,
+    ) -> httpx.Response:
+        retries = self.retries if retries is None else retries
         attempt = 0
         stalls = 0
         while True:
@@ -358,21 +421,18 @@ class RegistryClient:
                     if isinstance(exc, Stalled)
                     else stalled(exc.request.url, watch.stall_seconds)
                 )
-                if stalls >= STALL_ATTEMPTS or attempt >= self.retries:
+                if stalls >= STALL_ATTEMPTS or attempt >= retries:
                     raise RegistryStalled(f"{ref}: {reason}") from exc
                 logger.info("%s: %s, retrying", ref, reason)
             except httpx.TransportError as exc:
                 watch.check()  # a cancel shut the socket: not a network failure
-                if attempt >= self.retries:
+                if attempt >= retries:
                     raise RegistryError(f"{ref}: {method} {url} failed: {exc}") from exc
                 logger.info("%s: %s %s failed (%s), retrying", ref, method, url, exc)
             except httpx.RequestError as exc:  # too many redirects and the like
                 raise RegistryError(f"{ref}: {method} {url} failed: {exc}") from exc
             else:
-                if (
-                    response.status_code not in RETRY_STATUSES
-                    or attempt >= self.retries
-                ):
+                if response.status_code not in RETRY_STATUSES or attempt >= retries:
                     return response
                 response.close()
                 logger.info(

@@ -3,7 +3,7 @@ documents say, and which image of an index fits a platform. No I/O here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from backends.core.oci.errors import (
@@ -70,6 +70,8 @@ class Manifest:
     media_type: str
     digest: str
     body: dict[str, Any]
+    # The bytes as served (their digest is ``digest``): what an offline kit stores.
+    raw: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
