@@ -391,7 +391,16 @@ COMPONENTS: dict[str, Schema] = {
     "Gallery": {
         "type": "object",
         "required": ["name", "url", "mirrors"],
-        "properties": {"name": STRING, "url": STRING, "mirrors": STRINGS},
+        "properties": {
+            "name": STRING,
+            "url": STRING,
+            "mirrors": STRINGS,
+            "verification": {
+                "type": "object",
+                "description": "signature policy its images must satisfy (absent: none)",
+                "properties": {"public_key": STRING, "not_before": STRING},
+            },
+        },
     },
     "Metadata": {
         "type": ["object", "null"],
@@ -405,6 +414,7 @@ COMPONENTS: dict[str, Schema] = {
                 "version",
                 "uri",
                 "digest",
+                "verified_by",
             ),
             STRING,
         ),

@@ -1,0 +1,288 @@
+"""Signature verification per gallery and strict integrity, on a real registry.
+
+The tests sign their images themselves the way ``cosign sign --key`` does: an ECDSA
+P-256 signature over a simple-signing payload, pushed as an OCI 1.1 artifact whose
+subject is the image, listed under the referrers tag schema (``sha256-<hex>``), as
+Debian's docker-registry has no referrers API.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.test import override_settings
+
+from backends.core.oci.verify import (
+    COSIGN_SIGNATURE_ARTIFACT,
+    SIGNATURE_ANNOTATION,
+    SIMPLE_SIGNING,
+)
+from backends.models import InstalledBackend
+from tests.base import PipelineTestCase
+from tests.imagebuild import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Blob,
+    PushedImage,
+    file,
+    make_layer,
+    push_blob,
+    push_manifest,
+)
+from tests.registry_fixtures import FaultProxy, RegistryProcess
+
+pytestmark = pytest.mark.registry
+
+_numbers = itertools.count()
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+        .decode()
+    )
+
+
+def payload_for(digest: str, **optional: Any) -> bytes:
+    body: dict[str, Any] = {
+        "critical": {
+            "identity": {"docker-reference": "example/backend"},
+            "image": {"docker-manifest-digest": digest},
+            "type": "cosign container image signature",
+        },
+        "optional": optional or None,
+    }
+    return json.dumps(body).encode()
+
+
+def sign(key: ec.EllipticCurvePrivateKey, payload: bytes) -> str:
+    return base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+def push_signature(
+    registry: RegistryProcess,
+    image: PushedImage,
+    payload: bytes,
+    signature: str,
+) -> None:
+    """Push a signature artifact of ``image`` and list it under the referrers tag."""
+    config = Blob("application/vnd.oci.empty.v1+json", b"{}")
+    layer = Blob(SIMPLE_SIGNING, payload)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": COSIGN_SIGNATURE_ARTIFACT,
+            "config": config.descriptor(),
+            "layers": [
+                {**layer.descriptor(), "annotations": {SIGNATURE_ANNOTATION: signature}}
+            ],
+            "subject": {
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": len(image.manifest),
+            },
+        }
+    ).encode()
+    with httpx.Client() as http:
+        for blob in (config, layer):
+            push_blob(http, registry.url, image.repository, blob)
+        digest = push_manifest(
+            http, registry.url, image.repository, "sig", manifest, OCI_MANIFEST
+        )
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "artifactType": COSIGN_SIGNATURE_ARTIFACT,
+                        "digest": digest,
+                        "size": len(manifest),
+                    }
+                ],
+            }
+        ).encode()
+        push_manifest(
+            http,
+            registry.url,
+            image.repository,
+            image.digest.replace(":", "-"),
+            index,
+            OCI_INDEX,
+        )
+
+
+@dataclass
+class Signed:
+    image: PushedImage
+    layer: str
+    key: ec.EllipticCurvePrivateKey
+
+
+class SignatureTestCase(PipelineTestCase):
+    @pytest.fixture(autouse=True)
+    def _registry(self, registry: RegistryProcess, fault_proxy: FaultProxy) -> None:
+        self.registry, self.proxy = registry, fault_proxy
+
+    def new_image(self) -> Signed:
+        # A repository per test: each has its own referrers tag.
+        repository = f"signed/b{next(_numbers)}-{id(self)}"
+        layer = make_layer([file("run.sh", "#!/bin/sh\necho signed\n", 0o755)])
+        image = self.registry.push_image(repository, "v1", [layer])
+        return Signed(image, layer.digest, new_key())
+
+    def use(self, signed: Signed, **verification: str) -> None:
+        ref = signed.image.ref(self.proxy.host)
+        self.gallery_file.write_text(f"- name: cpu-signed\n  uri: {ref}\n")
+        self.gallery.verification = verification
+        self.gallery.save()
+        self.gallery.sync(force=True)
+
+    def install(self) -> dict[str, Any]:
+        return self.status(self.apply("cpu-signed"))
+
+    def assert_refused_before_extraction(
+        self, signed: Signed, status: dict[str, Any], reason: str
+    ) -> None:
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn("signature verification failed", status["error"])
+        self.assertIn(signed.image.repository, status["error"])
+        self.assertIn(f"gallery {self.gallery.name}: key SHA256:", status["error"])
+        self.assertIn(reason, status["error"])
+        # The layer was never downloaded, so nothing of it reached a staging folder.
+        self.assertEqual(self.proxy.requests_for(signed.layer), [])
+        self.assertFalse((self.backends / "cpu-signed").exists())
+
+    def test_an_image_signed_with_the_gallerys_key_installs_and_records_the_policy(
+        self,
+    ) -> None:
+        signed = self.new_image()
+        payload = payload_for(signed.image.digest)
+        push_signature(self.registry, signed.image, payload, sign(signed.key, payload))
+        self.use(signed, public_key=public_pem(signed.key))
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertNotIn("warning", status["outcome"])
+        metadata = json.loads(
+            (self.backends / "cpu-signed" / "metadata.json").read_text()
+        )
+        self.assertIn(
+            f"gallery {self.gallery.name}: key SHA256:", metadata["verified_by"]
+        )
+        self.assertEqual(
+            InstalledBackend.objects.get(name="cpu-signed").verified_by,
+            metadata["verified_by"],
+        )
+
+    def test_a_signature_by_another_key_is_refused(self) -> None:
+        signed = self.new_image()
+        payload = payload_for(signed.image.digest)
+        push_signature(self.registry, signed.image, payload, sign(new_key(), payload))
+        self.use(signed, public_key=public_pem(signed.key))
+        self.assert_refused_before_extraction(
+            signed, self.install(), "does not verify with key"
+        )
+
+    def test_a_tampered_payload_is_refused(self) -> None:
+        signed = self.new_image()
+        payload = payload_for(signed.image.digest)
+        tampered = payload_for(signed.image.digest, note="changed")
+        push_signature(self.registry, signed.image, tampered, sign(signed.key, payload))
+        self.use(signed, public_key=public_pem(signed.key))
+        self.assert_refused_before_extraction(
+            signed, self.install(), "does not verify with key"
+        )
+
+    def test_a_signature_of_another_digest_is_refused(self) -> None:
+        signed = self.new_image()
+        other = "sha256:" + "ab" * 32
+        payload = payload_for(other)
+        push_signature(self.registry, signed.image, payload, sign(signed.key, payload))
+        self.use(signed, public_key=public_pem(signed.key))
+        self.assert_refused_before_extraction(
+            signed, self.install(), f"the signed payload is for {other}"
+        )
+
+    def test_an_unsigned_image_is_refused_by_a_gallery_with_a_policy(self) -> None:
+        signed = self.new_image()
+        self.use(signed, public_key=public_pem(signed.key))
+        self.assert_refused_before_extraction(
+            signed, self.install(), "no signature refers to"
+        )
+
+    def test_a_signature_older_than_not_before_is_refused(self) -> None:
+        signed = self.new_image()
+        payload = payload_for(signed.image.digest, timestamp="2026-01-01T00:00:00Z")
+        push_signature(self.registry, signed.image, payload, sign(signed.key, payload))
+        self.use(
+            signed,
+            public_key=public_pem(signed.key),
+            not_before="2026-05-01T00:00:00Z",
+        )
+        self.assert_refused_before_extraction(
+            signed, self.install(), "before not_before"
+        )
+
+    def test_a_signature_newer_than_not_before_installs(self) -> None:
+        signed = self.new_image()
+        payload = payload_for(signed.image.digest, timestamp="2026-06-01T00:00:00Z")
+        push_signature(self.registry, signed.image, payload, sign(signed.key, payload))
+        self.use(
+            signed,
+            public_key=public_pem(signed.key),
+            not_before="2026-05-01T00:00:00Z",
+        )
+        self.assertEqual(self.install()["state"], "completed")
+
+    def test_an_unverified_image_installs_with_a_warning(self) -> None:
+        signed = self.new_image()
+        self.use(signed)
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn("warning: cpu-signed not signature-verified", status["outcome"])
+        self.assertEqual(
+            InstalledBackend.objects.get(name="cpu-signed").verified_by, ""
+        )
+
+    @override_settings(LOCALAI_ADMIN_REQUIRE_INTEGRITY=True)
+    def test_strict_integrity_refuses_an_image_from_a_gallery_without_a_policy(
+        self,
+    ) -> None:
+        signed = self.new_image()
+        self.use(signed)
+        status = self.install()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn("without a verification policy is refused", status["error"])
+        self.assertEqual(self.proxy.requests_for(signed.layer), [])
+
+    @override_settings(LOCALAI_ADMIN_REQUIRE_INTEGRITY=True)
+    def test_strict_integrity_refuses_a_tarball_without_a_sha256(self) -> None:
+        tarball = self.sources / "custom.tar.gz"
+        tarball.write_bytes(b"never read")
+        with self.captureOnCommitCallbacks(execute=True):
+            response = self.api_post(
+                "/api/backends/install-external",
+                {"uri": tarball.as_uri(), "name": "custom"},
+            )
+        status = self.api_get(f"/backends/jobs/{response.json()['id']}").json()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn("a tarball without a sha256 is refused", status["error"])
+        self.assertFalse((self.backends / "custom").exists())
