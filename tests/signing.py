@@ -65,8 +65,11 @@ def push_signature(
     image: PushedImage,
     payload: bytes,
     signature: str,
-) -> None:
-    """Push a signature artifact of ``image`` and list it under the referrers tag."""
+    *,
+    tag: bool = True,
+) -> bytes:
+    """Push a signature artifact of ``image``; list it under the referrers tag unless
+    ``tag`` is False. Returns the referrers index that lists it."""
     config = Blob("application/vnd.oci.empty.v1+json", b"{}")
     layer = Blob(SIMPLE_SIGNING, payload)
     manifest = json.dumps(
@@ -105,11 +108,13 @@ def push_signature(
                 ],
             }
         ).encode()
-        push_manifest(
-            http,
-            registry.url,
-            image.repository,
-            image.digest.replace(":", "-"),
-            index,
-            OCI_INDEX,
-        )
+        if tag:
+            push_manifest(
+                http,
+                registry.url,
+                image.repository,
+                image.digest.replace(":", "-"),
+                index,
+                OCI_INDEX,
+            )
+    return index

@@ -88,6 +88,22 @@ class SignatureTestCase(PipelineTestCase):
             metadata["verified_by"],
         )
 
+    def test_signatures_are_found_through_the_referrers_api_when_it_exists(
+        self,
+    ) -> None:
+        signed = self.new_image()
+        payload = payload_for(signed.image.digest)
+        index = push_signature(
+            self.registry, signed.image, payload, sign(signed.key, payload), tag=False
+        )
+        api = f"/v2/{signed.image.repository}/referrers/{signed.image.digest}"
+        self.proxy.answer(api, index, "application/vnd.oci.image.index.v1+json")
+        self.use(signed, public_key=public_pem(signed.key))
+        self.assertEqual(self.install()["state"], "completed")
+        self.assertTrue(self.proxy.requests_for(api))
+        tag = signed.image.digest.replace(":", "-")
+        self.assertEqual(self.proxy.requests_for(f"/manifests/{tag}"), [])
+
     def test_a_signature_by_another_key_is_refused(self) -> None:
         signed = self.new_image()
         payload = payload_for(signed.image.digest)
@@ -147,6 +163,18 @@ class SignatureTestCase(PipelineTestCase):
             not_before="2026-05-01T00:00:00Z",
         )
         self.assertEqual(self.install()["state"], "completed")
+
+    def test_a_refused_reinstall_keeps_the_installed_build(self) -> None:
+        signed = self.new_image()
+        self.use(signed)
+        self.assertEqual(self.install()["state"], "completed")
+        run_sh = (self.backends / "cpu-signed" / "run.sh").read_text()
+        self.use(signed, public_key=public_pem(signed.key))
+        status = self.status(self.apply("cpu-signed", force=True))
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn("no signature refers to", status["error"])
+        self.assertEqual((self.backends / "cpu-signed" / "run.sh").read_text(), run_sh)
+        self.assertTrue(InstalledBackend.objects.filter(name="cpu-signed").exists())
 
     def test_an_unverified_image_installs_with_a_warning(self) -> None:
         signed = self.new_image()
