@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.test import override_settings
 
+from backends.core import oci
 from backends.models import InstalledBackend
 from tests.base import PipelineTestCase
 from tests.imagebuild import PushedImage, file, make_layer
@@ -87,6 +88,25 @@ class SignatureTestCase(PipelineTestCase):
             InstalledBackend.objects.get(name="cpu-signed").verified_by,
             metadata["verified_by"],
         )
+
+    def test_a_multi_platform_image_is_verified_by_the_signature_of_its_index(
+        self,
+    ) -> None:
+        signed = self.new_image()
+        platform = oci.Platform.host()
+        index = self.registry.push_index(
+            signed.image.repository,
+            "multi",
+            [(signed.image, f"linux/{platform.architecture}")],
+        )
+        payload = payload_for(index.digest)
+        push_signature(self.registry, index, payload, sign(signed.key, payload))
+        self.use(
+            Signed(index, signed.layer, signed.key), public_key=public_pem(signed.key)
+        )
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn("signed", (self.backends / "cpu-signed" / "run.sh").read_text())
 
     def test_signatures_are_found_through_the_referrers_api_when_it_exists(
         self,

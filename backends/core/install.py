@@ -401,6 +401,8 @@ class Installer:
         client = self.registry or oci.RegistryClient(policy=self.policy)
         image = client.resolve(uri, self.platform, watch=self.watch)
         if verification is not None:
+            if self.progress:
+                self.progress(oci.Progress("verifying signature", uri, 0, 0))
             # Before any layer is fetched: nothing unverified reaches the disk.
             self.verified_by = verify_image(
                 client, image, verification, watch=self.watch
