@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.test import override_settings
 
 from backends.core import oci
-from backends.models import InstalledBackend
+from backends.models import InstalledBackend, Job
 from tests.base import PipelineTestCase
 from tests.imagebuild import PushedImage, file, make_layer
 from tests.registry_fixtures import FaultProxy, RegistryProcess
@@ -218,15 +218,35 @@ class SignatureTestCase(PipelineTestCase):
         self.assertEqual(self.proxy.requests_for(signed.layer), [])
 
     @override_settings(LOCALAI_ADMIN_REQUIRE_INTEGRITY=True)
-    def test_strict_integrity_refuses_a_tarball_without_a_sha256(self) -> None:
+    def test_strict_integrity_fails_a_gallery_tarball_without_a_sha256(self) -> None:
         tarball = self.sources / "custom.tar.gz"
         tarball.write_bytes(b"never read")
-        with self.captureOnCommitCallbacks(execute=True):
-            response = self.api_post(
-                "/api/backends/install-external",
-                {"uri": tarball.as_uri(), "name": "custom"},
-            )
-        status = self.api_get(f"/backends/jobs/{response.json()['id']}").json()
+        self.gallery_file.write_text(f"- name: cpu-tarred\n  uri: {tarball.as_uri()}\n")
+        self.gallery.sync(force=True)
+        status = self.status(self.apply("cpu-tarred"))
         self.assertEqual(status["state"], "failed", status)
         self.assertIn("a tarball without a sha256 is refused", status["error"])
-        self.assertFalse((self.backends / "custom").exists())
+        self.assertFalse((self.backends / "cpu-tarred").exists())
+
+    @override_settings(LOCALAI_ADMIN_REQUIRE_INTEGRITY=True)
+    def test_strict_integrity_refuses_external_images_and_tarballs_before_queueing(
+        self,
+    ) -> None:
+        tarball = self.sources / "custom.tar.gz"
+        tarball.write_bytes(b"never read")
+        for uri in (
+            tarball.as_uri(),
+            "http://127.0.0.1:1/build.tar.gz",
+            self.registry.ref("signed/any", "v1"),
+        ):
+            with self.subTest(uri=uri):
+                response = self.api_post(
+                    "/api/backends/install-external", {"uri": uri, "name": "custom"}
+                )
+                self.assertEqual(response.status_code, 400, response.content)
+                self.assertEqual(response.json()["code"], "integrity_required")
+                self.assertIn(
+                    "LOCALAI_ADMIN_REQUIRE_INTEGRITY is on",
+                    response.json()["error"]["message"],
+                )
+        self.assertFalse(Job.objects.exists())
