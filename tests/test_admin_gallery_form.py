@@ -123,9 +123,18 @@ class GalleryVerificationFormTestCase(BaseTestCase):
         r = self.change('{"public_key": "not a key"}')
         self.assertIn("public_key is not a PEM public key", self.errors(r)[0])
 
-    def test_a_keyless_policy_is_refused_as_unsupported(self) -> None:
+    def test_a_keyless_policy_needs_an_identity(self) -> None:
         r = self.change('{"issuer": "https://token.actions.githubusercontent.com"}')
-        self.assertIn("keyless verification (issuer)", self.errors(r)[0])
+        self.assertIn("or identity or identity_regex", self.errors(r)[0])
+
+    def test_a_policy_with_both_a_key_and_an_issuer_is_refused(self) -> None:
+        pem = public_pem(ec.generate_private_key(ec.SECP256R1()))
+        r = self.change(json.dumps({"public_key": pem, "issuer": "https://x"}))
+        self.assertIn("not both", self.errors(r)[0])
+
+    def test_a_bad_identity_regex_is_refused(self) -> None:
+        r = self.change('{"issuer": "https://x", "identity_regex": "("}')
+        self.assertIn("identity_regex is not a regular expression", self.errors(r)[0])
 
     def test_a_not_before_without_a_time_zone_is_refused(self) -> None:
         pem = public_pem(ec.generate_private_key(ec.SECP256R1()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +21,16 @@ from backends.models import InstalledBackend, Job
 from tests.base import PipelineTestCase
 from tests.imagebuild import PushedImage, file, make_layer
 from tests.registry_fixtures import FaultProxy, RegistryProcess
-from tests.signing import new_key, payload_for, public_pem, push_signature, sign
+from tests.signing import (
+    GITHUB_ISSUER,
+    SigstoreInstance,
+    new_key,
+    payload_for,
+    public_pem,
+    push_bundle,
+    push_signature,
+    sign,
+)
 
 pytestmark = pytest.mark.registry
 
@@ -34,7 +44,10 @@ class Signed:
     key: ec.EllipticCurvePrivateKey
 
 
-class SignatureTestCase(PipelineTestCase):
+class SignedImageCase(PipelineTestCase):
+    """Images pushed per test to the real registry, reached through the fault proxy
+    (which records whether a layer was ever fetched). No tests of its own."""
+
     @pytest.fixture(autouse=True)
     def _registry(self, registry: RegistryProcess, fault_proxy: FaultProxy) -> None:
         self.registry, self.proxy = registry, fault_proxy
@@ -68,6 +81,8 @@ class SignatureTestCase(PipelineTestCase):
         self.assertEqual(self.proxy.requests_for(signed.layer), [])
         self.assertFalse((self.backends / "cpu-signed").exists())
 
+
+class SignatureTestCase(SignedImageCase):
     def test_an_image_signed_with_the_gallerys_key_installs_and_records_the_policy(
         self,
     ) -> None:
@@ -250,3 +265,72 @@ class SignatureTestCase(PipelineTestCase):
                     response.json()["error"]["message"],
                 )
         self.assertFalse(Job.objects.exists())
+
+
+IDENTITY = (
+    "https://github.com/example/backends/.github/workflows/build.yaml@refs/heads/master"
+)
+
+
+class KeylessSignatureTestCase(SignedImageCase):
+    """Keyless bundles verified by sigstore-python against a trust root made here."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.sigstore = SigstoreInstance()
+        trust_root = self.gallery_file.parent / "trusted_root.json"
+        trust_root.write_text(json.dumps(self.sigstore.trusted_root()))
+        self.enterContext(
+            override_settings(LOCALAI_ADMIN_SIGSTORE_TRUST_ROOT=str(trust_root))
+        )
+
+    def signed_keyless(
+        self, sigstore: SigstoreInstance | None = None, **kw: Any
+    ) -> Signed:
+        signed = self.new_image()
+        bundle = (sigstore or self.sigstore).bundle(signed.image.digest, IDENTITY, **kw)
+        push_bundle(self.registry, signed.image, bundle)
+        return signed
+
+    def assert_keyless_refused(self, signed: Signed, reason: str) -> None:
+        status = self.install()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn("signature verification failed", status["error"])
+        self.assertIn(f"gallery {self.gallery.name}: keyless, issuer", status["error"])
+        self.assertIn(reason, status["error"])
+        self.assertEqual(self.proxy.requests_for(signed.layer), [])
+        self.assertFalse((self.backends / "cpu-signed").exists())
+
+    def test_a_keyless_signature_by_the_expected_workflow_installs(self) -> None:
+        signed = self.signed_keyless()
+        self.use(signed, issuer=GITHUB_ISSUER, identity=IDENTITY)
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn(
+            f"keyless, issuer {GITHUB_ISSUER}, identity {IDENTITY}",
+            InstalledBackend.objects.get(name="cpu-signed").verified_by,
+        )
+
+    def test_a_keyless_signature_by_another_identity_is_refused(self) -> None:
+        signed = self.signed_keyless()
+        self.use(
+            signed,
+            issuer=GITHUB_ISSUER,
+            identity_regex=r"^https://github\.com/other/",
+        )
+        self.assert_keyless_refused(signed, "do not match the policy")
+
+    def test_a_bundle_from_an_untrusted_sigstore_is_refused(self) -> None:
+        signed = self.signed_keyless(SigstoreInstance())
+        self.use(signed, issuer=GITHUB_ISSUER, identity=IDENTITY)
+        self.assert_keyless_refused(signed, "certificate chain")
+
+    def test_a_keyless_signature_older_than_not_before_is_refused(self) -> None:
+        signed = self.signed_keyless()
+        self.use(
+            signed,
+            issuer=GITHUB_ISSUER,
+            identity=IDENTITY,
+            not_before=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        )
+        self.assert_keyless_refused(signed, "before not_before")

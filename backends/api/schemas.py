@@ -398,7 +398,17 @@ COMPONENTS: dict[str, Schema] = {
             "verification": {
                 "type": "object",
                 "description": "signature policy its images must satisfy (absent: none)",
-                "properties": {"public_key": STRING, "not_before": STRING},
+                "properties": dict.fromkeys(
+                    (
+                        "public_key",
+                        "issuer",
+                        "issuer_regex",
+                        "identity",
+                        "identity_regex",
+                        "not_before",
+                    ),
+                    STRING,
+                ),
             },
         },
     },

@@ -124,6 +124,8 @@ class Installer:
     keep_versions: int = 0
     # Refuse tarballs without a sha256 and images without a verification policy.
     require_integrity: bool = False
+    # The trusted_root.json keyless signatures chain to ("": the public-good root).
+    sigstore_trust_root: str = ""
     # Made in the thread that runs the job: the one that polls should_cancel.
     watch: Watch = field(init=False)
     # What verified the last image pulled ("" when nothing did): recorded in metadata.
@@ -405,7 +407,11 @@ class Installer:
                 self.progress(oci.Progress("verifying signature", uri, 0, 0))
             # Before any layer is fetched: nothing unverified reaches the disk.
             self.verified_by = verify_image(
-                client, image, verification, watch=self.watch
+                client,
+                image,
+                verification,
+                trust_root=self.sigstore_trust_root,
+                watch=self.watch,
             )
         self._check_free_space(sum(layer.size for layer in image.layers))
         # pull_image extracts each layer itself; the budget reaches it this way.

@@ -222,6 +222,7 @@ class Runner:
             health_check=health_check(),
             keep_versions=settings.LOCALAI_ADMIN_KEEP_VERSIONS,
             require_integrity=settings.LOCALAI_ADMIN_REQUIRE_INTEGRITY,
+            sigstore_trust_root=settings.LOCALAI_ADMIN_SIGSTORE_TRUST_ROOT,
         )
 
     def run(self) -> str:
