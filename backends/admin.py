@@ -13,6 +13,7 @@ from django.utils.html import format_html
 
 from backends import roles, tasks
 from backends.core.gallery import check_source
+from backends.core.oci.verify import PolicyError, VerificationPolicy
 from backends.core.redact import redact_uri
 from backends.models import (
     ApiToken,
@@ -121,6 +122,16 @@ class GalleryForm(forms.ModelForm[Gallery]):
             _checked_source(mirror, f"mirror {number}")
             for number, mirror in enumerate(mirrors, 1)
         ]
+
+    def clean_verification(self) -> dict[str, Any]:
+        """Parsed as a job would: a policy no install could enforce is refused now."""
+        block = self.cleaned_data["verification"] or {}
+        try:
+            policy = VerificationPolicy.from_json(block)
+        except PolicyError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        # Stored normalised: the PEM trimmed, not_before in UTC.
+        return policy.to_json() if policy else {}
 
 
 @admin.register(Gallery)

@@ -19,6 +19,7 @@ from backends.core import hardware
 from backends.core.hardware import HardwareReport
 from backends.core.installed import DiskBackend, Metadata, human_size
 from backends.core.known import KnownEntry
+from backends.core.oci.verify import VerificationPolicy
 from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_text, redact_uri, unredacted
 from backends.core.text import with_article
@@ -68,6 +69,9 @@ class Gallery(models.Model):
     content_hash = models.CharField(max_length=64, blank=True)
     etag = models.CharField(max_length=500, blank=True)
     entry_count = models.PositiveIntegerField(default=0)
+    # LocalAI's ``verification`` block plus ``public_key`` (core/oci/verify.py); {}
+    # installs this gallery's images unverified.
+    verification = models.JSONField(default=dict, blank=True)
 
     objects = GalleryManager()
 
@@ -85,7 +89,13 @@ class Gallery(models.Model):
             "name": self.name,
             "url": redact_uri(self.url),
             "mirrors": [redact_uri(mirror) for mirror in self.mirrors],
+            **({"verification": self.verification} if self.verification else {}),
         }
+
+    def verification_policy(self) -> VerificationPolicy | None:
+        """The signature policy its images must satisfy; PolicyError (a ValueError)
+        when the stored block cannot be enforced."""
+        return VerificationPolicy.from_json(self.verification or None, self.name)
 
     def sync_pending(self, since: datetime) -> bool:
         """A sync asked for at ``since`` has not ended yet (within the watch window).
@@ -500,6 +510,8 @@ class InstalledBackend(models.Model):
     meta_backend_for = models.CharField(max_length=255, blank=True)
     uri = models.CharField(max_length=2000, blank=True)
     digest = models.CharField(max_length=100, blank=True)
+    # The policy that verified the image's signature; "" when none did.
+    verified_by = models.CharField(max_length=500, blank=True)
     version = models.CharField(max_length=255, blank=True)
     gallery_url = models.CharField(max_length=2000, blank=True)
     installed_at = models.DateTimeField(null=True, blank=True)
@@ -565,6 +577,7 @@ class InstalledBackend(models.Model):
                 just = fresh.get(name, Metadata())
                 obj.uri = unredacted(meta.uri, just.uri, obj.uri) if meta else ""
                 obj.digest = meta.digest if meta else ""
+                obj.verified_by = meta.verified_by if meta else ""
                 obj.version = meta.version if meta else ""
                 obj.gallery_url = (
                     unredacted(meta.gallery_url, just.gallery_url, obj.gallery_url)

@@ -306,6 +306,12 @@ LOCALAI_ADMIN_PROBE_ROOT = Path(os.getenv("LOCALAI_ADMIN_PROBE_ROOT", "/"))
 # LocalAI's image tags: a missing released image (latest-X) falls back to its development
 # image (master-X, then master-X-development); preferring development installs that first.
 LOCALAI_PREFER_DEV_BACKENDS = envbool("LOCALAI_PREFER_DEV_BACKENDS", "False")
+# Refuse tarballs without a sha256 and images from galleries without a verification
+# policy (off: they install, images with a warning in the job's message).
+LOCALAI_ADMIN_REQUIRE_INTEGRITY = envbool("LOCALAI_ADMIN_REQUIRE_INTEGRITY", "False")
+# The Sigstore trusted_root.json (Fulcio, CT log, Rekor keys) keyless gallery policies
+# are verified against; empty: the public-good root sigstore-python ships.
+LOCALAI_ADMIN_SIGSTORE_TRUST_ROOT = os.getenv("LOCALAI_ADMIN_SIGSTORE_TRUST_ROOT", "")
 LOCALAI_BACKEND_IMAGES_RELEASE_TAG = (
     os.getenv("LOCALAI_BACKEND_IMAGES_RELEASE_TAG") or "latest"
 )

@@ -340,6 +340,8 @@ class FaultProxy:
     * ``redirect_blobs(host)``: answer blob GETs with a 307 to ``http://<host>/_blob/...``
       (``localhost:PORT`` reaches this same proxy under another host name).
     * ``require_basic(user, password)``: demand basic auth on /v2/ (not on /_blob/).
+    * ``answer(path, body, content_type)``: serve ``body`` (200) for that exact path,
+      e.g. a referrers API the registry behind lacks.
     * ``requests``: every request seen (method, path, headers, Host).
     """
 
@@ -352,6 +354,7 @@ class FaultProxy:
         self._corrupt: set[str] = set()
         self._redirect_host: str | None = None
         self._basic: str | None = None
+        self._answers: dict[str, tuple[bytes, str]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -383,6 +386,9 @@ class FaultProxy:
         self._basic = (
             "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         )
+
+    def answer(self, path: str, body: bytes, content_type: str) -> None:
+        self._answers[path] = (body, content_type)
 
     def ref(self, repository: str, tag: str) -> str:
         return f"{self.host}/{repository}:{tag}"
@@ -457,6 +463,10 @@ class FaultProxy:
                         self._simple(
                             status, error, {"Content-Type": "application/json"}
                         )
+                        return
+                    if path in proxy._answers:
+                        canned, content_type = proxy._answers[path]
+                        self._simple(200, canned, {"Content-Type": content_type})
                         return
                     if (
                         proxy._basic

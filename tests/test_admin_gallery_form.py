@@ -3,12 +3,15 @@ field's error; a saved source is synced at once."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from django.contrib.auth.models import User
 
 from backends.models import Gallery, GalleryBackend
 from tests.base import BaseTestCase
+from tests.signing import public_pem
 
 
 class GalleryFormTestCase(BaseTestCase):
@@ -79,3 +82,65 @@ class GalleryFormTestCase(BaseTestCase):
         self.assertEqual(
             list(self.gallery.entries.values_list("name", flat=True)), ["moved"]
         )
+
+
+class GalleryVerificationFormTestCase(BaseTestCase):
+    """The verification block is parsed on save as a job would parse it."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.root = User.objects.create_superuser("root", password="password")
+        self.client.force_login(self.root)
+
+    def change(self, verification: str) -> Any:
+        data = {
+            "name": self.gallery.name,
+            "url": self.gallery.url,
+            "mirrors": "[]",
+            "position": 0,
+            "enabled": "on",
+            "verification": verification,
+        }
+        with self.captureOnCommitCallbacks(execute=True):
+            return self.client.post(
+                f"/admin/backends/gallery/{self.gallery.pk}/change/", data, follow=True
+            )
+
+    def errors(self, response: Any) -> list[str]:
+        return list(response.context["adminform"].form.errors.get("verification", []))
+
+    def test_a_public_key_policy_is_stored_with_not_before_in_utc(self) -> None:
+        pem = public_pem(ec.generate_private_key(ec.SECP256R1()))
+        block = {"public_key": pem, "not_before": "2026-05-01T02:00:00+02:00"}
+        self.change(json.dumps(block))
+        self.gallery.refresh_from_db()
+        self.assertEqual(
+            self.gallery.verification,
+            {"public_key": pem.strip(), "not_before": "2026-05-01T00:00:00Z"},
+        )
+
+    def test_a_key_that_is_not_pem_is_refused(self) -> None:
+        r = self.change('{"public_key": "not a key"}')
+        self.assertIn("public_key is not a PEM public key", self.errors(r)[0])
+
+    def test_a_keyless_policy_needs_an_identity(self) -> None:
+        r = self.change('{"issuer": "https://token.actions.githubusercontent.com"}')
+        self.assertIn("or identity or identity_regex", self.errors(r)[0])
+
+    def test_a_policy_with_both_a_key_and_an_issuer_is_refused(self) -> None:
+        pem = public_pem(ec.generate_private_key(ec.SECP256R1()))
+        r = self.change(json.dumps({"public_key": pem, "issuer": "https://x"}))
+        self.assertIn("not both", self.errors(r)[0])
+
+    def test_a_bad_identity_regex_is_refused(self) -> None:
+        r = self.change('{"issuer": "https://x", "identity_regex": "("}')
+        self.assertIn("identity_regex is not a regular expression", self.errors(r)[0])
+
+    def test_a_not_before_without_a_time_zone_is_refused(self) -> None:
+        pem = public_pem(ec.generate_private_key(ec.SECP256R1()))
+        r = self.change(json.dumps({"public_key": pem, "not_before": "2026-05-01"}))
+        self.assertIn("not_before needs a time zone", self.errors(r)[0])
+
+    def test_an_unknown_key_is_refused(self) -> None:
+        r = self.change('{"public_keys": "x"}')
+        self.assertIn("unknown verification keys: public_keys", self.errors(r)[0])

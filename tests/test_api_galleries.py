@@ -23,3 +23,13 @@ class GalleryListTestCase(BaseTestCase):
         self.gallery.enabled = False
         self.gallery.save()
         self.assertEqual(self.api_get("/backends/galleries").json(), [])
+
+    def test_it_shows_a_gallerys_verification_policy(self) -> None:
+        block = {
+            "public_key": "-----BEGIN PUBLIC KEY-----\n...",
+            "not_before": "2026-05-01T00:00:00Z",
+        }
+        self.gallery.verification = block
+        self.gallery.save()
+        (row,) = self.api_get("/backends/galleries").json()
+        self.assertEqual(row["verification"], block)

@@ -59,6 +59,20 @@ class InstalledTestCase(BaseTestCase):
         self.assertContains(r, "<td>1.2.3</td>", count=2, html=True)
         self.assertContains(r, "sha256:0123456789ab…", count=2)
 
+    def test_an_image_installed_without_a_policy_shows_as_not_verified(self) -> None:
+        r = self.client.get("/installed/")
+        self.assertContains(r, "not verified", count=2)
+        self.assertNotContains(r, "signature verified")
+
+    def test_a_verified_image_shows_the_policy_that_verified_it(self) -> None:
+        build = self.gallery_file.parent / "backends" / "cpu-llama-cpp"
+        metadata = json.loads((build / "metadata.json").read_text())
+        metadata["verified_by"] = "gallery localai: key SHA256:0011223344556677"
+        (build / "metadata.json").write_text(json.dumps(metadata))
+        r = self.client.get("/installed/")
+        self.assertContains(r, "signature verified", count=2)
+        self.assertContains(r, "gallery localai: key SHA256:0011223344556677")
+
     def test_it_shows_upgrades_from_the_last_check(self) -> None:
         InstalledBackend.objects.create(
             node=self.node,

@@ -442,7 +442,26 @@ COMPONENTS: dict[str, Schema] = {
     "Gallery": {
         "type": "object",
         "required": ["name", "url", "mirrors"],
-        "properties": {"name": STRING, "url": STRING, "mirrors": STRINGS},
+        "properties": {
+            "name": STRING,
+            "url": STRING,
+            "mirrors": STRINGS,
+            "verification": {
+                "type": "object",
+                "description": "signature policy its images must satisfy (absent: none)",
+                "properties": dict.fromkeys(
+                    (
+                        "public_key",
+                        "issuer",
+                        "issuer_regex",
+                        "identity",
+                        "identity_regex",
+                        "not_before",
+                    ),
+                    STRING,
+                ),
+            },
+        },
     },
     "Metadata": {
         "type": ["object", "null"],
@@ -456,6 +475,7 @@ COMPONENTS: dict[str, Schema] = {
                 "version",
                 "uri",
                 "digest",
+                "verified_by",
             ),
             STRING,
         ),

@@ -50,8 +50,9 @@ from backends.core.installed import (
     write_metadata,
 )
 from backends.core.limits import Budget, LimitExceeded, Limits, shown
+from backends.core.oci.verify import VerificationPolicy, verify_image
 from backends.core.policy import SourcePolicy, SourceRefused, default_policy
-from backends.core.redact import redact_message
+from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import looks_like_oci
 from backends.core.transfer import DEFAULT_STALL_SECONDS, Watch, stalled
 from backends.core.trees import remove_tree
@@ -89,6 +90,8 @@ class Source:
     mirrors: tuple[str, ...] = ()
     sha256: str = ""
     gallery: str = ""
+    # The gallery's signature policy: an image is verified before any layer is fetched.
+    verification: VerificationPolicy | None = None
 
     @property
     def candidates(self) -> list[str]:
@@ -119,8 +122,14 @@ class Installer:
     # How many replaced builds of each backend stay in the versions store for a
     # rollback (versions.py); 0 removes a replaced build once the new one is in place.
     keep_versions: int = 0
+    # Refuse tarballs without a sha256 and images without a verification policy.
+    require_integrity: bool = False
+    # The trusted_root.json keyless signatures chain to ("": the public-good root).
+    sigstore_trust_root: str = ""
     # Made in the thread that runs the job: the one that polls should_cancel.
     watch: Watch = field(init=False)
+    # What verified the last image pulled ("" when nothing did): recorded in metadata.
+    verified_by: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self.watch = Watch(self.should_cancel, stall_seconds=self.stall_seconds)
@@ -143,6 +152,7 @@ class Installer:
 
         def fill(staging: Path) -> None:
             metadata.digest = self.fetch(source, staging)
+            metadata.verified_by = self.verified_by
             self._check_run_file(staging)
             if self.health_check is not None:
                 if self.progress:
@@ -320,9 +330,13 @@ class Installer:
         for uri in source.candidates:
             self._check_cancel()
             try:
-                return self._fetch_one(uri, source.sha256, staging)
+                return self._fetch_one(uri, source, staging)
             except (oci.Cancelled, extract.UnsafeArchiveError):
                 raise
+            except oci.VerificationError as exc:
+                # A mirror serves the same image: refused just the same, and the
+                # admin must see this reason, not "every source failed".
+                raise InstallError(redact_message(str(exc), uri)) from exc
             except LimitExceeded as exc:
                 # A mirror serves the same build: it would be refused just the same.
                 raise InstallError(str(exc)) from exc
@@ -342,9 +356,11 @@ class Installer:
             raise InstallError(f"download failed: {errors[0]}")
         raise InstallError("every source failed: " + "; ".join(errors))
 
-    def _fetch_one(self, uri: str, sha256: str, staging: Path) -> str:
+    def _fetch_one(self, uri: str, source: Source, staging: Path) -> str:
         # One budget per attempt: the staging folder is emptied between attempts.
         budget = Budget(self.limits, self.backends_path)
+        sha256 = source.sha256
+        self.verified_by = ""
         if uri.startswith(("file://", "/")):
             # Checked and read by its real path, so a link swapped in later is not
             # followed out of the local roots.
@@ -352,22 +368,53 @@ class Installer:
             if path.is_dir():
                 self._copy_folder(path, staging, budget)
             else:
+                self._require_sha256(uri, sha256)
                 self._fetch_tarball(path.as_uri(), sha256, staging, budget)
             return ""
         if uri.startswith(kits.SCHEME):
             return self._pull_layout(uri, staging, budget)
         if looks_like_oci(uri):
-            return self._pull(uri, staging, budget)
+            return self._pull(uri, staging, budget, source.verification)
         if uri.startswith(("http://", "https://")):
+            self._require_sha256(uri, sha256)
             self._fetch_tarball(uri, sha256, staging, budget)
             return ""
         raise InstallError(
             f"unsupported source {uri!r} (OCI reference, http(s) or file URL)"
         )
 
-    def _pull(self, uri: str, staging: Path, budget: Budget) -> str:
+    def _require_sha256(self, uri: str, sha256: str) -> None:
+        if self.require_integrity and not sha256:
+            raise InstallError(
+                f"{redact_uri(uri)}: a tarball without a sha256 is refused "
+                "(LOCALAI_ADMIN_REQUIRE_INTEGRITY is on)"
+            )
+
+    def _pull(
+        self,
+        uri: str,
+        staging: Path,
+        budget: Budget,
+        verification: VerificationPolicy | None,
+    ) -> str:
+        if verification is None and self.require_integrity:
+            raise InstallError(
+                f"{redact_uri(uri)}: an image from a gallery without a verification "
+                "policy is refused (LOCALAI_ADMIN_REQUIRE_INTEGRITY is on)"
+            )
         client = self.registry or oci.RegistryClient(policy=self.policy)
         image = client.resolve(uri, self.platform, watch=self.watch)
+        if verification is not None:
+            if self.progress:
+                self.progress(oci.Progress("verifying signature", uri, 0, 0))
+            # Before any layer is fetched: nothing unverified reaches the disk.
+            self.verified_by = verify_image(
+                client,
+                image,
+                verification,
+                trust_root=self.sigstore_trust_root,
+                watch=self.watch,
+            )
         self._check_free_space(sum(layer.size for layer in image.layers))
         # pull_image extracts each layer itself; the budget reaches it this way.
         with extract.bounded(budget):

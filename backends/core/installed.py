@@ -67,6 +67,8 @@ class Metadata:
     version: str = ""
     uri: str = ""
     digest: str = ""
+    # Which signature policy verified the image ("" when none did); ours, not LocalAI's.
+    verified_by: str = ""
 
     @classmethod
     def from_json(cls, data: object) -> Metadata:

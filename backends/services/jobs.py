@@ -330,6 +330,7 @@ def check_external(
         return _check_id(uri)
     if kind == SourceKind.PATH and here:
         raise Refused(400, f"{redact_uri(uri)} is not a folder on this host")
+    _check_integrity(uri, kind, here)
     if not name:
         if kind == SourceKind.OCI:
             raise Refused(400, "specifying a name is required for OCI images")
@@ -341,6 +342,30 @@ def check_external(
     except ValueError as exc:
         raise Refused(400, str(exc)) from None
     return ExternalSource(uri, name, alias, folder)
+
+
+def _check_integrity(uri: str, kind: SourceKind, here: bool) -> None:
+    """Strict integrity refuses, before a job is queued, what an external install can
+    never prove: an image has no gallery policy, a download no sha256. A local folder
+    is the admin's own and stays allowed."""
+    if not settings.LOCALAI_ADMIN_REQUIRE_INTEGRITY:
+        return
+    tarball = kind == SourceKind.URL or (
+        kind == SourceKind.FILE
+        and here
+        and not pipeline.source_policy().check_local_uri(uri).is_dir()
+    )
+    if kind == SourceKind.OCI or tarball:
+        what = (
+            "an image without a gallery's verification policy"
+            if kind == SourceKind.OCI
+            else "a tarball without a sha256"
+        )
+        raise Refused(
+            400,
+            f"{redact_uri(uri)}: {what} is refused (LOCALAI_ADMIN_REQUIRE_INTEGRITY is on)",
+            code="integrity_required",
+        )
 
 
 @audited("install_external")

@@ -221,6 +221,8 @@ class Runner:
             stall_seconds=settings.LOCALAI_ADMIN_STALL_SECONDS,
             health_check=health_check(),
             keep_versions=settings.LOCALAI_ADMIN_KEEP_VERSIONS,
+            require_integrity=settings.LOCALAI_ADMIN_REQUIRE_INTEGRITY,
+            sigstore_trust_root=settings.LOCALAI_ADMIN_SIGSTORE_TRUST_ROOT,
         )
 
     def run(self) -> str:
@@ -251,7 +253,7 @@ class Runner:
                 "install the meta backend instead, or use force"
             )
         self.install_concrete(entry, installer)
-        return f"installed {entry.name}"
+        return f"installed {entry.name}{self.unverified_warning()}"
 
     def install_meta(
         self, meta: GalleryBackend, capability: str, installer: Installer
@@ -272,7 +274,24 @@ class Runner:
             concrete.name,
             installed.Metadata(gallery_url=meta.gallery.url, version=concrete.version),
         )
-        return f"installed {meta.name} as {concrete.name}: {choice.explanation}"
+        return (
+            f"installed {meta.name} as {concrete.name}: {choice.explanation}"
+            f"{self.unverified_warning()}"
+        )
+
+    def unverified_warning(self) -> str:
+        """A warning for each image this job pulled without a signature check."""
+        unverified = sorted(
+            name
+            for name, metadata in self.fresh.items()
+            if metadata.digest and not metadata.verified_by
+        )
+        if not unverified:
+            return ""
+        return (
+            f"; warning: {', '.join(unverified)} not signature-verified "
+            "(no verification policy applies to it)"
+        )
 
     def install_concrete(self, entry: GalleryBackend, installer: Installer) -> None:
         source = self.source_of(entry)
@@ -307,7 +326,7 @@ class Runner:
         self.fresh[name] = installer.install(
             name, Source(uri), installed.Metadata(name=name, alias=alias, uri=uri)
         )
-        return f"installed {name} from {redact_uri(uri)}"
+        return f"installed {name} from {redact_uri(uri)}{self.unverified_warning()}"
 
     # -- upgrade -------------------------------------------------------------------
 
@@ -335,7 +354,7 @@ class Runner:
         InstalledBackend.objects.filter(name__in=(name, concrete)).update(
             upgrade_available=False
         )
-        return f"upgraded {entry.name}"
+        return f"upgraded {entry.name}{self.unverified_warning()}"
 
     def concrete_folder(self, name: str) -> str:
         """The build folder an upgrade of ``name`` replaces (a meta upgrades its build)."""
@@ -407,7 +426,13 @@ def gallery_source(entry: GalleryBackend) -> Source:
         entry.mirrors,
         prefer_development=settings.LOCALAI_PREFER_DEV_BACKENDS,
     )
-    return Source(primary, fallbacks, entry.sha256, gallery_origin(entry))
+    return Source(
+        primary,
+        fallbacks,
+        entry.sha256,
+        gallery_origin(entry),
+        entry.gallery.verification_policy(),
+    )
 
 
 def external_default_name(uri: str) -> str:

@@ -5,6 +5,7 @@
 * ``auth``: registry auth as an ``httpx.Auth`` flow (bearer tokens, basic credentials).
 * ``client``: ``RegistryClient``, the transport (retries, redirects, Range resume).
 * ``pull``: ``pull_image`` streams every layer through ``backends.core.extract``.
+* ``verify``: cosign signature checks against a gallery's verification policy.
 * ``errors``: ``OCIError`` and its subclasses, each message naming the reference;
   ``Cancelled`` (not an OCIError) when ``should_cancel`` says so.
 """
@@ -23,6 +24,7 @@ from backends.core.oci.errors import (
     PlatformNotFoundError,
     RegistryError,
     UnsupportedMediaTypeError,
+    VerificationError,
 )
 from backends.core.oci.manifest import Descriptor, ResolvedImage
 from backends.core.oci.pull import Progress, pull_image
@@ -45,6 +47,7 @@ __all__ = [
     "RegistryError",
     "ResolvedImage",
     "UnsupportedMediaTypeError",
+    "VerificationError",
     "parse_reference",
     "pull_image",
     "tls_context",

@@ -49,6 +49,7 @@ from backends.core.oci.errors import (
 from backends.core.oci.manifest import (
     INDEX_TYPES,
     MANIFEST_ACCEPT,
+    OCI_INDEX,
     Descriptor,
     Manifest,
     ResolvedImage,
@@ -244,6 +245,67 @@ class RegistryClient:
             return digest
         # Some registries omit the header on HEAD.
         return self.get_manifest(ref, watch=watch).digest
+
+    def referrers(
+        self, ref: Reference | str, digest: str, *, watch: Watch | None = None
+    ) -> list[dict[str, Any]]:
+        """The descriptors of the artifacts (signatures, SBOMs) whose subject is
+        ``digest``: from the OCI 1.1 referrers API, else from the referrers tag schema
+        (an index tagged ``sha256-<hex>``) on registries without the API. An image
+        nothing refers to gives []."""
+        ref = as_reference(ref)
+        if not is_digest(digest):
+            raise RegistryError(f"{ref}: malformed digest {digest!r}")
+        url = f"{self._repository_url(ref)}/referrers/{digest}"
+        what = f"referrers of {digest}"
+        watch = watch or self.watch()
+
+        def fetch() -> tuple[int, bytes]:
+            with closing(
+                self._request(
+                    ref, "GET", url, {"Accept": OCI_INDEX}, watch, stream=True
+                )
+            ) as response:
+                # 404 (and 400/405 on some registries): no referrers API here.
+                if response.status_code in (400, 404, 405):
+                    return response.status_code, b""
+                _raise_for_status(response, ref, what, watch, self._secrets)
+                return 200, _read_limited(
+                    response, MAX_MANIFEST_BYTES, f"{ref}: {what}", watch=watch
+                )
+
+        status, raw = watch.call(fetch)
+        if status == 200:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise RegistryError(f"{ref}: {what} is not JSON") from None
+        else:
+            tag = digest.replace(":", "-", 1)
+            try:
+                body = self.get_manifest(ref, tag, watch=watch).body
+            except NotFoundError:
+                return []
+        entries = body.get("manifests") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise RegistryError(f"{ref}: {what}: not an index")
+        return [entry for entry in entries if isinstance(entry, dict)]
+
+    def read_small_blob(
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        limit: int,
+        *,
+        watch: Watch | None = None,
+    ) -> bytes:
+        """A blob of at most ``limit`` bytes (a signature payload, a config), whole and
+        checked against its digest; a bigger announced size is refused unread."""
+        if descriptor.size > limit:
+            raise RegistryError(
+                f"{ref}: blob {descriptor.digest} is {descriptor.size} bytes, over the {limit} allowed"
+            )
+        return b"".join(self.iter_blob(ref, descriptor, watch=watch))
 
     # -- blobs --
 

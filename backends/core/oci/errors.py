@@ -15,6 +15,7 @@ __all__ = [
     "RegistryError",
     "RegistryStalled",
     "UnsupportedMediaTypeError",
+    "VerificationError",
 ]
 
 
@@ -52,3 +53,8 @@ class RegistryError(OCIError):
 
 class RegistryStalled(RegistryError, Stalled):
     """The registry, its token service or a blob store stalled (see core.transfer)."""
+
+
+class VerificationError(OCIError):
+    """The image's signatures do not satisfy its gallery's verification policy. Not
+    worth a mirror: the job fails before any layer is fetched."""
