@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("backends", "0006_audit_metrics"),
+        ("backends", "0007_node_models"),
     ]
 
     operations = [
