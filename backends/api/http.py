@@ -146,13 +146,29 @@ class BodyTooLarge(Exception):
     """A request body over MAX_BODY: 413."""
 
 
+# A refused body is still read, up to this much, and thrown away: a server that answers
+# before the client (or the proxy in front) has sent it all resets the connection, and
+# the client sees a 502 or a broken pipe instead of the 413.
+DISCARD_LIMIT = 8 << 20
+
+
+def _discard(request: HttpRequest, declared_length: int) -> None:
+    left = min(declared_length, DISCARD_LIMIT)
+    while left > 0:
+        chunk = request.read(min(left, 64 << 10))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
 def _json_body(request: HttpRequest) -> Any:
     try:
         declared_length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared_length = 0
-    # The declared length first: an oversized body is refused before it is read.
+    # The declared length first: an oversized body is refused without being parsed.
     if declared_length > MAX_BODY:
+        _discard(request, declared_length)
         raise BodyTooLarge
     try:
         body = request.body
