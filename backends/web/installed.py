@@ -3,6 +3,7 @@ and each backend's kept versions, with rollback and pin."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -108,13 +109,7 @@ def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
             return redirect("backends:installed")
         context = {"disk": disk, "plan": plan}
         return render(request, "backends/installed_upgrade.html", context)
-    try:
-        jobs.upgrade(name, requested_by=request.user.get_username())
-    except jobs.Refused as exc:
-        not_started(request, exc)
-    else:
-        messages.success(request, f"Upgrade of {name} started.")
-    return redirect("backends:installed")
+    return _start_from_installed(request, jobs.upgrade, name, "Upgrade")
 
 
 @require_POST
@@ -126,12 +121,19 @@ def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
     needed = roles.to_install_from(jobs.reinstall_source(name) or name)
     if not request.user.has_perm(needed):
         raise PermissionDenied(f"Not allowed: {roles.refusal(needed)}.")
+    return _start_from_installed(request, jobs.reinstall, name, "Reinstall")
+
+
+def _start_from_installed(
+    request: HtmxHttpRequest, start: Callable[..., Job], name: str, verb: str
+) -> HttpResponse:
+    """Start a job from a button of the Installed page, and come back to it."""
     try:
-        jobs.reinstall(name, requested_by=request.user.get_username())
+        start(name, requested_by=request.user.get_username())
     except jobs.Refused as exc:
         not_started(request, exc)
     else:
-        messages.success(request, f"Reinstall of {name} started.")
+        messages.success(request, f"{verb} of {name} started.")
     return redirect("backends:installed")
 
 
