@@ -158,3 +158,15 @@ class DjangoErrorsTestCase(BaseTestCase):
         self.assertEqual(r.status_code, 500)
         self.assertTrue(r["Content-Type"].startswith("text/html"))
         self.assertNotIn(b"secret detail", r.content)
+
+
+class UnicodeTestCase(BaseTestCase):
+    def test_a_lone_surrogate_in_a_body_is_a_400(self) -> None:
+        r = self.client.post(
+            "/backends/apply",
+            '{"id": "\\udbfc"}',
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {self.token_value}"},
+        )
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("not valid Unicode", r.json()["error"]["message"])

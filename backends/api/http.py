@@ -180,9 +180,17 @@ def _json_body(request: HttpRequest) -> Any:
         raise schemas.Invalid(f"request body nests deeper than {MAX_DEPTH} levels")
     try:
         # An empty body is an empty object: LocalAI's clients send none for defaults.
-        return json.loads(body or b"{}")
+        data = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise schemas.Invalid("request body is not valid JSON") from None
+    try:
+        # "\ud800" escapes decode to lone surrogates, which no database column can hold.
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise schemas.Invalid(
+            "request body holds text that is not valid Unicode"
+        ) from None
+    return data
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)

@@ -255,6 +255,8 @@ MODELS_REPORT: Schema = {
     "items": {
         "type": "object",
         "required": ["model", "backend"],
+        # Stored as JSON: nothing but these three keys reaches the database.
+        "additionalProperties": False,
         "properties": {
             "model": {**TEXT, "minLength": 1, "maxLength": _TEXT_MAX},
             "backend": {
