@@ -73,6 +73,23 @@ class RunsHereTestCase(BaseTestCase):
                 }
                 self.assertEqual(in_database, by_rule)
 
+    def test_the_available_answer_is_streamed_and_follows_the_verdict(self) -> None:
+        r = self.api_get("/backends/available")
+        self.assertTrue(r.streaming)
+        entries = resolve.first_by_name(GalleryBackend.objects.enabled())
+        concretes = resolve.concretes_by_name(entries)
+        expected = [
+            e.name
+            for e in entries
+            if resolve.verdict(e, concretes, "default").runs_here
+        ]
+        self.assertEqual([row["name"] for row in r.json()], expected)
+
+    def test_the_known_backends_answer_is_streamed(self) -> None:
+        r = self.api_get("/backends/known")
+        self.assertTrue(r.streaming)
+        self.assertIsInstance(r.json(), list)
+
     def test_a_sync_makes_the_runs_here_set_stale(self) -> None:
         before = read.runs_here_set("default")
         self.gallery.sync(force=True)

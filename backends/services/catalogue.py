@@ -8,7 +8,7 @@ computed by one function.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -617,24 +617,62 @@ def removal_plan(
 # -- API answers -----------------------------------------------------------------------
 
 
-def available(capability: str) -> list[dict[str, Any]]:
-    """Gallery entries this node can run, in LocalAI's shape, with how metas resolve."""
-    entries = gallery_entries()
-    concretes = resolve.concretes_by_name(entries)
+def available(capability: str) -> Iterator[dict[str, Any]]:
+    """Gallery entries this node can run, in LocalAI's shape, with how metas resolve.
+
+    Rows are produced one by one from the database (the answer is streamed); the
+    runs-here set is made fresh first, so a failure there is an error, not a cut answer.
+    """
+    runs_here_set(capability)
+    first = _first_by_name_ids()
     on_disk = local_disk(capability)
-    rows = []
-    for entry in entries:
-        verdict = resolve.verdict(entry, concretes, capability)
-        if not verdict.runs_here:
+    entries = _entries_running_on([capability])
+    return _available_rows(entries, first, on_disk, capability)
+
+
+def _available_rows(
+    entries: QuerySet[GalleryBackend],
+    first: set[int],
+    on_disk: Mapping[str, object],
+    capability: str,
+) -> Iterator[dict[str, Any]]:
+    for entry in _with_galleries(entries):
+        if entry.pk not in first:
             continue
         row = entry.to_localai(installed=entry.name in on_disk)
-        if verdict.resolution is not None:
+        if entry.is_meta:
+            # In the set, so it resolves (resolve.verdict said so): to this build.
+            resolution = resolve.resolve_meta(entry, capability)
             row["resolution"] = {
-                "concrete": verdict.resolution.concrete,
-                "explanation": verdict.resolution.explanation,
+                "concrete": resolution.concrete,
+                "explanation": resolution.explanation,
             }
-        rows.append(row)
-    return rows
+        yield row
+
+
+def _first_by_name_ids() -> set[int]:
+    """The entries that win their name (the first gallery), as resolve.first_by_name."""
+    seen: set[str] = set()
+    first: set[int] = set()
+    rows = GalleryBackend.objects.enabled().values_list("pk", "name_key")
+    for pk, key in rows.iterator(chunk_size=10_000):
+        if key not in seen:
+            seen.add(key)
+            first.add(pk)
+    return first
+
+
+def _entries_running_on(capabilities: Collection[str]) -> QuerySet[GalleryBackend]:
+    ids = RunsHere.objects.filter(capability__in=list(capabilities))
+    return GalleryBackend.objects.enabled().filter(pk__in=ids.values("entry_id"))
+
+
+def _with_galleries(entries: QuerySet[GalleryBackend]) -> Iterator[GalleryBackend]:
+    """The entries read in chunks, each with its (shared) gallery."""
+    galleries = {gallery.pk: gallery for gallery in Gallery.objects.all()}
+    for entry in entries.iterator(chunk_size=2000):
+        entry.gallery = galleries[entry.gallery_id]
+        yield entry
 
 
 def known_backends(installed_names: set[str]) -> list[dict[str, Any]]:
@@ -664,24 +702,24 @@ def galleries() -> list[dict[str, Any]]:
     return [g.to_localai() for g in Gallery.objects.filter(enabled=True)]
 
 
-def cluster_available() -> list[dict[str, Any]]:
+def cluster_available() -> Iterator[dict[str, Any]]:
     """Distributed mode: entries that at least one online node can run (the union).
 
     The controller's own hardware counts too, as in LocalAI: before any agent registers
     the catalogue shows what this host runs instead of nothing.
     """
-    entries = gallery_entries()
     capabilities = set(Node.objects.taking_work().values_list("capability", flat=True))
     capabilities.add(Node.objects.local().current_capability())
-    runnable: set[str] = set()
     for capability in sorted(capabilities):
-        runnable.update(entry.name for entry in resolve.available(entries, capability))
+        runs_here_set(capability)
+    first = _first_by_name_ids()
     installed_names = set(InstalledBackend.objects.values_list("name", flat=True))
-    return [
+    entries = _entries_running_on(capabilities)
+    return (
         entry.to_localai(installed=entry.name in installed_names)
-        for entry in entries
-        if entry.name in runnable
-    ]
+        for entry in _with_galleries(entries)
+        if entry.pk in first
+    )
 
 
 def cluster_installed() -> list[dict[str, Any]]:
