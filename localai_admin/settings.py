@@ -321,6 +321,10 @@ GALLERY_SYNC_MINUTES = envint("LOCALAI_ADMIN_GALLERY_SYNC_MINUTES", "60")
 # More entries than this fail a gallery's sync (its last good entries stay); the other
 # gallery limits are fixed in backends.core.gallery.GalleryLimits.
 LOCALAI_ADMIN_GALLERY_MAX_ENTRIES = envint("LOCALAI_ADMIN_GALLERY_MAX_ENTRIES", "20000")
+# Catalogue pages rendered at once per server process: the others wait (without CPU)
+# so that job-status polls and other light requests are not starved by a crowd
+# browsing a large catalogue (docs/performance.md, status_poll_during_browse).
+LOCALAI_ADMIN_CATALOGUE_RENDERS = envint("LOCALAI_ADMIN_CATALOGUE_RENDERS", "1")
 NODE_NAME = os.getenv("LOCALAI_ADMIN_NODE_NAME", "local")
 # Registries reached over plain HTTP (loopback hosts always are), comma-separated host:port.
 LOCALAI_ADMIN_INSECURE_REGISTRIES = [

@@ -138,3 +138,21 @@ class LargeCatalogueTestCase(BaseTestCase):
         first = r.context["page"].object_list[0]
         self.assertEqual(first.entry.name, "whisper-c7")
         self.assertEqual(first.resolution.concrete, "cpu-whisper-c7")
+
+
+class CatalogueAdmissionTestCase(BaseTestCase):
+    def test_a_catalogue_page_waiting_too_long_for_its_turn_answers_busy(self) -> None:
+        from backends.web import catalogue as views
+
+        self.client.force_login(self.bob)
+        original, views.RENDER_WAIT_SECONDS = views.RENDER_WAIT_SECONDS, 0.01
+        views._renders.acquire()  # another request is rendering
+        try:
+            r = self.client.get("/")
+        finally:
+            views._renders.release()
+            views.RENDER_WAIT_SECONDS = original
+        self.assertEqual(r.status_code, 503)
+        self.assertEqual(r["Retry-After"], "5")
+        self.assertContains(r, "busy", status_code=503)
+        self.assertEqual(self.client.get("/").status_code, 200)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -27,6 +29,9 @@ from backends.web.base import (
 from backends.web.forms import CatalogueQueryForm, InstallForm
 
 PAGE_SIZE = 50
+# How long a catalogue request waits for its turn before "busy, retry" (503).
+RENDER_WAIT_SECONDS: float = 30
+_renders = threading.BoundedSemaphore(max(1, settings.LOCALAI_ADMIN_CATALOGUE_RENDERS))
 
 
 def _tag_link_query(request: HtmxHttpRequest) -> str:
@@ -39,6 +44,23 @@ def _tag_link_query(request: HtmxHttpRequest) -> str:
 
 @requires(roles.VIEW)
 def catalogue(request: HtmxHttpRequest) -> HttpResponse:
+    # Admission: a catalogue page is the heaviest read; while one renders, the others
+    # of this process wait here, off the CPU, and light requests keep their latency.
+    if not _renders.acquire(timeout=RENDER_WAIT_SECONDS):
+        response = HttpResponse(
+            "The catalogue is busy; try again in a moment.",
+            status=503,
+            content_type="text/plain",
+        )
+        response["Retry-After"] = "5"
+        return response
+    try:
+        return _catalogue(request)
+    finally:
+        _renders.release()
+
+
+def _catalogue(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     capability = node.current_capability()
     galleries = read.enabled_galleries()
