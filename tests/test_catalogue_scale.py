@@ -156,3 +156,10 @@ class CatalogueAdmissionTestCase(BaseTestCase):
         self.assertEqual(r["Retry-After"], "5")
         self.assertContains(r, "busy", status_code=503)
         self.assertEqual(self.client.get("/").status_code, 200)
+
+
+def test_raising_the_entry_limit_raises_the_gallery_byte_cap_in_proportion() -> None:
+    default = gallery_format.max_gallery_bytes(gallery_format.DEFAULT_LIMITS)
+    raised = gallery_format.GalleryLimits(entries=200_000)
+    assert default == gallery_format.MAX_GALLERY_BYTES
+    assert gallery_format.max_gallery_bytes(raised) == 10 * default
