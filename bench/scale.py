@@ -42,6 +42,8 @@ from bench.common import (
 
 # BENCH_SCALE_ENTRIES: a smaller gallery to try the figure out (the names keep "100k").
 ENTRIES = int(os.getenv("BENCH_SCALE_ENTRIES", "100000"))
+# BENCH_SCALE_SYNC_RUNS: fewer timed syncs, to try the figure out (a 100k sync takes
+# about a minute here).
 # A 100,000-entry sync takes seconds and every figure here repeats it: generous.
 WORKER_TIMEOUT = 3600
 SYNC_RATIO = 3.0
@@ -232,7 +234,8 @@ def _sync(args: dict[str, Any]) -> dict[str, Any]:
         return elapsed
 
     once()  # into the empty table; the timed ones replace, as the periodic sync does
-    times = [once() for _ in range(args["runs"])]
+    runs = int(os.getenv("BENCH_SCALE_SYNC_RUNS", args["runs"]))
+    times = [once() for _ in range(runs)]
     return {"times": times, "peak_mb": _peak_mb(), "entries": gallery.entry_count}
 
 
