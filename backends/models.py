@@ -189,6 +189,10 @@ class Gallery(models.Model):
         parsed.entries[:] = kept
 
 
+# Rows per executemany of a sync's inserts (SQLite; PostgreSQL streams through COPY).
+INSERT_CHUNK = 2000
+
+
 class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
     def insert_entries(
         self, gallery: Gallery, entries: list[gallery_format.GalleryEntry]
@@ -201,31 +205,42 @@ class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
         """
         fields = [f for f in GalleryBackend._meta.concrete_fields if not f.primary_key]
         json_fields = {f.attname for f in fields if isinstance(f, models.JSONField)}
-        rows = []
-        for position, entry in enumerate(entries):
-            values = GalleryBackend.fields_from(entry)
-            values |= {"gallery_id": gallery.pk, "position": position}
-            rows.append(
-                [
+        ops = connection.ops
+        table = ops.quote_name(GalleryBackend._meta.db_table)
+        columns = ", ".join(ops.quote_name(column(f)) for f in fields)
+        marks = ", ".join(["%s"] * len(fields))
+
+        def rows() -> Iterable[list[Any]]:
+            for position, entry in enumerate(entries):
+                values = GalleryBackend.fields_from(entry)
+                values |= {"gallery_id": gallery.pk, "position": position}
+                yield [
                     json.dumps(values[f.attname])
                     if f.attname in json_fields
                     else values[f.attname]
                     for f in fields
                 ]
-            )
-        ops = connection.ops
-        table = ops.quote_name(GalleryBackend._meta.db_table)
-        columns = ", ".join(ops.quote_name(column(f)) for f in fields)
+
+        # Rows are built as they are written, a chunk at a time: a 200,000-entry
+        # gallery must not hold every row's tuple next to its parsed entries.
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                    for row in rows:
+                    for row in rows():
                         copy.write_row(row)
             else:
-                marks = ", ".join(["%s"] * len(fields))
-                cursor.executemany(
-                    f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows
-                )
+                chunk: list[list[Any]] = []
+                for row in rows():
+                    chunk.append(row)
+                    if len(chunk) >= INSERT_CHUNK:
+                        cursor.executemany(
+                            f"INSERT INTO {table} ({columns}) VALUES ({marks})", chunk
+                        )
+                        chunk = []
+                if chunk:
+                    cursor.executemany(
+                        f"INSERT INTO {table} ({columns}) VALUES ({marks})", chunk
+                    )
 
     def enabled(self) -> GalleryBackendQuerySet:
         # Galleries in their configured order: the first gallery wins a name lookup.
@@ -262,6 +277,13 @@ class GalleryBackend(models.Model):
     version = models.CharField(max_length=255, blank=True)
     sha256 = models.CharField(max_length=64, blank=True)
     is_meta = models.BooleanField(default=False)
+    # Derived at sync so the catalogue filters, searches and sorts in the database
+    # (a gallery can hold 200,000 entries): lower-cased name and alias, the words a
+    # search matches, and the tags between newlines ("\nasr\ngpu\n").
+    name_key = models.CharField(max_length=255, blank=True, default="")
+    alias_key = models.CharField(max_length=255, blank=True, default="")
+    search_text = models.TextField(blank=True, default="")
+    tag_text = models.TextField(blank=True, default="")
 
     objects = GalleryBackendQuerySet.as_manager()
 
@@ -275,6 +297,11 @@ class GalleryBackend(models.Model):
         indexes = [
             # Name lookups (install by name, the catalogue's search) go through this.
             models.Index(fields=("name",), name="gallerybackend_name"),
+            # The catalogue's sort by name and its relevance ranking.
+            models.Index(fields=("name_key",), name="gallerybackend_name_key"),
+            models.Index(fields=("alias_key",), name="gallerybackend_alias_key"),
+            # Gallery order ("gallery" sort, the API's answers).
+            models.Index(fields=("gallery", "position"), name="gallerybackend_order"),
         ]
 
     def __str__(self) -> str:
@@ -283,6 +310,20 @@ class GalleryBackend(models.Model):
     @property
     def id_in_gallery(self) -> str:
         return f"{self.gallery.name}@{self.name}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Syncs insert rows directly; an entry saved one by one (the admin site, tests)
+        # keeps its derived columns right and makes the "runs here" sets stale.
+        for key, value in self.derived(
+            self.name, self.alias, self.description, self.tags or []
+        ).items():
+            setattr(self, key, value)
+        super().save(*args, **kwargs)
+        RunsHereSet.objects.all().delete()
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        RunsHereSet.objects.all().delete()
+        return super().delete(*args, **kwargs)
 
     @staticmethod
     def fields_from(entry: gallery_format.GalleryEntry) -> dict[str, Any]:
@@ -300,6 +341,24 @@ class GalleryBackend(models.Model):
             "version": entry.version,
             "sha256": entry.sha256,
             "is_meta": entry.is_meta,
+            **GalleryBackend.derived(
+                entry.name, entry.alias, entry.description, entry.tags
+            ),
+        }
+
+    @staticmethod
+    def derived(
+        name: str, alias: str, description: str, tags: Iterable[str]
+    ) -> dict[str, str]:
+        """The columns the catalogue queries, from the entry's own fields."""
+        tags = [str(tag) for tag in tags]
+        return {
+            "name_key": name.lower(),
+            "alias_key": alias.lower(),
+            "search_text": " ".join([name, alias, description, *tags]).lower(),
+            "tag_text": "".join(f"\n{tag.lower()}" for tag in tags) + "\n"
+            if tags
+            else "",
         }
 
     def to_localai(self, installed: bool = False) -> dict[str, Any]:
@@ -324,6 +383,44 @@ class GalleryBackend(models.Model):
             "installed": installed,
             "is_meta": self.is_meta,
         }
+
+
+class RunsHereSet(models.Model):
+    """The catalogue entries that run on a node with ``capability``, as of the enabled
+    galleries' ``fingerprint``: computed once per capability and gallery state with
+    ``resolve.verdict`` (the one rule), so the catalogue filters in the database."""
+
+    capability = models.CharField(max_length=255, unique=True)
+    fingerprint = models.CharField(max_length=64)
+    # Every tag of the enabled galleries, lower-cased and sorted (the tag links).
+    tags = models.JSONField(default=list, blank=True)
+    total = models.PositiveIntegerField(default=0)  # entries of the enabled galleries
+    computed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.capability} ({self.fingerprint[:8]})"
+
+
+class RunsHere(models.Model):
+    """One entry that runs on ``capability`` (see RunsHereSet)."""
+
+    capability = models.CharField(max_length=255)
+    # No database constraint and no cascade: a sync replaces entries by the hundred
+    # thousand, and rows left pointing at gone entries match nothing until the set is
+    # recomputed (the galleries' fingerprint changed with the sync).
+    entry = models.ForeignKey(
+        GalleryBackend, models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=("capability", "entry"), name="unique_runs_here"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entry_id} on {self.capability}"
 
 
 class NodeRefused(Exception):

@@ -169,4 +169,4 @@ class UnicodeTestCase(BaseTestCase):
             headers={"Authorization": f"Bearer {self.token_value}"},
         )
         self.assertEqual(r.status_code, 400)
-        self.assertIn("not valid Unicode", r.json()["error"]["message"])
+        self.assertEqual(r.json()["error"]["type"], "invalid_request")

@@ -10,10 +10,17 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 
 from backends import roles, tasks
 from backends.api import schemas
-from backends.api.http import ApiRequest, api_view, forbidden, json_error
+from backends.api.http import (
+    ApiRequest,
+    JsonArrayStream,
+    api_view,
+    forbidden,
+    json_error,
+)
 from backends.api.openapi import openapi_document
 from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_backend_id
@@ -93,19 +100,20 @@ def _installed() -> JsonResponse:
 
 
 @api_view(permission=roles.VIEW, responses={200: array_of("GalleryBackend")})
-def available_list(request: HttpRequest) -> JsonResponse:
+def available_list(request: HttpRequest) -> HttpResponseBase:
     """Gallery backends this node can run (distributed: that some online node can run)"""
+    # Streamed: a gallery can hold 200,000 entries.
     if settings.DISTRIBUTED:
-        return JsonResponse(catalogue.cluster_available(), safe=False)
+        return JsonArrayStream(catalogue.cluster_available())
     capability = Node.objects.local().current_capability()
-    return JsonResponse(catalogue.available(capability), safe=False)
+    return JsonArrayStream(catalogue.available(capability))
 
 
 @api_view(permission=roles.VIEW, responses={200: array_of("KnownBackend")})
-def known_list(request: HttpRequest) -> JsonResponse:
+def known_list(request: HttpRequest) -> HttpResponseBase:
     """Known backends, by modality then name"""
     names = set(catalogue.local_disk().keys())
-    return JsonResponse(catalogue.known_backends(names), safe=False)
+    return JsonArrayStream(catalogue.known_backends(names))
 
 
 @api_view(permission=roles.VIEW, responses={200: array_of("Gallery")})

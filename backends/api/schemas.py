@@ -26,7 +26,8 @@ BOOL: Schema = {"type": "boolean"}
 INTEGER: Schema = {"type": "integer"}
 STRINGS: Schema = {"type": "array", "items": STRING}
 NULLABLE_STRING: Schema = {"type": ["string", "null"]}
-NO_NUL = r"^[^\x00]*$"
+# No NUL and no lone surrogate ("\ud800" escapes): no database column can hold them.
+NO_NUL = r"^[^\x00\ud800-\udfff]*$"
 TEXT: Schema = {"type": "string", "pattern": NO_NUL}
 
 
@@ -105,6 +106,8 @@ URI: Schema = {
 HARDWARE: Schema = {
     "type": ["object", "null"],
     "description": "the agent's hardware report",
+    # Stored as JSON: only what a report holds reaches the database.
+    "additionalProperties": False,
     "properties": {
         **{
             key: column(Node, key)
@@ -119,6 +122,7 @@ HARDWARE: Schema = {
             "items": {
                 "type": "object",
                 "required": ["vendor", "name", "vram_bytes"],
+                "additionalProperties": False,
                 "properties": {
                     "vendor": TEXT,
                     "name": TEXT,

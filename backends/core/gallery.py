@@ -709,6 +709,16 @@ ALLOWED_SCHEMES = ("https", "http", "file", "github")
 USER_AGENT = "localai-admin"
 # The real index is under 300 KB; anything far larger is a wrong URL or hostile.
 MAX_GALLERY_BYTES = 64 * 1024 * 1024
+
+
+def max_gallery_bytes(limits: GalleryLimits) -> int:
+    """The byte cap for ``limits``: MAX_GALLERY_BYTES at the default entry limit, and
+    in proportion above it, so a raised LOCALAI_ADMIN_GALLERY_MAX_ENTRIES (200,000
+    entries written out in full are ~200 MB) is not refused for its size alone."""
+    scale = max(1.0, limits.entries / DEFAULT_LIMITS.entries)
+    return int(MAX_GALLERY_BYTES * scale)
+
+
 _GITHUB_RAW = "https://raw.githubusercontent.com"
 
 
@@ -836,7 +846,10 @@ def fetch_gallery(
             try:
                 target = expand_source(source)
                 if urlsplit(target).scheme.lower() == "file":
-                    body, new_etag = _read_file(policy.check_local_uri(target)), ""
+                    body = _read_file(
+                        policy.check_local_uri(target), max_gallery_bytes(limits)
+                    )
+                    new_etag = ""
                 else:
                     if http is None:
                         # Created only when needed: a file:// gallery loads no TLS setup.
@@ -847,7 +860,14 @@ def fetch_gallery(
                                 transport=policy.transport(),
                             )
                         )
-                    response = _read_http(http, target, etag, timeout, stall_seconds)
+                    response = _read_http(
+                        http,
+                        target,
+                        etag,
+                        timeout,
+                        stall_seconds,
+                        max_gallery_bytes(limits),
+                    )
                     if response is None:
                         return FetchResult(
                             b"", source, etag, sha256, True, errors=tuple(failures)
@@ -883,10 +903,10 @@ def _accept(
     return FetchResult(body, source, etag, digest, False, shape, failures)
 
 
-def _read_file(path: Path) -> bytes:
+def _read_file(path: Path, max_bytes: int) -> bytes:
     try:
-        if path.stat().st_size > MAX_GALLERY_BYTES:
-            raise _SourceFailed(f"larger than {MAX_GALLERY_BYTES} bytes")
+        if path.stat().st_size > max_bytes:
+            raise _SourceFailed(f"larger than {max_bytes} bytes")
         return path.read_bytes()
     except FileNotFoundError:
         raise _SourceFailed(f"file not found: {path}") from None
@@ -899,7 +919,12 @@ def _read_file(path: Path) -> bytes:
 
 
 def _read_http(
-    client: httpx.Client, url: str, etag: str, timeout: float, stall_seconds: float
+    client: httpx.Client,
+    url: str,
+    etag: str,
+    timeout: float,
+    stall_seconds: float,
+    max_bytes: int,
 ) -> tuple[bytes, str] | None:
     """(body, etag) of a successful GET, or None when the server says 304 Not Modified."""
     headers = {"User-Agent": USER_AGENT}
@@ -925,7 +950,7 @@ def _read_http(
                 raise _SourceFailed(f"HTTP {status} {response.reason_phrase}".rstrip())
             try:
                 body = read_capped(
-                    response, watch, max_bytes=MAX_GALLERY_BYTES, deadline=deadline
+                    response, watch, max_bytes=max_bytes, deadline=deadline
                 )
             except BodyTooLarge as exc:
                 raise _SourceFailed(str(exc)) from None

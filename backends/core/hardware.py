@@ -122,15 +122,15 @@ class HardwareReport:
             os=str(data.get("os", "")),
             arch=str(data.get("arch", "")),
             vendor=str(data.get("vendor", "")),
-            vram_bytes=int(str(data.get("vram_bytes", 0))),
+            vram_bytes=_whole(data.get("vram_bytes", 0)),
             gpus=tuple(
-                Gpu(str(g["vendor"]), str(g["name"]), int(g["vram_bytes"]))
+                Gpu(str(g["vendor"]), str(g["name"]), _whole(g["vram_bytes"]))
                 for g in (gpus if isinstance(gpus, list) else [])
             ),
             driver_version=str(data.get("driver_version", "")),
             cuda_version=str(data.get("cuda_version", "")),
             cuda_toolkits=tuple(
-                int(t) for t in (toolkits if isinstance(toolkits, list) else [])
+                _whole(t) for t in (toolkits if isinstance(toolkits, list) else [])
             ),
             jetson=bool(data.get("jetson", False)),
             capability=str(data.get("capability", "")),
@@ -675,3 +675,12 @@ def _run(argv: list[str], timeout: float) -> str | None:
     if proc.returncode != 0:
         return None
     return out.decode("utf-8", errors="replace")
+
+
+def _whole(value: object) -> int:
+    """A count from JSON: ``1857.0`` is the integer 1857 (JSON Schema agrees)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return int(str(value))

@@ -7,14 +7,16 @@ computed by one function.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+import hashlib
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db import IntegrityError, transaction
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from backends.core import icons, installed, resolve
@@ -27,6 +29,8 @@ from backends.models import (
     Job,
     KnownBackend,
     Node,
+    RunsHere,
+    RunsHereSet,
 )
 
 # -- the disk --------------------------------------------------------------------------
@@ -117,6 +121,216 @@ def light_entries(entries: QuerySet[GalleryBackend]) -> list[Entry]:
         )
         for pk, gallery, name, alias, description, uri, tags, is_meta, icon in rows
     ]
+
+
+# -- the catalogue in the database ------------------------------------------------------
+#
+# A gallery can hold 200,000 entries: the catalogue filters, searches, sorts and pages
+# in SQL, and resolves only the rows it shows. "Runs here" is not a column (it depends
+# on the node's capability and on the other entries a meta points at): it is computed
+# with resolve.verdict, the one rule, once per capability and state of the enabled
+# galleries, and kept as a set of entry ids (RunsHere) the queries join.
+
+LIGHT_FIELDS = (
+    "pk",
+    "gallery__name",
+    "name",
+    "alias",
+    "description",
+    "uri",
+    "tags",
+    "is_meta",
+    "icon",
+    "capabilities",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolvable:
+    """What resolve.verdict reads of an entry, and its id."""
+
+    pk: int
+    name: str
+    uri: str
+    is_meta: bool
+    capabilities: Mapping[str, str]
+
+
+def enabled_galleries() -> list[tuple[Any, ...]]:
+    """(pk, name, position, last_synced_at, entry_count) of the enabled galleries."""
+    rows = (
+        Gallery.objects.filter(enabled=True)
+        .order_by("position", "name")
+        .values_list("pk", "name", "position", "last_synced_at", "entry_count")
+    )
+    return list(rows)
+
+
+def galleries_fingerprint(galleries: list[tuple[Any, ...]] | None = None) -> str:
+    """Changes whenever the enabled galleries or their entries may have: a sync (even
+    an unchanged one) moves ``last_synced_at``, an edit moves ``position`` or ``enabled``."""
+    if galleries is None:
+        galleries = enabled_galleries()
+    return hashlib.sha256(repr(galleries).encode()).hexdigest()
+
+
+def runs_here_set(
+    capability: str, galleries: list[tuple[Any, ...]] | None = None
+) -> RunsHereSet:
+    """The up-to-date set of entries that run on ``capability``; computed when missing.
+    ``galleries``: ``enabled_galleries()`` when the caller has it already."""
+    fingerprint = galleries_fingerprint(galleries)
+    found = RunsHereSet.objects.filter(
+        capability=capability, fingerprint=fingerprint
+    ).first()
+    return found or _compute_runs_here(capability, fingerprint)
+
+
+def _compute_runs_here(capability: str, fingerprint: str) -> RunsHereSet:
+    entries = GalleryBackend.objects.enabled()
+    maps = dict(entries.filter(is_meta=True).values_list("pk", "capabilities"))
+    light: list[_Resolvable] = []
+    tags: set[str] = set()
+    rows = entries.values_list("pk", "name", "uri", "is_meta", "tag_text")
+    for pk, name, uri, is_meta, tag_text in rows.iterator(chunk_size=5000):
+        light.append(_Resolvable(pk, name, uri, is_meta, maps.get(pk, {})))
+        tags.update(tag_text.split("\n"))
+    total = len(light)
+    concretes = resolve.concretes_by_name(light)
+    ids = [e.pk for e in light if resolve.verdict(e, concretes, capability).runs_here]
+    del light, concretes
+    tags.discard("")
+    with transaction.atomic():
+        RunsHere.objects.filter(capability=capability).delete()
+        RunsHere.objects.bulk_create(
+            (RunsHere(capability=capability, entry_id=pk) for pk in ids),
+            batch_size=5000,
+            ignore_conflicts=True,  # two first requests computing at once
+        )
+        try:
+            with transaction.atomic():
+                found, _ = RunsHereSet.objects.update_or_create(
+                    capability=capability,
+                    defaults={
+                        "fingerprint": fingerprint,
+                        "tags": sorted(tags),
+                        "total": total,
+                    },
+                )
+        except IntegrityError:  # the other request created it first
+            found = RunsHereSet.objects.get(capability=capability)
+    return found
+
+
+@dataclass(frozen=True)
+class CatalogueQuery:
+    """The catalogue's filters, as the page's form gives them."""
+
+    capability: str
+    search: str = ""
+    gallery: str = ""
+    tag: str = ""
+    development: bool = False
+    other_hardware: bool = False
+    sort: str = "name"
+    installed: Collection[str] = ()
+
+
+def catalogue_entries(query: CatalogueQuery) -> QuerySet[GalleryBackend]:
+    """The entries the catalogue lists, filtered and ordered in the database."""
+    entries = GalleryBackend.objects.enabled()
+    for word in query.search.lower().split():
+        # Every word a substring of name, alias, description or a tag.
+        entries = entries.filter(search_text__contains=word)
+    if query.gallery:
+        entries = entries.filter(gallery__name=query.gallery)
+    if query.tag:
+        entries = entries.filter(tag_text__contains=f"\n{query.tag.lower()}\n")
+    if not query.development:
+        # Nightly builds (and metas over them), hidden unless asked for.
+        entries = entries.exclude(name_key__endswith=DEVELOPMENT_SUFFIX)
+    if not query.other_hardware:
+        # The default view: what this node can use, by the same rule as a row's
+        # "Not for this node" (runs_here_set), so the two cannot disagree.
+        runnable = RunsHere.objects.filter(capability=query.capability)
+        entries = entries.filter(pk__in=runnable.values("entry_id"))
+    gallery_order = ("gallery__position", "gallery__name", "position")
+    order: list[Any] = []
+    if query.search:
+        order.append(relevance(query.search))
+    if query.sort == "-name":
+        order.append("-name_key")
+    elif query.sort == "installed":
+        order.append(
+            Case(
+                When(name__in=list(query.installed), then=Value(0)),
+                default=Value(1),
+                output_field=IntegerField(),
+            )
+        )
+        order.append("name_key")
+    elif query.sort != "gallery":
+        order.append("name_key")
+    return entries.order_by(*order, *gallery_order)
+
+
+DEVELOPMENT_SUFFIX = "-development"
+
+
+def relevance(search: str) -> Case:
+    """How well an entry answers a search, lower first: the entry named exactly what was
+    typed, then the builds aliased to it, then names starting with it, then the rest (a
+    word in a description or tag).
+
+    Without it "whisper" listed every build mentioning whisper, alphabetically, before the
+    ``whisper`` meta itself.
+    """
+    search = search.lower()
+    return Case(
+        When(name_key=search, then=Value(0)),
+        When(alias_key=search, then=Value(1)),
+        When(
+            Q(name_key__startswith=search)
+            | (~Q(alias_key="") & Q(alias_key__startswith=search)),
+            then=Value(2),
+        ),
+        default=Value(3),
+        output_field=IntegerField(),
+    )
+
+
+def entries_of(rows: Iterable[Sequence[Any]]) -> list[Entry]:
+    """Entries from ``values_list(*LIGHT_FIELDS)`` rows."""
+    return [
+        Entry(
+            gallery,
+            name,
+            alias,
+            desc,
+            uri,
+            tags,
+            is_meta,
+            caps if is_meta else {},
+            icon,
+        )
+        for _, gallery, name, alias, desc, uri, tags, is_meta, icon, caps in rows
+    ]
+
+
+def builds_for(entries: Iterable[Entry]) -> dict[str, Entry]:
+    """The concrete builds the metas among ``entries`` can resolve to, by lower-cased
+    name: what resolve.verdict needs to describe these entries, and no more."""
+    names = {
+        build.lower()
+        for entry in entries
+        if entry.is_meta
+        for build in entry.capabilities.values()
+        if isinstance(build, str)
+    }
+    if not names:
+        return {}
+    builds = GalleryBackend.objects.enabled().filter(is_meta=False, name_key__in=names)
+    return resolve.concretes_by_name(entries_of(builds.values_list(*LIGHT_FIELDS)))
 
 
 @dataclass
@@ -403,24 +617,62 @@ def removal_plan(
 # -- API answers -----------------------------------------------------------------------
 
 
-def available(capability: str) -> list[dict[str, Any]]:
-    """Gallery entries this node can run, in LocalAI's shape, with how metas resolve."""
-    entries = gallery_entries()
-    concretes = resolve.concretes_by_name(entries)
+def available(capability: str) -> Iterator[dict[str, Any]]:
+    """Gallery entries this node can run, in LocalAI's shape, with how metas resolve.
+
+    Rows are produced one by one from the database (the answer is streamed); the
+    runs-here set is made fresh first, so a failure there is an error, not a cut answer.
+    """
+    runs_here_set(capability)
+    first = _first_by_name_ids()
     on_disk = local_disk(capability)
-    rows = []
-    for entry in entries:
-        verdict = resolve.verdict(entry, concretes, capability)
-        if not verdict.runs_here:
+    entries = _entries_running_on([capability])
+    return _available_rows(entries, first, on_disk, capability)
+
+
+def _available_rows(
+    entries: QuerySet[GalleryBackend],
+    first: set[int],
+    on_disk: Mapping[str, object],
+    capability: str,
+) -> Iterator[dict[str, Any]]:
+    for entry in _with_galleries(entries):
+        if entry.pk not in first:
             continue
         row = entry.to_localai(installed=entry.name in on_disk)
-        if verdict.resolution is not None:
+        if entry.is_meta:
+            # In the set, so it resolves (resolve.verdict said so): to this build.
+            resolution = resolve.resolve_meta(entry, capability)
             row["resolution"] = {
-                "concrete": verdict.resolution.concrete,
-                "explanation": verdict.resolution.explanation,
+                "concrete": resolution.concrete,
+                "explanation": resolution.explanation,
             }
-        rows.append(row)
-    return rows
+        yield row
+
+
+def _first_by_name_ids() -> set[int]:
+    """The entries that win their name (the first gallery), as resolve.first_by_name."""
+    seen: set[str] = set()
+    first: set[int] = set()
+    rows = GalleryBackend.objects.enabled().values_list("pk", "name_key")
+    for pk, key in rows.iterator(chunk_size=10_000):
+        if key not in seen:
+            seen.add(key)
+            first.add(pk)
+    return first
+
+
+def _entries_running_on(capabilities: Collection[str]) -> QuerySet[GalleryBackend]:
+    ids = RunsHere.objects.filter(capability__in=list(capabilities))
+    return GalleryBackend.objects.enabled().filter(pk__in=ids.values("entry_id"))
+
+
+def _with_galleries(entries: QuerySet[GalleryBackend]) -> Iterator[GalleryBackend]:
+    """The entries read in chunks, each with its (shared) gallery."""
+    galleries = {gallery.pk: gallery for gallery in Gallery.objects.all()}
+    for entry in entries.iterator(chunk_size=2000):
+        entry.gallery = galleries[entry.gallery_id]
+        yield entry
 
 
 def known_backends(installed_names: set[str]) -> list[dict[str, Any]]:
@@ -450,24 +702,24 @@ def galleries() -> list[dict[str, Any]]:
     return [g.to_localai() for g in Gallery.objects.filter(enabled=True)]
 
 
-def cluster_available() -> list[dict[str, Any]]:
+def cluster_available() -> Iterator[dict[str, Any]]:
     """Distributed mode: entries that at least one online node can run (the union).
 
     The controller's own hardware counts too, as in LocalAI: before any agent registers
     the catalogue shows what this host runs instead of nothing.
     """
-    entries = gallery_entries()
     capabilities = set(Node.objects.taking_work().values_list("capability", flat=True))
     capabilities.add(Node.objects.local().current_capability())
-    runnable: set[str] = set()
     for capability in sorted(capabilities):
-        runnable.update(entry.name for entry in resolve.available(entries, capability))
+        runs_here_set(capability)
+    first = _first_by_name_ids()
     installed_names = set(InstalledBackend.objects.values_list("name", flat=True))
-    return [
+    entries = _entries_running_on(capabilities)
+    return (
         entry.to_localai(installed=entry.name in installed_names)
-        for entry in entries
-        if entry.name in runnable
-    ]
+        for entry in _with_galleries(entries)
+        if entry.pk in first
+    )
 
 
 def cluster_installed() -> list[dict[str, Any]]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import overload
-
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -15,11 +12,10 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import trigger_client_event
 
 from backends import roles
-from backends.core import resolve
-from backends.models import Gallery, GalleryBackend, Job, Node
+from backends.models import GalleryBackend, Job, Node
 from backends.services import catalogue as read
 from backends.services import jobs
-from backends.services.catalogue import Entry, EntryRow
+from backends.services.catalogue import EntryRow
 from backends.web.base import (
     JOBS_CHANGED,
     HtmxHttpRequest,
@@ -31,97 +27,6 @@ from backends.web.base import (
 from backends.web.forms import CatalogueQueryForm, InstallForm
 
 PAGE_SIZE = 50
-
-
-class _Described(Sequence[EntryRow]):
-    """Entries described only when the paginator slices out its page: describing one
-    resolves it, and a catalogue has a thousand entries."""
-
-    def __init__(
-        self, entries: list[Entry], describe: Callable[[Entry], EntryRow]
-    ) -> None:
-        self._entries = entries
-        self._describe = describe
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @overload
-    def __getitem__(self, index: int) -> EntryRow: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[EntryRow]: ...
-
-    def __getitem__(self, index: int | slice) -> EntryRow | list[EntryRow]:
-        if isinstance(index, slice):
-            return [self._describe(entry) for entry in self._entries[index]]
-        return self._describe(self._entries[index])
-
-
-def _search_text(entry: Entry) -> str:
-    return " ".join([entry.name, entry.alias, entry.description, *entry.tags]).lower()
-
-
-DEVELOPMENT_SUFFIX = "-development"
-
-
-def is_development(entry: Entry) -> bool:
-    """A nightly build (or a meta over nightly builds), hidden unless asked for."""
-    return entry.name.lower().endswith(DEVELOPMENT_SUFFIX)
-
-
-def relevance(entry: Entry, query: str) -> int:
-    """How well ``entry`` answers a search, lower first: the entry named exactly what was
-    typed, then the builds aliased to it, then names starting with it, then the rest (a
-    word in a description or tag).
-
-    Without it "whisper" listed every build mentioning whisper, alphabetically, before the
-    ``whisper`` meta itself.
-    """
-    query = query.lower()
-    name, alias = entry.name.lower(), entry.alias.lower()
-    if name == query:
-        return 0
-    if alias == query:
-        return 1
-    if name.startswith(query) or (alias and alias.startswith(query)):
-        return 2
-    return 3
-
-
-def _filter(entries: list[Entry], form: CatalogueQueryForm) -> list[Entry]:
-    words = form.value("q", "").lower().split()
-    gallery = form.value("gallery")
-    tag = form.value("tag")
-    if words:
-        entries = [e for e in entries if all(w in _search_text(e) for w in words)]
-    if gallery:
-        entries = [e for e in entries if e.gallery == gallery]
-    if tag:
-        entries = [e for e in entries if tag in (t.lower() for t in e.tags)]
-    if not form.value("development"):
-        entries = [e for e in entries if not is_development(e)]
-    return entries
-
-
-def _sort(
-    entries: list[Entry], sort: str, on_disk: Mapping[str, object], query: str = ""
-) -> list[Entry]:
-    if sort == "name":
-        entries.sort(key=lambda e: e.name.lower())
-    elif sort == "-name":
-        entries.sort(key=lambda e: e.name.lower(), reverse=True)
-    elif sort == "installed":
-        entries.sort(key=lambda e: (e.name not in on_disk, e.name.lower()))
-    # "gallery": the order the galleries list them in
-    if query:
-        # Stable: within each rank the chosen order stays.
-        entries.sort(key=lambda e: relevance(e, query))
-    return entries
-
-
-def _tags(entries: Iterable[Entry]) -> list[str]:
-    return sorted({tag.lower() for entry in entries for tag in entry.tags})
 
 
 def _tag_link_query(request: HtmxHttpRequest) -> str:
@@ -136,40 +41,39 @@ def _tag_link_query(request: HtmxHttpRequest) -> str:
 def catalogue(request: HtmxHttpRequest) -> HttpResponse:
     node = Node.objects.local()
     capability = node.current_capability()
-    entries = read.light_entries(GalleryBackend.objects.enabled())
-    galleries = Gallery.objects.filter(enabled=True).values_list("name", flat=True)
-    form = CatalogueQueryForm(request.GET, galleries=galleries)
+    galleries = read.enabled_galleries()
+    form = CatalogueQueryForm(request.GET, galleries=[g[1] for g in galleries])
     form.is_valid()
 
     on_disk = read.local_disk(capability)
-    concretes = resolve.concretes_by_name(entries)
+    runnable = read.runs_here_set(capability, galleries)
+    query = read.CatalogueQuery(
+        capability=capability,
+        search=form.value("q", ""),
+        gallery=form.value("gallery", ""),
+        tag=form.value("tag", ""),
+        development=bool(form.value("development")),
+        other_hardware=bool(form.value("other_hardware")),
+        sort=form.value("sort", "name"),
+        installed=list(on_disk),
+    )
+    listed = read.catalogue_entries(query).values_list(*read.LIGHT_FIELDS)
+    page = Paginator(listed, PAGE_SIZE).get_page(form.value("page", 1))
+    # Only the rows shown are resolved, with only the builds their metas point at.
+    shown = read.entries_of(page.object_list)
+    concretes = read.builds_for(shown)
     active = read.row_jobs(read.recent_jobs(), dismissed_jobs(request))
     on_nodes = read.installed_on_agents()
-
-    def describe(entry: Entry) -> EntryRow:
-        return read.describe(entry, capability, concretes, on_disk, active, on_nodes)
-
-    shown = _sort(
-        _filter(entries, form),
-        form.value("sort", "name"),
-        on_disk,
-        form.value("q", ""),
-    )
-    if not form.value("other_hardware"):
-        # The default view is what this node can use: the verdict is the same one rule
-        # a row's "Not for this node" comes from, so the two cannot disagree.
-        shown = [
-            e for e in shown if resolve.verdict(e, concretes, capability).runs_here
-        ]
-    number = form.value("page", 1)
-    rows: Sequence[EntryRow] = _Described(shown, describe)
-    page = Paginator(rows, PAGE_SIZE).get_page(number)
+    page.object_list = [
+        read.describe(entry, capability, concretes, on_disk, active, on_nodes)
+        for entry in shown
+    ]
     context = {
         "form": form,
         "page": page,
         "node": node,
-        "total": len(entries),
-        "tags": _tags(entries),
+        "total": runnable.total,
+        "tags": runnable.tags,
         "tag_query": _tag_link_query(request),
         "catalogue_url": reverse("backends:catalogue"),
         "distributed": settings.DISTRIBUTED,
