@@ -72,8 +72,8 @@ class RedactingAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 class DiskIsTheTruth:
-    """Rows that mirror a disk or a worker's record: viewed here, never edited or deleted
-    as rows. Deleting the row would say "deleted" and leave the folder (or lose the only
+    """Rows that mirror a disk or a worker's record, and the audit log: viewed here,
+    never edited or deleted as rows. Deleting the row would say "deleted" and leave the folder (or lose the only
     record of a job); the actions go through the same services as the dashboard."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -419,7 +419,7 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
             audit.record(
                 actor,
                 "token_revoke" if revoked else "token_change",
-                _token_target(obj),
+                obj.audit_label,
                 "done",
                 reason=f"changed: {', '.join(form.changed_data)}",
             )
@@ -428,7 +428,7 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
             obj.user, obj.name, expires_at=obj.expires_at
         )
         obj.pk, obj.prefix, obj.token_hash = token.pk, token.prefix, token.token_hash
-        audit.record(actor, "token_create", _token_target(token), "done")
+        audit.record(actor, "token_create", token.audit_label, "done")
         self.message_user(
             request,
             f"Token created. Copy it now, it is not shown again: {value}",
@@ -436,27 +436,22 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
         )
 
     def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
-        target = _token_target(obj)
+        target = obj.audit_label
         super().delete_model(request, obj)
         audit.record(audit.Actor.from_request(request), "token_delete", target, "done")
 
     def delete_queryset(
         self, request: HttpRequest, queryset: QuerySet[ApiToken]
     ) -> None:
-        targets = [_token_target(token) for token in queryset.select_related("user")]
+        targets = [token.audit_label for token in queryset.select_related("user")]
         super().delete_queryset(request, queryset)
         actor = audit.Actor.from_request(request)
         for target in targets:
             audit.record(actor, "token_delete", target, "done")
 
 
-def _token_target(token: ApiToken) -> str:
-    # The name, prefix and owner identify a token; its value is never recorded.
-    return f"{token.name} ({token.prefix}…) of {token.user.get_username()}"
-
-
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+class AuditEventAdmin(DiskIsTheTruth, admin.ModelAdmin[AuditEvent]):
     """Read only: an audit log that its readers could edit would prove nothing."""
 
     list_display = (
@@ -473,12 +468,3 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
     list_filter = ("channel", "outcome", "action")
     search_fields = ("username", "token_name", "target", "reason")
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False

@@ -528,10 +528,7 @@ class Node(models.Model):
 
     @property
     def accepts_work(self) -> bool:
-        # An agent's queue is only read in distributed mode.
-        return self.current_status == Node.Status.ONLINE and (
-            self.is_local or settings.DISTRIBUTED
-        )
+        return not self.why_no_work()
 
     def why_no_work(self) -> str:
         """Why this node takes no new job, as a sentence; "" when it does."""
@@ -1132,6 +1129,11 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def audit_label(self) -> str:
+        """How the audit log names this token, wherever it was changed from."""
+        return f"{self} of {self.user.get_username()}"
 
     def has_expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (

@@ -40,17 +40,13 @@ def sync_gallery(gallery_pk: int, force: bool = False) -> str:
 
 @db_task()
 def sync_galleries(force: bool = False) -> list[str]:
-    result = sync_all(force=force)
-    queue_icon_caching()
-    return result
+    return sync_all(force=force)
 
 
 @db_periodic_task(every_n_minutes(settings.GALLERY_SYNC_MINUTES))
 @lock_task("sync-galleries-lock")
 def sync_galleries_periodically() -> list[str]:
-    result = sync_all()
-    queue_icon_caching()
-    return result
+    return sync_all()
 
 
 @db_task()
@@ -96,5 +92,8 @@ def prune_audit_log() -> int:
 
 
 def sync_all(force: bool = False) -> list[str]:
+    """Seed the configured galleries, sync every enabled one, then cache their icons."""
     Gallery.objects.seed(settings.LOCALAI_BACKEND_GALLERIES)
-    return [g.sync(force=force) for g in Gallery.objects.filter(enabled=True)]
+    summaries = [g.sync(force=force) for g in Gallery.objects.filter(enabled=True)]
+    queue_icon_caching()
+    return summaries

@@ -15,11 +15,11 @@ from huey.storage import MemoryStorage
 
 from backends.models import ApiToken, Gallery
 from backends.services import dispatch
+from tests.parts import FIXTURES
 
 # The groups as migration 0004 makes them.
 ROLE_GROUPS = importlib.import_module("backends.migrations.0004_role_groups")
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 REAL_GALLERY = FIXTURES / "galleries" / "localai-index.yaml"
 KNOWN_BACKENDS = FIXTURES / "known-backends.json"
 

@@ -9,13 +9,12 @@ from huey.contrib.djhuey import HUEY
 from backends.core import policy
 from backends.core.trees import remove_tree
 from backends.services import dispatch
+from tests.parts import FIXTURES
 
 pytest_plugins = ["tests.registry_fixtures", "tests.cluster"]
 
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
-# The shared fixtures (tests/base.py FIXTURES: the real gallery) are read as file:// URLs.
-SHARED_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +22,7 @@ def loopback_sources(tmp_path: Path) -> Iterator[None]:
     """The core's default source policy, for the tests that build clients and
     installers themselves (no Django needed): loopback servers and tmp_path allowed."""
     previous = policy.set_default_policy(
-        policy.SourcePolicy.parse(LOOPBACK_HOSTS, [tmp_path, SHARED_FIXTURES])
+        policy.SourcePolicy.parse(LOOPBACK_HOSTS, [tmp_path, FIXTURES])
     )
     yield
     policy.set_default_policy(previous)
@@ -44,7 +43,7 @@ def isolated_host(settings, tmp_path: Path) -> Iterator[None]:
     settings.LOCALAI_FORCE_META_BACKEND_CAPABILITY = ""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.LOCALAI_ADMIN_PRIVATE_HOSTS = list(LOOPBACK_HOSTS)
-    settings.LOCALAI_ADMIN_LOCAL_ROOTS = [tmp_path, SHARED_FIXTURES]
+    settings.LOCALAI_ADMIN_LOCAL_ROOTS = [tmp_path, FIXTURES]
     # The suite's builds have a plain shell run.sh that speaks no gRPC: the health check
     # is off here and on in tests/test_health_check.py.
     settings.LOCALAI_ADMIN_HEALTH_CHECK = False

@@ -5,9 +5,14 @@ skip would pass a run that never tested what it claims to."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+# The real data beside the checkout (../shared/fixtures): the LocalAI gallery and the
+# known-backends registry.
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 
 
 def in_ci() -> bool:

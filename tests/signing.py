@@ -76,17 +76,41 @@ def push_signature(
 ) -> bytes:
     """Push a signature artifact of ``image``; list it under the referrers tag unless
     ``tag`` is False. Returns the referrers index that lists it."""
+    return _push_referrer(
+        registry,
+        image,
+        COSIGN_SIGNATURE_ARTIFACT,
+        Blob(SIMPLE_SIGNING, payload),
+        {SIGNATURE_ANNOTATION: signature},
+        "sig",
+        tag=tag,
+    )
+
+
+def _push_referrer(
+    registry: RegistryProcess,
+    image: PushedImage,
+    artifact_type: str,
+    layer: Blob,
+    annotations: dict[str, str],
+    name: str,
+    *,
+    tag: bool = True,
+) -> bytes:
+    """Push an artifact whose subject is ``image`` (one layer, an empty config) under
+    the tag ``name``, and, with ``tag``, the referrers index listing it under the
+    referrers tag schema (``sha256-<hex>``). Returns that index."""
     config = Blob("application/vnd.oci.empty.v1+json", b"{}")
-    layer = Blob(SIMPLE_SIGNING, payload)
+    described = layer.descriptor()
+    if annotations:
+        described["annotations"] = annotations
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "artifactType": COSIGN_SIGNATURE_ARTIFACT,
+            "artifactType": artifact_type,
             "config": config.descriptor(),
-            "layers": [
-                {**layer.descriptor(), "annotations": {SIGNATURE_ANNOTATION: signature}}
-            ],
+            "layers": [described],
             "subject": {
                 "mediaType": image.media_type,
                 "digest": image.digest,
@@ -98,7 +122,7 @@ def push_signature(
         for blob in (config, layer):
             push_blob(http, registry.url, image.repository, blob)
         digest = push_manifest(
-            http, registry.url, image.repository, "sig", manifest, OCI_MANIFEST
+            http, registry.url, image.repository, name, manifest, OCI_MANIFEST
         )
         index = json.dumps(
             {
@@ -107,7 +131,7 @@ def push_signature(
                 "manifests": [
                     {
                         "mediaType": OCI_MANIFEST,
-                        "artifactType": COSIGN_SIGNATURE_ARTIFACT,
+                        "artifactType": artifact_type,
                         "digest": digest,
                         "size": len(manifest),
                     }
@@ -378,47 +402,6 @@ class SigstoreInstance:
 def push_bundle(registry: RegistryProcess, image: PushedImage, bundle: bytes) -> None:
     """Push a Sigstore bundle artifact of ``image`` (LocalAI's layout: the bundle is the
     first layer) and list it under the referrers tag."""
-    config = Blob("application/vnd.oci.empty.v1+json", b"{}")
-    layer = Blob(SIGSTORE_BUNDLE, bundle)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": SIGSTORE_BUNDLE,
-            "config": config.descriptor(),
-            "layers": [layer.descriptor()],
-            "subject": {
-                "mediaType": image.media_type,
-                "digest": image.digest,
-                "size": len(image.manifest),
-            },
-        }
-    ).encode()
-    with httpx.Client() as http:
-        for blob in (config, layer):
-            push_blob(http, registry.url, image.repository, blob)
-        digest = push_manifest(
-            http, registry.url, image.repository, "bundle", manifest, OCI_MANIFEST
-        )
-        index = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": [
-                    {
-                        "mediaType": OCI_MANIFEST,
-                        "artifactType": SIGSTORE_BUNDLE,
-                        "digest": digest,
-                        "size": len(manifest),
-                    }
-                ],
-            }
-        ).encode()
-        push_manifest(
-            http,
-            registry.url,
-            image.repository,
-            image.digest.replace(":", "-"),
-            index,
-            OCI_INDEX,
-        )
+    _push_referrer(
+        registry, image, SIGSTORE_BUNDLE, Blob(SIGSTORE_BUNDLE, bundle), {}, "bundle"
+    )

@@ -43,13 +43,20 @@ def slow_server(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serve(Handler) as port:
+        yield f"http://127.0.0.1:{port}/backend.tar.gz"
+
+
+@contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Run ``handler`` on a free loopback port in a thread; yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     ).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/backend.tar.gz"
+        yield int(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()

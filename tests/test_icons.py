@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import struct
-import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from django.conf import settings
 
@@ -15,6 +14,7 @@ from backends import tasks
 from backends.core.icons import MAX_ICON_BYTES, icon_key
 from backends.services import icons
 from tests.base import BaseTestCase
+from tests.slowserver import serve
 
 
 def png(padding: int = 0) -> bytes:
@@ -59,14 +59,8 @@ def icon_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Handler) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 class IconCacheTestCase(BaseTestCase):

@@ -4,10 +4,9 @@ every tree that gets in can be replaced, deleted and cleaned up after a crash.""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from backends.core.installed import Metadata, folder_size
 from backends.core.limits import Limits
 from tests.base import PipelineTestCase, make_build
 from tests.imagebuild import Entries, MiB, bomb, compress, file, make_tar
+from tests.slowserver import serve
 
 RUN = file("run.sh", "#!/bin/sh\necho new\n", 0o755)
 # Limits raised far enough to let very deep trees in: what must then still work.
@@ -123,14 +123,8 @@ def endless_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/backend.tar.gz"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Handler) as port:
+        yield f"http://127.0.0.1:{port}/backend.tar.gz"
 
 
 def test_an_endless_download_fails_at_the_byte_limit(

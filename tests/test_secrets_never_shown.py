@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,7 +19,7 @@ from django.contrib.auth.models import Permission, User
 
 from backends.models import Gallery, InstalledBackend, Job, Node
 from tests.base import PipelineTestCase
-from tests.slowserver import tarball
+from tests.slowserver import serve, tarball
 
 TOKEN = "tok-7f3a9c21e5d84b06"
 PASSWORD = "pw-c0ffee-5ec7e7"
@@ -81,17 +80,9 @@ def secret_server() -> Iterator[SecretServer]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    ).start()
-    try:
+    with serve(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager
@@ -133,16 +124,8 @@ def echoing_registry(scheme: str) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    ).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Handler) as port:
+        yield f"127.0.0.1:{port}"
 
 
 class SecretsNeverShownTestCase(PipelineTestCase):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from functools import partial
 from typing import Any
@@ -57,11 +56,13 @@ def host_path_refused(request: HttpRequest, uri: str) -> JsonResponse | None:
     return None if request.user.has_perm(needed) else forbidden(needed)
 
 
-def _started(request: HttpRequest, job: Job) -> JsonResponse:
+def _started_body(request: HttpRequest, job: Job) -> dict[str, str]:
     status_url = request.build_absolute_uri(f"/backends/jobs/{job.pk}")
-    return JsonResponse(
-        {"id": str(job.pk), "status_url": status_url, "state": job.state}
-    )
+    return {"id": str(job.pk), "status_url": status_url, "state": job.state}
+
+
+def _started(request: HttpRequest, job: Job) -> JsonResponse:
+    return JsonResponse(_started_body(request, job))
 
 
 def refused(exc: jobs.Refused) -> JsonResponse:
@@ -352,14 +353,8 @@ def install_external(request: ApiRequest) -> JsonResponse:
         )
     except jobs.Refused as exc:
         return refused(exc)
-    return _external_answer(_started(request, job))
-
-
-def _external_answer(response: JsonResponse) -> JsonResponse:
-    """LocalAI's install-external answer adds ``jobID`` and ``message``."""
-    if response.status_code != 200:
-        return response
-    body = json.loads(response.content)
+    # LocalAI's install-external answer adds ``jobID`` and ``message``.
+    body = _started_body(request, job)
     body |= {"jobID": body["id"], "message": "External backend installation started"}
     return JsonResponse(body)
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Literal, cast
 
-from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import RequestDataTooBig
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -269,10 +268,7 @@ def api_view(
                 request.user = token.user
                 # The audit log names the token, not only its user.
                 request.api_token = token  # type: ignore[attr-defined]
-            elif (
-                isinstance(request.user, AnonymousUser)
-                or not request.user.is_authenticated
-            ):
+            elif not request.user.is_authenticated:
                 return json_error(401, "authentication required: send an API token")
             elif request.method not in ("GET", "HEAD", "OPTIONS") and _csrf_failure(
                 request

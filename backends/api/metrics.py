@@ -8,7 +8,6 @@ import hmac
 import ipaddress
 
 from django.conf import settings
-from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -60,7 +59,7 @@ def scrape(request: HttpRequest) -> HttpResponse:
                 return forbidden(roles.VIEW)
     elif not address_allowed(audit.client_ip(request)):
         user = request.user
-        if isinstance(user, AnonymousUser) or not user.is_authenticated:
+        if not user.is_authenticated:
             response = json_error(
                 401,
                 "metrics need a bearer token (LOCALAI_ADMIN_METRICS_TOKEN or an API "

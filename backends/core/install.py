@@ -238,10 +238,12 @@ class Installer:
     def versions(self) -> VersionStore:
         return VersionStore(self.backends_path)
 
-    def _keep(self, backup: Path, name: str) -> None:
+    def _keep(self, backup: Path, name: str, limit: int | None = None) -> None:
         # The new build is live: failing to keep the old one must not fail the job.
         try:
-            self.versions.keep(backup, name, self.keep_versions)
+            self.versions.keep(
+                backup, name, self.keep_versions if limit is None else limit
+            )
         except OSError as exc:
             log.warning("could not keep the previous %s: %s", name, exc)
             _discard(backup)
@@ -275,15 +277,8 @@ class Installer:
             os.rename(backup, target)
             raise
         # A rollback always keeps what it replaced, so it can be undone the same way.
-        self._keep_replaced(backup, name)
+        self._keep(backup, name, max(self.keep_versions, 1))
         return kept
-
-    def _keep_replaced(self, backup: Path, name: str) -> None:
-        try:
-            self.versions.keep(backup, name, max(self.keep_versions, 1))
-        except OSError as exc:
-            log.warning("could not keep the previous %s: %s", name, exc)
-            _discard(backup)
 
     def recover(self) -> list[str]:
         """Tidy the folder after a worker was killed mid-install; returns what was done.

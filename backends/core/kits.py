@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from backends.core.oci.manifest import (
 )
 from backends.core.oci.reference import Platform, Reference, as_reference
 from backends.core.transfer import Watch
+from backends.core.trees import remove_tree
 
 SCHEME = "oci-layout:"
 GALLERY_FILE = "gallery.yaml"
@@ -245,7 +245,7 @@ def extract_kit(kit: Path | IO[bytes], kits_folder: Path, max_bytes: int) -> Lay
     already imported (same index) is verified again and replaces the old copy."""
     kits_folder.mkdir(parents=True, exist_ok=True)
     partial = kits_folder / f".import-{os.getpid()}-{id(kit)}"
-    shutil.rmtree(partial, ignore_errors=True)
+    remove_tree(partial)
     (partial / "blobs" / "sha256").mkdir(parents=True)
     try:
         try:
@@ -262,12 +262,11 @@ def extract_kit(kit: Path | IO[bytes], kits_folder: Path, max_bytes: int) -> Lay
         layout = Layout(partial)
         index_digest = layout.check()
         final = kits_folder / index_digest.removeprefix("sha256:")[:16]
-        if final.exists():
-            shutil.rmtree(final)
+        remove_tree(final)
         os.replace(partial, final)
         return Layout(final)
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)
 
 
 def _extract_members(tar: tarfile.TarFile, dest: Path, max_bytes: int) -> None:

@@ -468,8 +468,7 @@ def installed_on_agents() -> dict[str, list[str]]:
 def runnable(capability: str) -> list[Entry]:
     """The entries a node with ``capability`` can install (one per name)."""
     entries = resolve.first_by_name(light_entries(GalleryBackend.objects.enabled()))
-    concretes = resolve.concretes_by_name(entries)
-    return [e for e in entries if resolve.verdict(e, concretes, capability).runs_here]
+    return resolve.available(entries, capability)
 
 
 def describe_one(

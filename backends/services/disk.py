@@ -7,7 +7,7 @@ The numbers become widths (percent) that templates give to SVG ``<rect width=...
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +75,18 @@ def local_space(backends: int) -> Space | None:
     return Space(usage.total, usage.free, backends)
 
 
-def node_space(node: Node) -> Space | None:
-    """A node's backends disk: read here for this host; for an agent, what its last
-    heartbeat reported, if it did."""
+def node_space(
+    node: Node, folders: Mapping[str, installed.DiskBackend] | None = None
+) -> Space | None:
+    """A node's backends disk: read here for this host (from ``folders`` when the
+    caller has read them already); for an agent, what its last heartbeat reported."""
     if node.is_local:
         # The disk is the truth here, as on the Installed page: the table is
         # reconciled only after each job.
-        folders = catalogue.installed_folders().values()
+        if folders is None:
+            folders = catalogue.installed_folders()
         return local_space(
-            sum(installed.folder_size(f.folder) for f in folders if f.folder)
+            sum(installed.folder_size(f.folder) for f in folders.values() if f.folder)
         )
     backends = (
         InstalledBackend.objects.filter(node=node).aggregate(b=Sum("size_bytes"))["b"]

@@ -48,21 +48,26 @@ def queue_from_settings(config: dict[str, Any]) -> Huey:
 INSTALLS = queue_from_settings(settings.HUEY_INSTALLS)
 
 
-def closing_connections[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
-    """Djhuey's ``db_task`` for the install queue: a worker thread never reuses a
+def closing_connections[**P, R](
+    queue: Huey,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Djhuey's ``db_task`` for our own queues: a worker thread never reuses a
     connection the database closed; immediate mode (tests) keeps the test's own."""
 
-    @wraps(fn)
-    def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not INSTALLS.immediate:
-            close_old_connections()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if not INSTALLS.immediate:
+    def decorator(fn: Callable[P, R]) -> Callable[P, R]:
+        @wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not queue.immediate:
                 close_old_connections()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if not queue.immediate:
+                    close_old_connections()
 
-    return inner
+        return inner
+
+    return decorator
 
 
 _recovery = threading.Lock()
@@ -89,7 +94,7 @@ def recover_from_a_killed_worker() -> None:
 
 
 @INSTALLS.task()
-@closing_connections
+@closing_connections(INSTALLS)
 def run_job(job_id: str) -> str:
     return pipeline.run_job(job_id)
 
@@ -108,12 +113,9 @@ def node_queue(name: str) -> tuple[RedisHuey, TaskWrapper[[str], str]]:
     queue = RedisHuey(name, url=settings.HUEY_REDIS_URL)
 
     @queue.task(name="run_job")
+    @closing_connections(queue)
     def run_job(job_id: str) -> str:
-        close_old_connections()
-        try:
-            return pipeline.run_job(job_id)
-        finally:
-            close_old_connections()
+        return pipeline.run_job(job_id)
 
     return queue, run_job
 

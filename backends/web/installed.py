@@ -236,7 +236,7 @@ def installed_rollback(
 ) -> HttpResponse:
     """GET: the confirmation naming the build that goes back and the one replaced;
     POST: start the rollback."""
-    disk, _ = _get_installed(name)
+    disk, folders = _get_installed(name)
     try:
         kept = versions.check_kept(name, version)
     except jobs.Refused as exc:
@@ -251,7 +251,7 @@ def installed_rollback(
             return redirect("backends:installed-versions", name)
         messages.success(request, f"Rollback of {name} started.")
         return redirect("backends:job-detail", job.pk)
-    current = read.installed_folders().get(versions.build_of(disk))
+    current = folders.get(versions.build_of(disk))
     context = {
         "disk": disk,
         "kept": kept,

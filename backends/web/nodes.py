@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from backends import roles
 from backends.core import installed
+from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node, NodeRefused
 from backends.services import catalogue as read
 from backends.services import disk as disk_space
@@ -67,11 +68,11 @@ def _choices_id(capability: str) -> str:
     return f"backends-for-{slugify(capability or 'default')}"
 
 
-def _local_backends() -> list[NodeBackend]:
+def _local_backends(folders: Mapping[str, DiskBackend]) -> list[NodeBackend]:
     # The local folder is readable here, and the disk is the truth: read it, like the
     # Installed page, rather than the table that is reconciled after each job.
     rows = []
-    for name, disk in sorted(read.installed_folders().items()):
+    for name, disk in sorted(folders.items()):
         meta = disk.metadata or installed.Metadata()
         rows.append(
             NodeBackend(
@@ -86,8 +87,12 @@ def _local_backends() -> list[NodeBackend]:
     return rows
 
 
-def _node_cards(shown: Iterable[Node]) -> list[NodeCard]:
+def _node_cards(shown: Iterable[Node], *, with_space: bool = True) -> list[NodeCard]:
+    """The cards of ``shown``; ``with_space=False`` for the polled state, which draws
+    no disk meter (the local one walks every installed file)."""
     shown = list(shown)
+    # This host's folders, read once for its backends and its disk meter.
+    local = read.installed_folders() if any(n.is_local for n in shown) else {}
     on_agents: dict[int, list[NodeBackend]] = {}
     for row in InstalledBackend.objects.filter(node__in=shown, node__is_local=False):
         on_agents.setdefault(row.node_id, []).append(
@@ -109,10 +114,10 @@ def _node_cards(shown: Iterable[Node]) -> list[NodeCard]:
             node,
             _with_users(
                 node,
-                _local_backends() if node.is_local else on_agents.get(node.pk, []),
+                _local_backends(local) if node.is_local else on_agents.get(node.pk, []),
             ),
             active.get(node.pk, []),
-            space=disk_space.node_space(node),
+            space=disk_space.node_space(node, local) if with_space else None,
         )
         for node in shown
     ]
@@ -177,9 +182,10 @@ def node_list(request: HtmxHttpRequest) -> HttpResponse:
 def node_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """A node's page; for htmx, the part of it that changes by itself (its state)."""
     node = get_object_or_404(Node, pk=pk)
-    card = _node_cards([node])[0]
+    # The state polls every few seconds: keep it light.
+    card = _node_cards([node], with_space=not wants_fragment(request))[0]
     context: dict[str, Any] = {"card": card, "distributed": settings.DISTRIBUTED}
-    if not wants_fragment(request):  # the state polls every few seconds: keep it light
+    if not wants_fragment(request):
         context["recent"] = Job.objects.filter(node=node).select_related("node")[:10]
         if request.user.has_perm(roles.INSTALL) and card.takes_work:
             context["choices"] = _choices([card])

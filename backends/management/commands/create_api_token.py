@@ -62,7 +62,7 @@ class Command(BaseCommand):
         audit.record(
             audit.Actor.cli(),
             "token_create",
-            f"{token.name} ({token.prefix}…) of {username}",
+            token.audit_label,
             "done",
         )
         return value
