@@ -36,7 +36,8 @@ from tests.parts import missing_part
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "agent-secret"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+# TEST_REDIS_URL: another Redis database, so that two checkouts can run tests at once.
+REDIS_URL = os.getenv("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def redis_answers() -> bool:

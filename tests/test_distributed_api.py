@@ -8,10 +8,11 @@ from django.utils import timezone
 from backends.models import InstalledBackend, Job, Node
 from backends.services import nodes
 from tests.base import PipelineTestCase
+from tests.cluster import REDIS_URL
 
 DISTRIBUTED = {
     "DISTRIBUTED": True,
-    "HUEY_REDIS_URL": "redis://127.0.0.1:6379/15",
+    "HUEY_REDIS_URL": REDIS_URL,
     "LOCALAI_ADMIN_REGISTRATION_TOKEN": "s3cret",
 }
 

@@ -25,6 +25,7 @@ from jsonschema import Draft7Validator
 from backends.core.sources import ImageTags
 from backends.models import InstalledBackend, KnownBackend, Node
 from tests.base import PipelineTestCase
+from tests.cluster import REDIS_URL
 from tests.imagebuild import file, make_layer
 from tests.registry_fixtures import RegistryProcess
 
@@ -33,7 +34,7 @@ SWAGGER = json.loads(
 )
 DISTRIBUTED = {
     "DISTRIBUTED": True,
-    "HUEY_REDIS_URL": "redis://127.0.0.1:6379/15",
+    "HUEY_REDIS_URL": REDIS_URL,
     "LOCALAI_ADMIN_REGISTRATION_TOKEN": "s3cret",
 }
 

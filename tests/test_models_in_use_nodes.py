@@ -10,11 +10,12 @@ from backends.core import models_usage
 from backends.management.commands import agent
 from backends.models import InstalledBackend, Job, Node
 from tests.base import PipelineTestCase
+from tests.cluster import REDIS_URL
 from tests.test_models_in_use import write_model
 
 DISTRIBUTED = {
     "DISTRIBUTED": True,
-    "HUEY_REDIS_URL": "redis://127.0.0.1:6379/15",
+    "HUEY_REDIS_URL": REDIS_URL,
     "LOCALAI_ADMIN_REGISTRATION_TOKEN": "s3cret",
 }
 
