@@ -1,7 +1,11 @@
-"""Cosign key-pair signatures made by the tests: an ECDSA P-256 signature over a
-simple-signing payload, pushed as an OCI 1.1 artifact whose subject is the image and
-listed under the referrers tag schema (``sha256-<hex>``): Debian's docker-registry has
-no referrers API."""
+"""Signatures made by the tests, pushed as OCI 1.1 artifacts whose subject is the image
+and listed under the referrers tag schema (``sha256-<hex>``): Debian's docker-registry
+has no referrers API.
+
+* Key-pair: cosign's ECDSA P-256 signature over a simple-signing payload.
+* Keyless: ``SigstoreInstance``, a Fulcio CA, CT log and Rekor log of the tests' own,
+  and the Sigstore bundles they would give: a message signature over the image digest,
+  or a DSSE envelope around an in-toto statement naming it (``cosign sign`` 3)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from backends.core.oci.verify import (
     COSIGN_SIGNATURE_ARTIFACT,
+    IN_TOTO,
     SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING,
 )
@@ -154,6 +159,7 @@ def _push_referrer(
 
 SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 _SCT_LIST = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
 _ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 
@@ -284,16 +290,11 @@ class SigstoreInstance:
             .add_extension(x509.UnrecognizedExtension(_ISSUER_V2, issuer_der), False)
         )
 
-    def bundle(
-        self,
-        digest: str,
-        identity: str,
-        issuer: str = GITHUB_ISSUER,
-        *,
-        at: datetime | None = None,
-    ) -> bytes:
-        at = (at or datetime.now(UTC)).replace(microsecond=0)
-        key, serial = new_key(), x509.random_serial_number()
+    def _certificate(
+        self, key: ec.EllipticCurvePrivateKey, identity: str, issuer: str, at: datetime
+    ) -> x509.Certificate:
+        """A Fulcio leaf for ``key`` with its SCT embedded, as the CT log signed it."""
+        serial = x509.random_serial_number()
         # The precertificate's TBS is what the CT log signs; the final certificate is
         # the same with the SCT list added last (cryptography's tbs_precertificate_bytes
         # gives that TBS back).
@@ -321,30 +322,18 @@ class SigstoreInstance:
         )
         sct_list = struct.pack("!HH", len(sct) + 2, len(sct)) + sct
         octets = b"\x04" + _der_length(len(sct_list)) + sct_list
-        leaf = (
+        return (
             self._leaf(key, identity, issuer, at, serial)
             .add_extension(x509.UnrecognizedExtension(_SCT_LIST, octets), False)
             .sign(self.ca_key, hashes.SHA256())
         )
-        message = bytes.fromhex(digest.partition(":")[2])
-        signature = key.sign(message, ec.ECDSA(Prehashed(hashes.SHA256())))
-        body = json.dumps(
-            {
-                "apiVersion": "0.0.1",
-                "kind": "hashedrekord",
-                "spec": {
-                    "data": {"hash": {"algorithm": "sha256", "value": message.hex()}},
-                    "signature": {
-                        "content": _b64(signature),
-                        "publicKey": {
-                            "content": _b64(
-                                leaf.public_bytes(serialization.Encoding.PEM)
-                            )
-                        },
-                    },
-                },
-            }
-        ).encode()
+
+    def _log_entry(
+        self, kind: str, spec: dict[str, Any], at: datetime
+    ) -> dict[str, Any]:
+        """The Rekor entry of a ``kind`` 0.0.1 body: a one-leaf tree, its inclusion
+        proof and signed checkpoint, and the log's promise."""
+        body = json.dumps({"apiVersion": "0.0.1", "kind": kind, "spec": spec}).encode()
         rekor_id = hashlib.sha256(_spki(self.rekor_key)).digest()
         integrated = int(at.timestamp()) + 2
         promise = json.dumps(
@@ -363,40 +352,141 @@ class SigstoreInstance:
         checkpoint = (
             f"{note}\n\u2014 test-rekor {_b64(rekor_id[:4] + note_signature)}\n"
         )
-        bundle = {
-            "mediaType": SIGSTORE_BUNDLE,
-            "verificationMaterial": {
-                "certificate": {
-                    "rawBytes": _b64(leaf.public_bytes(serialization.Encoding.DER))
-                },
-                "tlogEntries": [
-                    {
-                        "logIndex": "0",
-                        "logId": {"keyId": _b64(rekor_id)},
-                        "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
-                        "integratedTime": str(integrated),
-                        "inclusionPromise": {
-                            "signedEntryTimestamp": _b64(
-                                self.rekor_key.sign(promise, ec.ECDSA(hashes.SHA256()))
-                            )
-                        },
-                        "inclusionProof": {
-                            "logIndex": "0",
-                            "rootHash": _b64(root),
-                            "treeSize": "1",
-                            "hashes": [],
-                            "checkpoint": {"envelope": checkpoint},
-                        },
-                        "canonicalizedBody": _b64(body),
-                    }
-                ],
+        return {
+            "logIndex": "0",
+            "logId": {"keyId": _b64(rekor_id)},
+            "kindVersion": {"kind": kind, "version": "0.0.1"},
+            "integratedTime": str(integrated),
+            "inclusionPromise": {
+                "signedEntryTimestamp": _b64(
+                    self.rekor_key.sign(promise, ec.ECDSA(hashes.SHA256()))
+                )
             },
-            "messageSignature": {
-                "messageDigest": {"algorithm": "SHA2_256", "digest": _b64(message)},
-                "signature": _b64(signature),
+            "inclusionProof": {
+                "logIndex": "0",
+                "rootHash": _b64(root),
+                "treeSize": "1",
+                "hashes": [],
+                "checkpoint": {"envelope": checkpoint},
+            },
+            "canonicalizedBody": _b64(body),
+        }
+
+    def bundle(
+        self,
+        digest: str,
+        identity: str,
+        issuer: str = GITHUB_ISSUER,
+        *,
+        at: datetime | None = None,
+    ) -> bytes:
+        """A message signature over ``digest`` (``cosign sign-blob``'s form, which
+        ``cosign sign`` 2.x also wrote for images), in a hashedrekord entry."""
+        at = (at or datetime.now(UTC)).replace(microsecond=0)
+        key = new_key()
+        leaf = self._certificate(key, identity, issuer, at)
+        message = bytes.fromhex(digest.partition(":")[2])
+        signature = key.sign(message, ec.ECDSA(Prehashed(hashes.SHA256())))
+        spec = {
+            "data": {"hash": {"algorithm": "sha256", "value": message.hex()}},
+            "signature": {
+                "content": _b64(signature),
+                "publicKey": {
+                    "content": _b64(leaf.public_bytes(serialization.Encoding.PEM))
+                },
             },
         }
-        return json.dumps(bundle).encode()
+        return self._bundle(
+            leaf,
+            self._log_entry("hashedrekord", spec, at),
+            {
+                "messageSignature": {
+                    "messageDigest": {
+                        "algorithm": "SHA2_256",
+                        "digest": _b64(message),
+                    },
+                    "signature": _b64(signature),
+                }
+            },
+        )
+
+    def dsse_bundle(
+        self,
+        digest: str,
+        identity: str,
+        issuer: str = GITHUB_ISSUER,
+        *,
+        payload_type: str = IN_TOTO,
+    ) -> bytes:
+        """What ``cosign sign`` 3 writes for an image: a DSSE envelope around an in-toto
+        statement whose subject is ``digest`` (predicate: cosign's signature type), in a
+        dsse entry recording the payload's hash and the signature."""
+        at = datetime.now(UTC).replace(microsecond=0)
+        key = new_key()
+        leaf = self._certificate(key, identity, issuer, at)
+        statement = json.dumps(
+            {
+                "_type": "https://in-toto.io/Statement/v1",
+                "subject": [
+                    {
+                        "name": "example/backend",
+                        "digest": {"sha256": digest.partition(":")[2]},
+                    }
+                ],
+                "predicateType": COSIGN_SIGN_PREDICATE,
+                "predicate": {},
+            }
+        ).encode()
+        type_bytes = payload_type.encode()
+        # DSSE's pre-authentication encoding: what the key signs.
+        pae = b"DSSEv1 %d %s %d %s" % (
+            len(type_bytes),
+            type_bytes,
+            len(statement),
+            statement,
+        )
+        signature = key.sign(pae, ec.ECDSA(hashes.SHA256()))
+        envelope = {
+            "payload": _b64(statement),
+            "payloadType": payload_type,
+            "signatures": [{"sig": _b64(signature), "keyid": ""}],
+        }
+        spec = {
+            "envelopeHash": {
+                "algorithm": "sha256",
+                "value": hashlib.sha256(json.dumps(envelope).encode()).hexdigest(),
+            },
+            "payloadHash": {
+                "algorithm": "sha256",
+                "value": hashlib.sha256(statement).hexdigest(),
+            },
+            "signatures": [
+                {
+                    "signature": _b64(signature),
+                    "verifier": _b64(leaf.public_bytes(serialization.Encoding.PEM)),
+                }
+            ],
+        }
+        return self._bundle(
+            leaf, self._log_entry("dsse", spec, at), {"dsseEnvelope": envelope}
+        )
+
+    @staticmethod
+    def _bundle(
+        leaf: x509.Certificate, entry: dict[str, Any], content: dict[str, Any]
+    ) -> bytes:
+        return json.dumps(
+            {
+                "mediaType": SIGSTORE_BUNDLE,
+                "verificationMaterial": {
+                    "certificate": {
+                        "rawBytes": _b64(leaf.public_bytes(serialization.Encoding.DER))
+                    },
+                    "tlogEntries": [entry],
+                },
+                **content,
+            }
+        ).encode()
 
 
 def push_bundle(registry: RegistryProcess, image: PushedImage, bundle: bytes) -> None:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.test import override_settings
 
 from backends.core import oci
+from backends.core.oci.verify import SIMPLE_SIGNING
 from backends.models import InstalledBackend, Job
 from tests.base import PipelineTestCase
 from tests.imagebuild import PushedImage, file, make_layer
@@ -334,3 +335,51 @@ class KeylessSignatureTestCase(SignedImageCase):
             not_before=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
         )
         self.assert_keyless_refused(signed, "before not_before")
+
+    # cosign sign 3's form: a DSSE envelope around an in-toto statement whose
+    # subject is the image's digest.
+    def signed_dsse(self, about: str = "", **kw: Any) -> Signed:
+        signed = self.new_image()
+        bundle = self.sigstore.dsse_bundle(about or signed.image.digest, IDENTITY, **kw)
+        push_bundle(self.registry, signed.image, bundle)
+        return signed
+
+    def test_a_dsse_statement_about_the_image_by_the_expected_workflow_installs(
+        self,
+    ) -> None:
+        signed = self.signed_dsse()
+        self.use(signed, issuer=GITHUB_ISSUER, identity=IDENTITY)
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn("signed", (self.backends / "cpu-signed" / "run.sh").read_text())
+        self.assertIn(
+            f"keyless, issuer {GITHUB_ISSUER}, identity {IDENTITY}",
+            InstalledBackend.objects.get(name="cpu-signed").verified_by,
+        )
+
+    def test_a_dsse_statement_about_another_image_is_refused(self) -> None:
+        # A genuine bundle of another image, listed as a referrer of this one.
+        layer = make_layer([file("run.sh", "#!/bin/sh\necho other\n", 0o755)])
+        other = self.registry.push_image("signed/other", "v1", [layer]).digest
+        signed = self.signed_dsse(about=other)
+        self.use(signed, issuer=GITHUB_ISSUER, identity=IDENTITY)
+        self.assert_keyless_refused(
+            signed,
+            f"the signed statement is about {other}, not {signed.image.digest}",
+        )
+
+    def test_a_dsse_statement_by_another_identity_is_refused(self) -> None:
+        signed = self.signed_dsse()
+        self.use(
+            signed,
+            issuer=GITHUB_ISSUER,
+            identity="https://github.com/other/backends/.github/workflows/b.yaml@refs/heads/master",
+        )
+        self.assert_keyless_refused(signed, "do not match the policy")
+
+    def test_a_dsse_envelope_that_is_not_an_in_toto_statement_is_refused(
+        self,
+    ) -> None:
+        signed = self.signed_dsse(payload_type=SIMPLE_SIGNING)
+        self.use(signed, issuer=GITHUB_ISSUER, identity=IDENTITY)
+        self.assert_keyless_refused(signed, f"DSSE payload type '{SIMPLE_SIGNING}'")

@@ -466,15 +466,25 @@ def _check_bundle(
 def _check_statement(
     payload_type: str, payload: bytes, algorithm: str, hex_digest: str
 ) -> None:
+    """The envelope's signature holds (sigstore checked it): now its content must be
+    an in-toto statement naming the image being installed among its subjects. Any
+    predicate counts (cosign's signature predicate, or an attestation such as build
+    provenance), as with LocalAI's verifier: the policy's identity made a claim about
+    exactly this digest."""
     if payload_type != IN_TOTO:
-        raise _Mismatch(f"DSSE payload type {payload_type!r}")
+        raise _Mismatch(f"DSSE payload type {payload_type!r}, not {IN_TOTO}")
     try:
         subjects = json.loads(payload)["subject"]
         digests = [entry["digest"].get(algorithm) for entry in subjects]
     except (ValueError, KeyError, TypeError, AttributeError):
         raise _Mismatch("the signed statement has no subject list") from None
     if hex_digest not in digests:
-        raise _Mismatch(f"the signed statement is not about {algorithm}:{hex_digest}")
+        # A few are enough to tell which image it signed; a statement may list many.
+        named = ", ".join(f"{algorithm}:{found}" for found in digests[:3] if found)
+        raise _Mismatch(
+            f"the signed statement is about {named or 'no ' + algorithm + ' digest'}, "
+            f"not {algorithm}:{hex_digest}"
+        )
 
 
 class _IdentityPolicy:
