@@ -418,9 +418,10 @@ class SigstoreInstance:
         *,
         payload_type: str = IN_TOTO,
     ) -> bytes:
-        """What ``cosign sign`` 3 writes for an image: a DSSE envelope around an in-toto
-        statement whose subject is ``digest`` (predicate: cosign's signature type), in a
-        dsse entry recording the payload's hash and the signature."""
+        """What ``cosign sign`` with the new bundle format writes for an image: a DSSE
+        envelope around an in-toto statement whose subject is ``digest`` (predicate:
+        cosign's signature type), in a dsse entry recording the payload's hash and the
+        signature."""
         at = datetime.now(UTC).replace(microsecond=0)
         key = new_key()
         leaf = self._certificate(key, identity, issuer, at)
