@@ -479,8 +479,11 @@ def _check_statement(
     except (ValueError, KeyError, TypeError, AttributeError):
         raise _Mismatch("the signed statement has no subject list") from None
     if hex_digest not in digests:
-        # A few are enough to tell which image it signed; a statement may list many.
-        named = ", ".join(f"{algorithm}:{found}" for found in digests[:3] if found)
+        # A few, cut to a digest's length, tell which image it signed: a hostile
+        # statement may list many, or long ones.
+        named = ", ".join(
+            f"{algorithm}:{str(found)[:64]}" for found in digests[:3] if found
+        )
         raise _Mismatch(
             f"the signed statement is about {named or 'no ' + algorithm + ' digest'}, "
             f"not {algorithm}:{hex_digest}"
