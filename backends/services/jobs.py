@@ -170,7 +170,7 @@ def _gallery_key(entry: GalleryBackend) -> str:
     node = Node.objects.local()
     try:
         _, build = resolve.pick_build(
-            entry, catalogue.gallery_entries(), node.current_capability()
+            entry, catalogue.builds_of(entry), node.current_capability()
         )
     except resolve.NoBuildError:
         return entry.name  # the job fails at once with the resolver's reason

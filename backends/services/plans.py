@@ -213,7 +213,7 @@ def _plan_install(plan: Plan, force: bool) -> None:
         try:
             choice, build = resolve.pick_build(
                 entry,
-                catalogue.gallery_entries(),
+                catalogue.builds_of(entry),
                 capability,
                 hardware_explanation=node.capability_explanation,
             )

@@ -1,0 +1,73 @@
+"""Serving one backend costs the same whatever the size of the galleries (issue 16).
+
+An install, its plan, a kit export, the meta offered instead of a build and the Nodes
+page's install suggestions each run as many queries, reading as many rows, beside 50
+other entries as beside 2,000: none of them loads every entry of a gallery that may
+hold 200,000.
+"""
+
+from __future__ import annotations
+
+from backends.models import Job, Node
+from backends.services import catalogue, jobs, pipeline, plans
+from tests.base import BaseTestCase, PipelineTestCase
+from tests.gallerysize import GallerySizeMixin
+
+
+def forget_jobs() -> None:
+    Job.objects.all().delete()
+
+
+class InstallTestCase(GallerySizeMixin, PipelineTestCase):
+    def test_starting_a_meta_install_reads_the_same_rows_in_a_larger_gallery(
+        self,
+    ) -> None:
+        small, large = self.cost_at_both_sizes(
+            lambda: jobs.install("foo", queue=False), forget_jobs
+        )
+        self.assertEqual(small, large)
+
+    def test_running_a_meta_install_reads_the_same_rows_in_a_larger_gallery(
+        self,
+    ) -> None:
+        def install() -> None:
+            job = jobs.install("foo", force=True, queue=False)
+            pipeline.run_job(str(job.pk))
+            self.assertEqual(Job.objects.get().state, Job.State.COMPLETED)
+
+        small, large = self.cost_at_both_sizes(install, forget_jobs)
+        self.assertEqual(small, large)
+
+    def test_planning_a_meta_install_reads_the_same_rows_in_a_larger_gallery(
+        self,
+    ) -> None:
+        def plan() -> None:
+            self.assertEqual(plans.make_plan("install", "foo").build, "cpu-foo")
+
+        small, large = self.cost_at_both_sizes(plan)
+        self.assertEqual(small, large)
+
+
+class MetaOfferingTestCase(GallerySizeMixin, BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+
+    def test_the_meta_offering_a_build_is_found_reading_the_same_rows(self) -> None:
+        def offering() -> None:
+            self.assertEqual(catalogue.meta_offering("cuda12-llama-cpp"), "llama-cpp")
+
+        small, large = self.cost_at_both_sizes(offering)
+        self.assertEqual(small, large)
+
+
+class NodeSuggestionsTestCase(GallerySizeMixin, BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        self.client.force_login(self.alice)
+        Node.objects.local().current_capability()
+
+    def test_the_nodes_page_reads_the_same_rows_in_a_larger_gallery(self) -> None:
+        small, large = self.cost_at_both_sizes(lambda: self.client.get("/nodes/"))
+        self.assertEqual(small, large)
