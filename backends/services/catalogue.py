@@ -29,6 +29,7 @@ from django.db.models import (
 from django.utils import timezone
 
 from backends.core import icons, installed, resolve
+from backends.core.gallery import validate_name
 from backends.core.install import Installer
 from backends.core.redact import redact_uri
 from backends.models import (
@@ -54,6 +55,18 @@ def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend
         settings.LOCALAI_BACKENDS_SYSTEM_PATH,
         capability,
     )
+
+
+def build_folder(row: installed.DiskBackend) -> str:
+    """The folder a job on an installed backend changes: for a meta, the build it points
+    at (a meta folder only changes together with its build), else its own folder. A
+    pointer that is no valid name is not followed (the installer refuses to)."""
+    if row.is_meta and row.metadata and row.metadata.meta_backend_for:
+        try:
+            return validate_name(row.metadata.meta_backend_for)
+        except ValueError:
+            return row.name
+    return row.folder.name if row.folder is not None else row.name
 
 
 def installed_folders() -> dict[str, installed.DiskBackend]:
