@@ -8,10 +8,13 @@ hold 200,000.
 
 from __future__ import annotations
 
-from backends.models import Job, Node
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from backends.models import GalleryBackend, Job, Node
 from backends.services import catalogue, jobs, pipeline, plans
 from tests.base import BaseTestCase, PipelineTestCase
-from tests.gallerysize import GallerySizeMixin
+from tests.gallerysize import LARGE, GallerySizeMixin
 
 
 def forget_jobs() -> None:
@@ -71,3 +74,25 @@ class NodeSuggestionsTestCase(GallerySizeMixin, BaseTestCase):
     def test_the_nodes_page_reads_the_same_rows_in_a_larger_gallery(self) -> None:
         small, large = self.cost_at_both_sizes(lambda: self.client.get("/nodes/"))
         self.assertEqual(small, large)
+
+
+class LookupTestCase(GallerySizeMixin, BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        self.pad_to(LARGE)
+
+    def test_a_backend_is_looked_up_by_name_through_an_index(self) -> None:
+        with CaptureQueriesContext(connection) as queries:
+            found = GalleryBackend.objects.find("Cpu-Whisper")
+        self.assertEqual(found.name if found else "", "cpu-whisper")
+        [lookup] = queries.captured_queries
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                # Whatever the table's size, the planner must be able to use the index.
+                cursor.execute("SET LOCAL enable_seqscan = off")
+                cursor.execute(f"EXPLAIN {lookup['sql']}")
+            else:
+                cursor.execute(f"EXPLAIN QUERY PLAN {lookup['sql']}")
+            plan = " ".join(str(row) for row in cursor.fetchall())
+        self.assertIn("gallerybackend_name_key", plan)
