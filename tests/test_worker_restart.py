@@ -49,7 +49,7 @@ def test_a_killed_worker_fails_its_job_and_the_previous_install_survives(
         second = run_worker(env, log)
         try:
             state, _bytes, error = wait_for(
-                lambda: (row := job_row(db, job_id))[0] != "running" and row
+                lambda: row if (row := job_row(db, job_id))[0] != "running" else None
             )
         finally:
             os.killpg(second.pid, signal.SIGTERM)

@@ -78,7 +78,8 @@ def job_row(db: Path, job_id: str) -> tuple[str, int, str]:
     return str(state), int(current_bytes), str(error)
 
 
-def wait_for[T](predicate: Callable[[], T], timeout: float = 60) -> T:
+def wait_for[T](predicate: Callable[[], T | None], timeout: float = 60) -> T:
+    """The first true value ``predicate`` gives, within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -595,19 +595,11 @@ def reinstall(name: str, *, requested_by: str = "", actor: Actor | None = None) 
     """Install an installed backend again, over itself (the Installed page's button):
     from its gallery, or from the URI it was installed from."""
     row = installed_here(name)
+    source: dict[str, Any] = {}
     if uri := _reinstall_source(row):
+        name = row.name
         alias = row.metadata.alias if row.metadata else ""
-        return _installed_job(
-            Job.Kind.INSTALL,
-            row.name,
-            node=None,
-            requested_by=requested_by,
-            row=row,
-            force=True,
-            external_uri=uri,
-            external_name=row.name,
-            external_alias=alias,
-        )
+        source = {"external_uri": uri, "external_name": name, "external_alias": alias}
     return _installed_job(
         Job.Kind.INSTALL,
         name,
@@ -615,6 +607,7 @@ def reinstall(name: str, *, requested_by: str = "", actor: Actor | None = None) 
         requested_by=requested_by,
         row=row,
         force=True,
+        **source,
     )
 
 
