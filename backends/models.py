@@ -256,7 +256,9 @@ class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
             qs = qs.filter(gallery__name__iexact=gallery_name)
         else:
             name = requested
-        return qs.filter(name__iexact=name).first()
+        # The indexed lower-cased name: name__iexact is answered by no index, and a
+        # lookup must not read a 200,000-entry gallery.
+        return qs.filter(name_key=name.lower()).first()
 
 
 class GalleryBackend(models.Model):

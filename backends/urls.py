@@ -114,6 +114,11 @@ urlpatterns = [
     path("nodes/", nodes_pages.node_list, name="nodes"),
     path("nodes/<int:pk>/", nodes_pages.node_detail, name="node-detail"),
     path("nodes/<int:pk>/install/", nodes_pages.node_install, name="node-install"),
+    path(
+        "nodes/<int:pk>/suggestions/",
+        nodes_pages.node_suggestions,
+        name="node-suggestions",
+    ),
     path("nodes/<int:pk>/drain/", nodes_pages.node_drain, name="node-drain"),
     path("nodes/<int:pk>/resume/", nodes_pages.node_resume, name="node-resume"),
     # Our own JSON API: /api/...

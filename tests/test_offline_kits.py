@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from backends.core.policy import SourcePolicy, SourceRefused
 from backends.models import Gallery, InstalledBackend
 from tests.base import BaseTestCase
+from tests.gallerysize import GallerySizeMixin
 from tests.imagebuild import file, make_layer
 from tests.test_registry_mirror import start_registry
 
@@ -43,7 +44,7 @@ def rewrite_kit(kit: Path, change: Any) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-class OfflineKitTestCase(BaseTestCase):
+class OfflineKitTestCase(GallerySizeMixin, BaseTestCase):
     @pytest.fixture(autouse=True)
     def _registry(self, tmp_path: Path, settings: Any) -> Iterator[None]:
         self.tmp = tmp_path
@@ -126,6 +127,13 @@ class OfflineKitTestCase(BaseTestCase):
         ]
         self.assertIn("cpu-kitfoo", names)
         self.assertNotIn("cuda-kitfoo", names)
+
+    def test_exporting_a_meta_for_a_capability_reads_the_same_rows_in_a_larger_gallery(
+        self,
+    ) -> None:
+        self.assert_cost_does_not_grow(
+            lambda: self.export("kitfoo", capability="default"), self.kit.unlink
+        )
 
     def test_a_kit_holds_images_only(self) -> None:
         with self.assertRaisesMessage(CommandError, "a kit holds images only"):

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 from django.test import override_settings
 from django.utils import timezone
 
-from backends.models import InstalledBackend, Job, Node
+from backends.core import gallery as gallery_format
+from backends.models import Gallery, GalleryBackend, InstalledBackend, Job, Node
+from backends.services import catalogue as read
 from tests.base import BaseTestCase
 
 HTMX = {"HX-Request": "true"}
@@ -277,6 +280,66 @@ class NodeInstallTestCase(BaseTestCase):
         self.assertContains(r, 'aria-invalid="true"')
         self.assertContains(r, "No backend named nope in the enabled galleries.")
         self.assertContains(r, 'value="nope"')
+
+
+class NodeSuggestionsTestCase(BaseTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gallery.sync()
+        self.agent = make_agent()
+        self.client.force_login(self.alice)
+
+    def suggested(self, typed: str, node: Node | None = None) -> list[str]:
+        node = node or self.agent
+        r = self.client.get(
+            f"/nodes/{node.pk}/suggestions/", {"backend": typed}, headers=HTMX
+        )
+        self.assertEqual(r.status_code, 200)
+        return re.findall(r'<option value="([^"]+)"', r.content.decode())
+
+    def test_the_install_field_asks_for_suggestions_as_the_admin_types(self) -> None:
+        local = Node.objects.local()
+        r = self.client.get("/nodes/")
+        self.assertContains(r, f'hx-get="/nodes/{local.pk}/suggestions/"')
+        self.assertContains(r, 'hx-target="#backends-for-default"')
+
+    def test_it_suggests_what_matches_the_typing_and_runs_on_the_node(self) -> None:
+        self.assertEqual(
+            self.suggested("llama"),
+            ["cpu-llama-cpp", "cuda12-llama-cpp", "llama-cpp"],
+        )
+        self.assertEqual(
+            self.suggested("llama", Node.objects.local()),
+            ["cpu-llama-cpp", "llama-cpp"],
+        )
+        self.assertEqual(self.suggested("whisper"), ["whisper", "cpu-whisper"])
+
+    def test_it_suggests_a_few_of_many_and_finds_the_others_by_typing(self) -> None:
+        many = [
+            gallery_format.GalleryEntry(f"tool-{i:03}", uri=f"quay.io/x/tool:{i}")
+            for i in range(100)
+        ]
+        extra = Gallery.objects.create(name="extra", url="file:///x.yaml", position=1)
+        GalleryBackend.objects.insert_entries(extra, many)
+        extra.entry_count = len(many)
+        extra.save()
+        self.assertEqual(len(self.suggested("")), read.SUGGESTIONS)
+        self.assertEqual(self.suggested("tool-077"), ["tool-077"])
+
+    def test_a_name_in_two_galleries_is_suggested_once(self) -> None:
+        twin = Gallery.objects.create(name="twin", url="file:///x.yaml", position=1)
+        GalleryBackend.objects.insert_entries(
+            twin,
+            [gallery_format.GalleryEntry("cpu-whisper", uri="quay.io/x/whisper:1")],
+        )
+        twin.entry_count = 1
+        twin.save()
+        self.assertEqual(self.suggested("cpu-whisper"), ["cpu-whisper"])
+
+    def test_it_is_forbidden_to_viewers(self) -> None:
+        self.client.force_login(self.bob)
+        r = self.client.get(f"/nodes/{self.agent.pk}/suggestions/")
+        self.assertEqual(r.status_code, 403)
 
 
 class NodeDrainTestCase(BaseTestCase):

@@ -24,9 +24,8 @@ from huey.contrib.djhuey import HUEY
 from backends.services import dispatch
 from tests.base import make_build
 from tests.slowserver import slow_server, tarball
-from tests.test_worker_restart import job_row, manage, wait_for
+from tests.workerhost import ROOT, host_env, job_row, manage, run_worker, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 BUILD = tarball({"run.sh": b"#!/bin/sh\necho run\n"})
 
 
@@ -56,42 +55,21 @@ class Host:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
-    db = tmp_path / "db.sqlite3"
     gallery = tmp_path / "gallery.yaml"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("HUEY_REDIS_URL", "DATABASE_URL", "HUEY_IMMEDIATE")
-    } | {
-        "DEBUG": "True",
-        "DATABASE_URL": f"sqlite:///{db}",
-        "LOCALAI_ADMIN_DATA_DIR": str(tmp_path / "data"),
-        "LOCALAI_BACKENDS_PATH": str(tmp_path / "backends"),
-        # Plain shell builds that speak no gRPC (tests/conftest.py turns it off too).
-        "LOCALAI_ADMIN_HEALTH_CHECK": "off",
-        "LOCALAI_ADMIN_PROBE_ROOT": str(tmp_path),
-        "LOCALAI_BACKEND_GALLERIES": json.dumps(
-            [{"name": "localai", "url": gallery.as_uri()}]
-        ),
-        # The sources here are loopback servers and a gallery file in the test folder.
-        "LOCALAI_ADMIN_PRIVATE_HOSTS": "127.0.0.1",
-        "LOCALAI_ADMIN_LOCAL_ROOTS": str(tmp_path),
-    }
+    env = host_env(tmp_path, gallery)
     manage(env, "migrate", "--noinput")
-    return Host(env, db, tmp_path / "backends", gallery, tmp_path / "worker.log")
+    return Host(
+        env,
+        tmp_path / "db.sqlite3",
+        tmp_path / "backends",
+        gallery,
+        tmp_path / "worker.log",
+    )
 
 
 @contextmanager
 def worker(host: Host, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    with host.log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "run_worker"],
-            cwd=ROOT,
-            env=host.env | env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = run_worker(host.env | env, host.log)
     try:
         yield process
     finally:

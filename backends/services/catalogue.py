@@ -16,10 +16,20 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.db.models import (
+    Case,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
 from django.utils import timezone
 
 from backends.core import icons, installed, resolve
+from backends.core.gallery import validate_name
 from backends.core.install import Installer
 from backends.core.redact import redact_uri
 from backends.models import (
@@ -47,6 +57,18 @@ def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend
     )
 
 
+def build_folder(row: installed.DiskBackend) -> str:
+    """The folder a job on an installed backend changes: for a meta, the build it points
+    at (a meta folder only changes together with its build), else its own folder. A
+    pointer that is no valid name is not followed (the installer refuses to)."""
+    if row.is_meta and row.metadata and row.metadata.meta_backend_for:
+        try:
+            return validate_name(row.metadata.meta_backend_for)
+        except ValueError:
+            return row.name
+    return row.folder.name if row.folder is not None else row.name
+
+
 def installed_folders() -> dict[str, installed.DiskBackend]:
     """Every installed backend of this host once, by its own name (aliases left out)."""
     return installed.folders(
@@ -57,11 +79,13 @@ def installed_folders() -> dict[str, installed.DiskBackend]:
 # -- gallery entries -------------------------------------------------------------------
 
 
-def gallery_entries() -> list[GalleryBackend]:
-    """Every entry of the enabled galleries, galleries in order; the first name wins."""
-    return resolve.first_by_name(
-        GalleryBackend.objects.enabled().select_related("gallery")
-    )
+def builds_of(meta: GalleryBackend) -> list[GalleryBackend]:
+    """The entries named in a meta's capabilities map, galleries in order, the first
+    gallery winning each name: all resolve.pick_build reads to find the meta's build,
+    so an install reads a handful of rows whatever the size of the galleries."""
+    names = {b.lower() for b in meta.capabilities.values() if isinstance(b, str)}
+    entries = GalleryBackend.objects.enabled().filter(name_key__in=names)
+    return resolve.first_by_name(entries.select_related("gallery"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,10 +489,28 @@ def installed_on_agents() -> dict[str, list[str]]:
     return found
 
 
-def runnable(capability: str) -> list[Entry]:
-    """The entries a node with ``capability`` can install (one per name)."""
-    entries = resolve.first_by_name(light_entries(GalleryBackend.objects.enabled()))
-    return resolve.available(entries, capability)
+SUGGESTIONS = 30
+
+
+def suggestions(capability: str, typed: str = "") -> list[Entry]:
+    """What an install form on a node with ``capability`` suggests: entries it can run,
+    each the first of its name, best match for ``typed`` first (the catalogue's search
+    and ranking), at most SUGGESTIONS of them; the admin types to find the others."""
+    runs_here_set(capability)
+    entries = catalogue_entries(
+        CatalogueQuery(capability, search=typed, development=True)
+    )
+    earlier = GalleryBackend.objects.filter(
+        gallery__enabled=True, name_key=OuterRef("name_key")
+    ).filter(
+        Q(gallery__position__lt=OuterRef("gallery__position"))
+        | Q(
+            gallery__position=OuterRef("gallery__position"),
+            gallery__name__lt=OuterRef("gallery__name"),
+        )
+    )
+    shown = entries.exclude(Exists(earlier)).values_list(*LIGHT_FIELDS)
+    return entries_of(shown[:SUGGESTIONS])
 
 
 def describe_one(
@@ -494,7 +536,12 @@ def why_not_runnable(entry: GalleryBackend, node: Node) -> str:
 
 def meta_offering(name: str) -> str:
     """The first meta backend whose capabilities map offers the build ``name``."""
-    metas = GalleryBackend.objects.enabled().filter(is_meta=True)
+    # The map's JSON holds the name between quotes: the database narrows the metas to
+    # the few that mention it (not every meta of a 200,000-entry gallery), and the
+    # values are compared here.
+    metas = GalleryBackend.objects.enabled().filter(
+        is_meta=True, capabilities__icontains=f'"{name}"'
+    )
     for meta_name, capabilities in metas.values_list("name", "capabilities"):
         if name in capabilities.values():
             return str(meta_name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -148,16 +148,7 @@ def _folder_key(name: str, disk: dict[str, DiskBackend]) -> str:
     one lock per folder, whatever name reached it.
     """
     row = disk.get(name)
-    return name if row is None else _folder_of(row)
-
-
-def _folder_of(row: DiskBackend) -> str:
-    if row.is_meta and row.metadata and row.metadata.meta_backend_for:
-        try:
-            return validate_name(row.metadata.meta_backend_for)
-        except ValueError:
-            return row.name  # a broken pointer: the installer refuses to follow it
-    return row.folder.name if row.folder is not None else row.name
+    return name if row is None else catalogue.build_folder(row)
 
 
 def _gallery_key(entry: GalleryBackend) -> str:
@@ -170,7 +161,7 @@ def _gallery_key(entry: GalleryBackend) -> str:
     node = Node.objects.local()
     try:
         _, build = resolve.pick_build(
-            entry, catalogue.gallery_entries(), node.current_capability()
+            entry, catalogue.builds_of(entry), node.current_capability()
         )
     except resolve.NoBuildError:
         return entry.name  # the job fails at once with the resolver's reason
@@ -417,10 +408,15 @@ def install_external(
 # -- installed backends: upgrade, reinstall, delete ------------------------------------
 
 
-def installed_here(name: str) -> DiskBackend:
-    """A backend installed on this host, by its own name or an alias; 404 if not."""
+def installed_here(
+    name: str, folders: Mapping[str, DiskBackend] | None = None
+) -> DiskBackend:
+    """A backend installed on this host, by its own name or an alias; 404 if not.
+    ``folders``: ``catalogue.installed_folders()`` when the caller has read them."""
     bare = _check_id(name).rpartition("@")[2]
-    row = catalogue.installed_folders().get(bare) or catalogue.local_disk().get(bare)
+    if folders is None:
+        folders = catalogue.installed_folders()
+    row = folders.get(bare) or catalogue.local_disk().get(bare)
     if row is None:
         raise Refused(404, f"backend {bare!r} is not installed")
     return row
@@ -433,8 +429,11 @@ def _installed_job(
     node: Node | None,
     requested_by: str,
     queue: bool = True,
+    row: DiskBackend | None = None,
     **fields: Any,
 ) -> Job:
+    """A job on an installed backend. ``row``: the backend on this host's disk, when
+    the caller has read it already (the disk is read once per request)."""
     verbs: dict[str, str] = {
         Job.Kind.DELETE: "deleted",
         Job.Kind.UPGRADE: "upgraded",
@@ -442,14 +441,14 @@ def _installed_job(
     }
     verb = verbs.get(kind, "reinstalled")
     if node is None or node.is_local:
-        row = installed_here(name)
+        row = row or installed_here(name)
         bare = row.name
         if row.is_system:
             raise Refused(409, f"system backend {bare!r} cannot be {verb}")
         if node is not None:
             _check_takes_work(node)
         build = row.metadata.meta_backend_for if row.is_meta and row.metadata else ""
-        key = _folder_of(row)
+        key = catalogue.build_folder(row)
     else:
         _check_takes_work(node)
         bare = _check_id(name).rpartition("@")[2]
@@ -550,19 +549,24 @@ def delete(
     """Delete an installed backend; refused (409 ``backend_in_use``) while a model of
     that node's LocalAI uses a folder it removes, unless ``force``: this host's models
     folder is read here, an agent's as it last reported it."""
-    if not force:
-        if node is None or node.is_local:
-            reason, models = usage.in_use_refusal(installed_here(name).name)
-        else:
-            reason, models = usage.node_in_use_refusal(node, name)
-        if models:
-            raise Refused(409, reason, code="backend_in_use", models=models)
+    row: DiskBackend | None = None
+    reason = ""
+    models: list[str] = []
+    if node is None or node.is_local:
+        row = installed_here(name)
+        if not force:
+            reason, models = usage.in_use_refusal(row.name)
+    elif not force:
+        reason, models = usage.node_in_use_refusal(node, name)
+    if models:
+        raise Refused(409, reason, code="backend_in_use", models=models)
     return _installed_job(
         Job.Kind.DELETE,
         name,
         node=node,
         requested_by=requested_by,
         queue=queue,
+        row=row,
         force=force,
     )
 
@@ -574,7 +578,10 @@ def reinstall_source(name: str) -> str:
     back from where it came. The table keeps that URI whole; ``metadata.json`` holds it
     redacted, so it is only the fallback for a row not reconciled yet.
     """
-    row = installed_here(name)
+    return _reinstall_source(installed_here(name))
+
+
+def _reinstall_source(row: DiskBackend) -> str:
     if row.metadata is None or row.metadata.gallery_url or row.is_meta:
         return ""
     record = InstalledBackend.objects.filter(
@@ -587,21 +594,20 @@ def reinstall_source(name: str) -> str:
 def reinstall(name: str, *, requested_by: str = "", actor: Actor | None = None) -> Job:
     """Install an installed backend again, over itself (the Installed page's button):
     from its gallery, or from the URI it was installed from."""
-    if uri := reinstall_source(name):
-        row = installed_here(name)
+    row = installed_here(name)
+    source: dict[str, Any] = {}
+    if uri := _reinstall_source(row):
+        name = row.name
         alias = row.metadata.alias if row.metadata else ""
-        return _installed_job(
-            Job.Kind.INSTALL,
-            row.name,
-            node=None,
-            requested_by=requested_by,
-            force=True,
-            external_uri=uri,
-            external_name=row.name,
-            external_alias=alias,
-        )
+        source = {"external_uri": uri, "external_name": name, "external_alias": alias}
     return _installed_job(
-        Job.Kind.INSTALL, name, node=None, requested_by=requested_by, force=True
+        Job.Kind.INSTALL,
+        name,
+        node=None,
+        requested_by=requested_by,
+        row=row,
+        force=True,
+        **source,
     )
 
 

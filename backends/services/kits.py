@@ -61,7 +61,7 @@ def export_backends(
 
 def _builds(meta: GalleryBackend, capability: str) -> list[GalleryBackend]:
     if capability:
-        _, build = resolve.pick_build(meta, catalogue.gallery_entries(), capability)
+        _, build = resolve.pick_build(meta, catalogue.builds_of(meta), capability)
         return [build]
     builds = []
     for name in dict.fromkeys(meta.capabilities.values()):

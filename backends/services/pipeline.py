@@ -261,7 +261,7 @@ class Runner:
         node = self.job.node or Node.objects.local()
         choice, concrete = resolve.pick_build(
             meta,
-            catalogue.gallery_entries(),
+            catalogue.builds_of(meta),
             capability,
             hardware_explanation=node.capability_explanation,
         )

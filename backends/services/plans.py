@@ -17,7 +17,6 @@ the rest of the answer.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from backends.core.transfer import Cancelled, Watch
 from backends.core.versions import KeptVersion
 from backends.models import GalleryBackend, InstalledBackend, Node
 from backends.services import catalogue, jobs, pipeline, usage, versions
+from backends.services import disk as disk_space
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ def make_plan(
     except ValueError as exc:
         raise jobs.Refused(400, str(exc)) from None
     plan = Plan(action, target)
-    backends_path = Path(settings.LOCALAI_BACKENDS_PATH)
-    plan.disk_free = _free(backends_path)
+    space = disk_space.local_space(0)
+    plan.disk_free = space.free if space is not None else 0
     plan.disk_reserve = settings.LOCALAI_ADMIN_DISK_RESERVE_BYTES
     if action == "install":
         _plan_install(plan, force)
@@ -180,13 +180,6 @@ def make_plan(
             "(LOCALAI_ADMIN_DISK_RESERVE_BYTES): the job would fail"
         )
     return plan
-
-
-def _free(path: Path) -> int:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return 0
 
 
 # -- install ----------------------------------------------------------------------------
@@ -213,7 +206,7 @@ def _plan_install(plan: Plan, force: bool) -> None:
         try:
             choice, build = resolve.pick_build(
                 entry,
-                catalogue.gallery_entries(),
+                catalogue.builds_of(entry),
                 capability,
                 hardware_explanation=node.capability_explanation,
             )
@@ -303,15 +296,12 @@ def _models_of(folder: str) -> list[str]:
 
 
 def _plan_upgrade(plan: Plan) -> None:
-    disk = jobs.installed_here(plan.target)
+    on_disk = catalogue.installed_folders()
+    disk = jobs.installed_here(plan.target, on_disk)
     plan.backend = disk.name
     if disk.is_system or disk.folder is None:
         raise jobs.Refused(409, f"system backend {disk.name!r} cannot be upgraded")
-    concrete = (
-        disk.metadata.meta_backend_for
-        if disk.is_meta and disk.metadata and disk.metadata.meta_backend_for
-        else disk.folder.name
-    )
+    concrete = catalogue.build_folder(disk)
     entry = GalleryBackend.objects.find(concrete)
     if entry is None:
         raise jobs.Refused(
@@ -322,11 +312,8 @@ def _plan_upgrade(plan: Plan) -> None:
             409, f"{concrete} is a meta backend in the gallery; upgrade its build"
         )
     plan.build = entry.name
-    current = (
-        installed.read_metadata(_folder(concrete))
-        if _folder(concrete).is_dir()
-        else None
-    )
+    build_row = on_disk.get(concrete)
+    current = build_row.metadata if build_row is not None else None
     record = InstalledBackend.objects.filter(
         node=Node.objects.local(), name__in=(disk.name, concrete)
     ).first()
@@ -345,7 +332,6 @@ def _plan_upgrade(plan: Plan) -> None:
             if record.checked_at
             else "upgrades were never checked: the build may be the same"
         )
-    on_disk = catalogue.installed_folders()
     plan.folders.append(_change(concrete, on_disk, "the build"))
     plan.downloads.append(measure(pipeline.gallery_source(entry).uri))
     plan.models = _models_of(concrete)
@@ -415,12 +401,13 @@ def _kept_at(kept: KeptVersion) -> str:
 
 
 def _plan_delete(plan: Plan, force: bool) -> None:
-    disk = jobs.installed_here(plan.target)
+    on_disk = catalogue.installed_folders()
+    disk = jobs.installed_here(plan.target, on_disk)
     plan.backend = disk.name
     if disk.is_system:
         raise jobs.Refused(409, f"system backend {disk.name!r} cannot be deleted")
     try:
-        removals, warnings = catalogue.removal_plan(disk, catalogue.installed_folders())
+        removals, warnings = catalogue.removal_plan(disk, on_disk)
     except InstallError as exc:
         raise jobs.Refused(409, str(exc)) from None
     for removal in removals:

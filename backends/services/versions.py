@@ -14,7 +14,7 @@ from django.conf import settings
 from backends.core.installed import DiskBackend
 from backends.core.versions import KeptVersion, VersionNotFound, VersionStore
 from backends.models import InstalledBackend, Job, Node
-from backends.services import audit, jobs, pipeline
+from backends.services import audit, catalogue, jobs, pipeline
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,9 @@ def _changeable(name: str) -> DiskBackend:
     return row
 
 
-def build_of(row: DiskBackend) -> str:
-    if row.is_meta and row.metadata and row.metadata.meta_backend_for:
-        return row.metadata.meta_backend_for
-    return row.folder.name if row.folder else row.name
-
-
 def versions(name: str) -> Versions:
     row = _changeable(name)
-    build = build_of(row)
+    build = catalogue.build_folder(row)
     pinned = InstalledBackend.objects.filter(
         node=Node.objects.local(), name=row.name, pinned=True
     ).exists()
@@ -77,7 +71,7 @@ def versions(name: str) -> Versions:
 
 def check_kept(name: str, ref: str) -> KeptVersion:
     """The kept version a rollback of ``name`` to ``ref`` restores; 404 if none."""
-    build = build_of(_changeable(name))
+    build = catalogue.build_folder(_changeable(name))
     try:
         return store().find(build, ref)
     except VersionNotFound as exc:

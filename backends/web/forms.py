@@ -164,6 +164,12 @@ class NodeInstallForm(forms.Form):
         return entry
 
 
+class NodeSuggestionsForm(forms.Form):
+    """What has been typed in a node's install field, to suggest backends for."""
+
+    backend = forms.CharField(max_length=255, required=False, strip=True)
+
+
 class ExternalInstallForm(forms.Form):
     """Install from a URI: an OCI image, a download, or a folder under the local roots.
 

@@ -251,7 +251,7 @@ def installed_rollback(
             return redirect("backends:installed-versions", name)
         messages.success(request, f"Rollback of {name} started.")
         return redirect("backends:job-detail", job.pk)
-    current = folders.get(versions.build_of(disk))
+    current = folders.get(read.build_folder(disk))
     context = {
         "disk": disk,
         "kept": kept,

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST
@@ -28,7 +28,7 @@ from backends.web.base import (
     requires,
     wants_fragment,
 )
-from backends.web.forms import NodeInstallForm
+from backends.web.forms import NodeInstallForm, NodeSuggestionsForm
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,11 @@ def _with_users(node: Node, backends: list[NodeBackend]) -> list[NodeBackend]:
 
 
 def _choices(cards: Iterable[NodeCard]) -> dict[str, list[read.Entry]]:
-    """Per capability, the gallery entries it can run: the install forms' suggestions."""
+    """Per capability, the install forms' first suggestions; typing asks for more
+    (node_suggestions): a large gallery has tens of thousands that run."""
     capabilities = {card.node.capability or "default" for card in cards}
     return {
-        _choices_id(capability): read.runnable(capability)
+        _choices_id(capability): read.suggestions(capability)
         for capability in sorted(capabilities)
     }
 
@@ -194,6 +195,18 @@ def node_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "backends/node_detail.html",
         context,
         fragment="backends/partials/_node_state.html",
+    )
+
+
+@requires(roles.INSTALL)
+def node_suggestions(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The options of a node's install suggestions for what has been typed so far."""
+    node = get_object_or_404(Node, pk=pk)
+    form = NodeSuggestionsForm(request.GET)
+    typed = form.cleaned_data["backend"] if form.is_valid() else ""
+    entries = read.suggestions(node.capability or "default", typed)
+    return render(
+        request, "backends/partials/_node_suggestions.html", {"entries": entries}
     )
 
 

@@ -60,6 +60,25 @@ def test_the_nodes_page_installs_on_this_host_and_drains_an_agent(
     expect(gpu.get_by_label("Install on this node")).to_have_count(0)
 
 
+def test_typing_in_an_install_field_suggests_the_matching_backends(
+    new_page: Any, users: Any, real_gallery: Any
+) -> None:
+    page = new_page(users["alice"])
+    page.goto("/nodes/")
+    choices = page.locator("#backends-for-default option")
+    # 30 of the hundreds that run here; the rest are found by typing.
+    expect(choices).to_have_count(30)
+    expect(page.locator('#backends-for-default option[value="whisper"]')).to_have_count(
+        0
+    )
+    field = page.locator(f"#node-{Node.objects.local().pk}").get_by_label(
+        "Install on this node"
+    )
+    field.press_sequentially("whisper")
+    expect(choices.first).to_have_attribute("value", "whisper")
+    expect(choices.filter(has_text="meta:")).not_to_have_count(0)
+
+
 @pytest.mark.distributed
 @pytest.mark.registry
 def test_a_meta_installed_from_the_catalogue_reaches_every_node(

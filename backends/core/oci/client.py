@@ -28,6 +28,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import re
 import ssl
 import time
@@ -64,8 +65,10 @@ from backends.core.transfer import (
     DEFAULT_STALL_SECONDS,
     POLL_SECONDS,
     STALL_ATTEMPTS,
+    BodyTooLarge,
     Stalled,
     Watch,
+    read_capped,
     stalled,
 )
 
@@ -572,7 +575,7 @@ def _raise_for_status(
     detail = ""
     if response.request.method != "HEAD":
         detail = _registry_error_detail(
-            _read_limited(response, 64 << 10, "", truncate=True, watch=watch),
+            _read_limited(response, 64 << 10, "", empty_if_larger=True, watch=watch),
             [*secrets, *_sent_credentials(response.request)],
         )
     detail = f" ({detail})" if detail else f" (HTTP {status})"
@@ -608,21 +611,22 @@ def _read_limited(
     limit: int,
     what: str,
     *,
-    truncate: bool = False,
+    empty_if_larger: bool = False,
     watch: Watch,
 ) -> bytes:
-    data = bytearray()
+    """A small body (a manifest, an error document), at most ``limit`` bytes; a larger
+    one is an error, or with ``empty_if_larger`` nothing (an error body that large is
+    no registry's error document: cut, its JSON would not parse anyway)."""
     try:
-        for chunk in watch.read(response):
-            data += chunk
-            if len(data) > limit:
-                if truncate:
-                    return bytes(data[:limit])
-                raise RegistryError(f"{what} is larger than {limit} bytes")
+        # The attempt's own stall rule bounds the time: no deadline of its own here.
+        return read_capped(response, watch, max_bytes=limit, deadline=math.inf)
+    except BodyTooLarge:
+        if empty_if_larger:
+            return b""
+        raise RegistryError(f"{what} is larger than {limit} bytes") from None
     except Stalled as exc:
         # A body is read once its headers came: a stall here is the attempt's end.
         raise RegistryStalled(f"{what or 'registry'}: {exc}") from exc
-    return bytes(data)
 
 
 def _registry_error_detail(body: bytes, secrets: Iterable[str] = ()) -> str:
