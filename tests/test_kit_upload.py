@@ -4,6 +4,7 @@ anything is unpacked, with the registry the kit came from stopped."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -147,6 +148,38 @@ class KitUploadTestCase(BaseTestCase):
             AuditEvent.objects.filter(action="kit_upload", outcome="refused").exists()
         )
 
+    def test_a_kit_whose_image_was_rebuilt_around_another_layer_is_refused(
+        self,
+    ) -> None:
+        # Every digest made consistent again: only the signature can tell.
+        evil = make_layer([file("run.sh", "#!/bin/sh\necho evil\n", 0o755)])
+
+        def rebuild(members: dict[str, bytes]) -> None:
+            old = self.image.digest.removeprefix("sha256:")
+            manifest = json.loads(members.pop(f"blobs/sha256/{old}"))
+            manifest["layers"] = [
+                {"mediaType": evil.media_type, "digest": evil.digest, "size": evil.size}
+            ]
+            raw = json.dumps(manifest).encode()
+            new = hashlib.sha256(raw).hexdigest()
+            members[f"blobs/sha256/{new}"] = raw
+            members[f"blobs/sha256/{evil.digest.removeprefix('sha256:')}"] = evil.data
+            for name in ("index.json", "gallery.yaml"):
+                text = members[name].decode().replace(f"sha256:{old}", f"sha256:{new}")
+                members[name] = text.replace(
+                    f'"size": {len(self.image.manifest)}', f'"size": {len(raw)}'
+                ).encode()
+
+        rewrite_kit(self.kit, rebuild)
+        backends = self.move_to_another_host()
+        url = self.preview_url(self.upload())
+        self.assertContains(self.client.get(url), "no signature refers to")
+        job = self.confirm(url)
+        self.assertEqual(job.state, Job.State.FAILED)
+        self.assertIn(REFUSED, job.error)
+        self.assertIn("no signature refers to", job.error)
+        self.assert_not_unpacked(backends)
+
     def test_a_kit_signed_by_another_key_than_the_hosts_policy_is_refused(
         self,
     ) -> None:
@@ -185,11 +218,19 @@ class KitUploadTestCase(BaseTestCase):
         self.assertEqual(job.state, Job.State.COMPLETED, job.error)
         self.assertIn("not signature-verified", job.message)
 
-    def test_a_kit_larger_than_the_cap_is_refused_with_a_message(self) -> None:
+    def test_a_kit_over_the_cap_is_refused_while_it_is_received(self) -> None:
+        # The request is within the cap and its envelope: the file is not.
         self.settings_fixture.LOCALAI_ADMIN_MAX_KIT_BYTES = 1024
-        response = self.upload()
+        response = self.upload(b"x" * 4096)
         self.assertContains(response, "LOCALAI_ADMIN_MAX_KIT_BYTES", status_code=413)
-        self.assertFalse(Gallery.objects.filter(name__startswith="kit-").exists())
+        self.assertEqual(list(kits_folder().iterdir()), [])
+
+    def test_a_request_announcing_more_than_the_cap_is_refused_unread(self) -> None:
+        self.settings_fixture.LOCALAI_ADMIN_MAX_KIT_BYTES = 1024
+        response = self.upload(b"x" * (256 * 1024))
+        self.assertContains(response, "LOCALAI_ADMIN_MAX_KIT_BYTES", status_code=413)
+        # The upload handler, which makes the folder, never ran.
+        self.assertFalse(kits_folder().exists())
 
     def test_a_file_that_is_not_a_kit_is_refused_with_a_message(self) -> None:
         response = self.upload(b"this is not a tar file" * 100)
