@@ -37,6 +37,7 @@ __all__ = [
     "kits_folder",
     "preview",
     "receive_kit",
+    "received",
 ]
 
 # A kit's id: the folder it is extracted to (the start of its index.json's digest).
@@ -161,6 +162,20 @@ def find_kit(kit_id: str) -> kits.Layout | None:
         return None
     root = kits_folder() / kit_id
     return kits.Layout(root) if (root / "index.json").is_file() else None
+
+
+def received() -> list[str]:
+    """The ids of the kits extracted on this host, newest first."""
+    folder = kits_folder()
+    if not folder.is_dir():
+        return []
+    found = [
+        path
+        for path in folder.iterdir()
+        if _KIT_ID.fullmatch(path.name) and (path / "index.json").is_file()
+    ]
+    found.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    return [path.name for path in found]
 
 
 def discard_kit(layout: kits.Layout) -> None:

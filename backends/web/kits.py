@@ -118,6 +118,7 @@ def _upload_page(
         "form": form,
         "error": error,
         "max_size": human_size(settings.LOCALAI_ADMIN_MAX_KIT_BYTES),
+        "received": kits.received(),
     }
     return render(request, "backends/kit_upload.html", context, status=status)
 
