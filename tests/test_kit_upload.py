@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from backends.models import AuditEvent, Gallery, InstalledBackend, Job
 from backends.services.kits import kits_folder
@@ -239,6 +240,18 @@ class KitUploadTestCase(BaseTestCase):
     def test_a_tar_without_an_index_is_refused_with_a_message(self) -> None:
         rewrite_kit(self.kit, lambda members: members.pop("index.json"))
         self.assertContains(self.upload(), "the kit has no index.json", status_code=400)
+
+    def test_an_upload_without_the_csrf_token_is_refused(self) -> None:
+        browser = Client(enforce_csrf_checks=True)
+        browser.force_login(self.alice)
+        response = browser.post(
+            "/installed/kits/", {"kit": SimpleUploadedFile("kit.tar", b"x" * 10)}
+        )
+        self.assertEqual(response.status_code, 403)
+        self.assertFalse(
+            AuditEvent.objects.filter(action="kit_upload").exists(),
+            "the view ran",
+        )
 
     def test_only_the_admin_role_may_upload_a_kit(self) -> None:
         for user in (self.bob, self.carol):
