@@ -241,6 +241,23 @@ class KitUploadTestCase(BaseTestCase):
         rewrite_kit(self.kit, lambda members: members.pop("index.json"))
         self.assertContains(self.upload(), "the kit has no index.json", status_code=400)
 
+    def test_a_kit_with_malformed_annotations_is_previewed_without_them(
+        self,
+    ) -> None:
+        def garble(members: dict[str, bytes]) -> None:
+            index = json.loads(members["index.json"])
+            index["annotations"] = ["not", "a", "mapping"]
+            for descriptor in index["manifests"]:
+                descriptor["annotations"] = "nor this"
+            members["index.json"] = json.dumps(index).encode()
+
+        rewrite_kit(self.kit, garble)
+        self.move_to_another_host()
+        page = self.client.get(self.preview_url(self.upload()))
+        # No gallery named: nothing to verify against, and nothing ticked by default.
+        self.assertContains(page, "not verified")
+        self.assertNotContains(page, 'id="id_names_0" checked')
+
     def test_an_upload_without_the_csrf_token_is_refused(self) -> None:
         browser = Client(enforce_csrf_checks=True)
         browser.force_login(self.alice)

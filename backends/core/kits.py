@@ -3,8 +3,9 @@ network.
 
 A kit holds ``oci-layout``, ``index.json`` (one descriptor per exported image, named by
 its backend with ``org.opencontainers.image.ref.name``), ``blobs/sha256/<hex>`` (every
-manifest, index, config and layer, and the image's referrers found through the
-referrers tag schema ``sha256-<hex>``, so signatures travel with it), and
+manifest, index, config and layer, and the artifacts referring to each image, found
+through the registry's referrers API or its referrers tag and listed in the kit under
+the referrers tag schema ``sha256-<hex>``, so signatures travel with it), and
 ``gallery.yaml``, a gallery whose entries point into the kit as
 ``oci-layout:.@sha256:<hex>`` ("." is the kit's folder). Each image's descriptor also
 names the gallery it was exported from and that gallery's verification block.
@@ -358,27 +359,30 @@ class Layout:
         return _json_object(self.root / "index.json", "index.json")
 
     def backends(self) -> list[str]:
-        names = self.index().get("annotations", {}).get(BACKENDS_ANNOTATION, "")
-        return [name for name in str(names).split(",") if name]
+        names = _annotations(self.index()).get(BACKENDS_ANNOTATION, "")
+        return [name for name in names.split(",") if name]
 
     def images(self) -> list[dict[str, Any]]:
         """index.json's image descriptors (not the referrers indexes)."""
         return [
             descriptor
-            for descriptor in self.index().get("manifests") or []
-            if isinstance(descriptor, dict)
-            and not str(descriptor.get("annotations", {}).get(REF_NAME, "")).startswith(
-                REFERRERS_PREFIX
-            )
+            for descriptor in self._descriptors()
+            if not _annotations(descriptor)
+            .get(REF_NAME, "")
+            .startswith(REFERRERS_PREFIX)
         ]
+
+    def _descriptors(self) -> list[dict[str, Any]]:
+        found = self.index().get("manifests")
+        return (
+            [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+        )
 
     def annotations(self, digest: str) -> dict[str, str]:
         """The annotations index.json gives the image ``digest`` ({} if none)."""
         for descriptor in self.images():
             if descriptor.get("digest") == digest:
-                found = descriptor.get("annotations")
-                if isinstance(found, dict):
-                    return {str(k): str(v) for k, v in found.items()}
+                return _annotations(descriptor)
         return {}
 
     def gallery_entries(self) -> list[dict[str, Any]]:
@@ -445,14 +449,13 @@ class Layout:
     ) -> list[dict[str, Any]]:
         """The artifacts the kit lists as referring to ``digest``."""
         tag = REFERRERS_PREFIX + digest.partition(":")[2]
-        for descriptor in self.index().get("manifests") or []:
-            if (
-                isinstance(descriptor, dict)
-                and descriptor.get("annotations", {}).get(REF_NAME) == tag
-            ):
+        for descriptor in self._descriptors():
+            if _annotations(descriptor).get(REF_NAME) == tag:
                 body = self.get_manifest(ref, str(descriptor.get("digest"))).body
                 entries = body.get("manifests")
-                return [e for e in entries or [] if isinstance(e, dict)]
+                if not isinstance(entries, list):
+                    raise _KitReadError(f"{ref}: the kit's {tag} is not an index")
+                return [entry for entry in entries if isinstance(entry, dict)]
         return []
 
     def get_manifest(
@@ -552,6 +555,15 @@ class Layout:
 class _KitReadError(OCIError):
     """A signature artifact the kit lacks or holds damaged: for oci.verify, a failure
     to read it, as a registry's would be."""
+
+
+def _annotations(item: dict[str, Any]) -> dict[str, str]:
+    """An index's or descriptor's annotations, as strings ({} when malformed: a kit's
+    JSON is input like any other)."""
+    found = item.get("annotations")
+    if not isinstance(found, dict):
+        return {}
+    return {str(key): str(value) for key, value in found.items()}
 
 
 def _json_object(path: Path, what: str) -> dict[str, Any]:

@@ -214,7 +214,7 @@ class KitPreview:
 def preview(layout: kits.Layout) -> KitPreview:
     """What installing from the kit would do, each image's signatures checked now
     against this host's policy, as the install will check them again."""
-    entries = layout.gallery_entries()
+    entries = [entry for entry in layout.gallery_entries() if entry.get("name")]
     by_digest = {
         kits.parse_layout_uri(entry["uri"])[1]: str(entry["name"])
         for entry in entries
