@@ -258,6 +258,16 @@ class KitUploadTestCase(BaseTestCase):
         self.assertContains(page, "not verified")
         self.assertNotContains(page, 'id="id_names_0" checked')
 
+    def test_in_distributed_mode_the_dashboard_does_not_send_a_kit_to_the_agents(
+        self,
+    ) -> None:
+        url = self.preview_url(self.upload())
+        self.settings_fixture.DISTRIBUTED = True
+        response = self.client.post(url, {"names": ["cpu-signed"]})
+        self.assertContains(response, "run manage.py import_backends")
+        self.assertFalse(Job.objects.exists())
+        self.assertFalse(Gallery.objects.filter(name__startswith="kit-").exists())
+
     def test_an_upload_without_the_csrf_token_is_refused(self) -> None:
         browser = Client(enforce_csrf_checks=True)
         browser.force_login(self.alice)

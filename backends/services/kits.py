@@ -286,7 +286,18 @@ def install_kit(
 ) -> tuple[Gallery, list[Job]]:
     """Add the extracted kit as a gallery (first in order, so its builds win their
     names on a host whose other galleries are unreachable), and start the install of
-    ``names`` (default: the backends the kit was made for)."""
+    ``names`` (default: the backends the kit was made for).
+
+    Queued in distributed mode, an install would go to every agent, none of which has
+    the kit: refused (``import_backends`` on a node's own host installs there)."""
+    if settings.DISTRIBUTED and queue:
+        raise jobs.Refused(
+            409,
+            "an offline kit installs on the host that holds it, and in distributed "
+            "mode installs go to the agents: run manage.py import_backends with the "
+            "kit on each node's host",
+            code="kit_not_distributed",
+        )
     gallery_file = layout.root / "installable.yaml"
     gallery_file.write_text(yaml.safe_dump(layout.gallery_entries(), sort_keys=False))
     gallery, _ = Gallery.objects.update_or_create(
