@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import yaml
 
-from backends.core.oci.client import RegistryClient
+from backends.core.oci.client import RegistryClient, refuse_oversized
 from backends.core.oci.errors import DigestMismatchError, OCIError
 from backends.core.oci.manifest import (
     INDEX_TYPES,
@@ -478,11 +478,7 @@ class Layout:
         *,
         watch: Watch | None = None,
     ) -> bytes:
-        if descriptor.size > limit:
-            raise _KitReadError(
-                f"{ref}: blob {descriptor.digest} is {descriptor.size} bytes, "
-                f"over the {limit} allowed"
-            )
+        refuse_oversized(ref, descriptor, limit)
         try:
             return b"".join(self.iter_blob(descriptor))
         except KitError as exc:
