@@ -11,6 +11,7 @@ from backends.web import external as external_pages
 from backends.web import icons as icon_pages
 from backends.web import installed as installed_pages
 from backends.web import jobs as jobs_pages
+from backends.web import kits as kit_pages
 from backends.web import nodes as nodes_pages
 from backends.web import pages as pages_pages
 
@@ -55,6 +56,13 @@ urlpatterns = [
         "installed/from-uri/",
         external_pages.install_from_uri,
         name="install-from-uri",
+    ),
+    path("installed/kits/", kit_pages.kit_upload, name="kit-upload"),
+    path("installed/kits/<str:kit>/", kit_pages.kit_preview, name="kit-preview"),
+    path(
+        "installed/kits/<str:kit>/discard/",
+        kit_pages.kit_discard,
+        name="kit-discard",
     ),
     path(
         "installed/upgrade-all/",

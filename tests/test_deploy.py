@@ -319,6 +319,21 @@ def test_a_body_over_the_limit_is_refused_by_nginx_with_the_json_envelope(
     assert "oversized=1" not in stack.app_log()
 
 
+def test_a_kit_upload_over_the_general_body_limit_reaches_the_app(
+    stack: Stack,
+) -> None:
+    # /installed/kits/ has a limit of its own (SERVE_KIT_MAX_BODY) and is streamed: the
+    # app answers from the headers (no session: to the login page), not nginx's 413.
+    with client(stack) as http:
+        response = http.post(
+            stack.url + "/installed/kits/?kit=1",
+            files={"kit": ("kit.tar", b"\0" * (2 * 1024 * 1024))},
+        )
+    assert response.status_code == 302, response.text[:500]
+    assert response.headers["location"].startswith("/accounts/login/")
+    assert "kit=1" in stack.app_log()
+
+
 def test_bodies_and_responses_beyond_nginx_memory_buffers_still_get_through(
     stack: Stack,
 ) -> None:

@@ -41,6 +41,9 @@ class RouteTableTestCase(BaseTestCase):
             # kept, so the page answers 404 to those allowed, 403 to the others.
             "version": "20260101T000000000000Z",
             "key": "0" * 32,
+            # An offline kit's id (installed/kits/<kit>/): none is uploaded, so the
+            # page answers 404 to those allowed, 403 to the others.
+            "kit": "0" * 16,
         }
         self.personas = {
             "viewer": self.bob,

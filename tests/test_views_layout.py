@@ -10,6 +10,7 @@ PAGES = [
     "/catalogue/localai/llama-cpp/",
     "/installed/",
     "/installed/cpu-whisper/delete/",
+    "/installed/kits/",
     "/known/",
     "/jobs/",
     "/galleries/",

@@ -50,7 +50,7 @@ from backends.core.installed import (
     write_metadata,
 )
 from backends.core.limits import Budget, LimitExceeded, Limits, shown
-from backends.core.oci.verify import VerificationPolicy, verify_image
+from backends.core.oci.verify import ArtifactStore, VerificationPolicy, verify_image
 from backends.core.policy import SourcePolicy, SourceRefused, default_policy
 from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import looks_like_oci
@@ -367,7 +367,7 @@ class Installer:
                 self._fetch_tarball(path.as_uri(), sha256, staging, budget)
             return ""
         if uri.startswith(kits.SCHEME):
-            return self._pull_layout(uri, staging, budget)
+            return self._pull_layout(uri, staging, budget, source.verification)
         if looks_like_oci(uri):
             return self._pull(uri, staging, budget, source.verification)
         if uri.startswith(("http://", "https://")):
@@ -392,24 +392,10 @@ class Installer:
         budget: Budget,
         verification: VerificationPolicy | None,
     ) -> str:
-        if verification is None and self.require_integrity:
-            raise InstallError(
-                f"{redact_uri(uri)}: an image from a gallery without a verification "
-                "policy is refused (LOCALAI_ADMIN_REQUIRE_INTEGRITY is on)"
-            )
+        self._require_policy(uri, verification)
         client = self.registry or oci.RegistryClient(policy=self.policy)
         image = client.resolve(uri, self.platform, watch=self.watch)
-        if verification is not None:
-            if self.progress:
-                self.progress(oci.Progress("verifying signature", uri, 0, 0))
-            # Before any layer is fetched: nothing unverified reaches the disk.
-            self.verified_by = verify_image(
-                client,
-                image,
-                verification,
-                trust_root=self.sigstore_trust_root,
-                watch=self.watch,
-            )
+        self._verify(uri, client, image, verification)
         self._check_free_space(sum(layer.size for layer in image.layers))
         # pull_image extracts each layer itself; the budget reaches it this way.
         with extract.bounded(budget):
@@ -423,11 +409,50 @@ class Installer:
             )
         return pulled.digest
 
-    def _pull_layout(self, uri: str, staging: Path, budget: Budget) -> str:
-        """Extract an image of an imported offline kit (``backends.core.kits``)."""
+    def _require_policy(
+        self, uri: str, verification: VerificationPolicy | None
+    ) -> None:
+        if verification is None and self.require_integrity:
+            raise InstallError(
+                f"{redact_uri(uri)}: an image from a gallery without a verification "
+                "policy is refused (LOCALAI_ADMIN_REQUIRE_INTEGRITY is on)"
+            )
+
+    def _verify(
+        self,
+        uri: str,
+        store: ArtifactStore,
+        image: oci.ResolvedImage,
+        verification: VerificationPolicy | None,
+    ) -> None:
+        """Check the image's signatures, from a registry or a kit, before any layer
+        is read: nothing unverified reaches the disk."""
+        if verification is None:
+            return
+        if self.progress:
+            self.progress(oci.Progress("verifying signature", uri, 0, 0))
+        self.verified_by = verify_image(
+            store,
+            image,
+            verification,
+            trust_root=self.sigstore_trust_root,
+            watch=self.watch,
+        )
+
+    def _pull_layout(
+        self,
+        uri: str,
+        staging: Path,
+        budget: Budget,
+        verification: VerificationPolicy | None,
+    ) -> str:
+        """Extract an image of an imported offline kit (``backends.core.kits``),
+        verified as a registry's would be (its signatures travel in the kit)."""
+        self._require_policy(uri, verification)
         folder, digest = kits.parse_layout_uri(uri)
         layout = kits.Layout(self.policy.check_local(folder, uri))
         image = layout.resolve(digest, self.platform or oci.Platform.host())
+        self._verify(uri, layout, image, verification)
         total = sum(layer.size for layer in image.layers)
         self._check_free_space(total)
         done = 0

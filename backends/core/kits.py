@@ -3,10 +3,17 @@ network.
 
 A kit holds ``oci-layout``, ``index.json`` (one descriptor per exported image, named by
 its backend with ``org.opencontainers.image.ref.name``), ``blobs/sha256/<hex>`` (every
-manifest, index, config and layer, and the image's referrers found through the
-referrers tag schema ``sha256-<hex>``, so signatures travel with it), and
+manifest, index, config and layer, and the artifacts referring to each image, found
+through the registry's referrers API or its referrers tag and listed in the kit under
+the referrers tag schema ``sha256-<hex>``, so signatures travel with it), and
 ``gallery.yaml``, a gallery whose entries point into the kit as
-``oci-layout:.@sha256:<hex>`` ("." is the kit's folder).
+``oci-layout:.@sha256:<hex>`` ("." is the kit's folder). Each image's descriptor also
+names the gallery it was exported from and that gallery's verification block.
+
+Those names are claims, not trust: an installing host verifies a kit's image against
+the policy of its own gallery of that name (``Layout`` reads signatures for
+``oci.verify`` as a registry would), never against the block the kit carries, which
+whoever made the kit wrote.
 
 Importing extracts only those names, each blob checked against its digest as it is
 written, then checks that everything ``index.json`` reaches is there. Installing reads
@@ -28,8 +35,8 @@ from typing import IO, Any
 
 import yaml
 
-from backends.core.oci.client import RegistryClient
-from backends.core.oci.errors import DigestMismatchError, NotFoundError
+from backends.core.oci.client import RegistryClient, refuse_oversized
+from backends.core.oci.errors import DigestMismatchError, OCIError
 from backends.core.oci.manifest import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -50,6 +57,13 @@ REF_NAME = "org.opencontainers.image.ref.name"
 # The image an entry came from, and the backends the kit was made for.
 SOURCE_ANNOTATION = "io.localai-admin.kit.source"
 BACKENDS_ANNOTATION = "io.localai-admin.kit.backends"
+# The gallery an image was exported from, and that gallery's verification block (JSON):
+# shown before an install, never trusted (see the module's docstring).
+GALLERY_ANNOTATION = "io.localai-admin.kit.gallery"
+VERIFICATION_ANNOTATION = "io.localai-admin.kit.verification"
+REFERRERS_PREFIX = "sha256-"
+# As many signatures per image as oci.verify reads, and a few more artifacts.
+_MAX_REFERRERS = 64
 LAYOUT_FILE = "oci-layout"
 _BLOB = re.compile(r"blobs/sha256/([0-9a-f]{64})")
 _CHUNK = 1 << 20
@@ -65,6 +79,8 @@ class KitError(ValueError):
 class KitImage:
     name: str  # the backend (gallery entry) the image is the build of
     reference: str
+    gallery: str = ""  # the gallery the entry came from
+    verification: dict[str, str] | None = None  # that gallery's block, if any
 
 
 def layout_uri(digest: str, folder: str = ".") -> str:
@@ -106,15 +122,19 @@ def write_kit(
                 ref = as_reference(image.reference)
                 top = writer.manifest(ref, ref.reference)
                 digests[image.name] = top.digest
+                annotations = {REF_NAME: image.name, SOURCE_ANNOTATION: str(ref)}
+                if image.gallery:
+                    annotations[GALLERY_ANNOTATION] = image.gallery
+                if image.verification:
+                    annotations[VERIFICATION_ANNOTATION] = json.dumps(
+                        image.verification, sort_keys=True
+                    )
                 descriptors.append(
                     {
                         "mediaType": top.media_type,
                         "digest": top.digest,
                         "size": len(top.raw),
-                        "annotations": {
-                            REF_NAME: image.name,
-                            SOURCE_ANNOTATION: str(ref),
-                        },
+                        "annotations": annotations,
                     }
                 )
                 for referrers in writer.referrers:
@@ -168,21 +188,38 @@ class _KitWriter:
                 self.blob(ref, Descriptor.from_json(entry, ref))
 
     def find_referrers(self, ref: Reference, digest: str) -> None:
-        tag = digest.replace(":", "-")
-        try:
-            index = self.client.get_manifest(ref, tag, watch=self.watch)
-        except NotFoundError:
+        """Store the artifacts referring to ``digest`` (the registry's referrers API,
+        else its referrers tag) and an index listing them, named by the referrers tag
+        schema: the kit's own form, whichever the registry had."""
+        found = self.client.referrers(ref, digest, watch=self.watch)[:_MAX_REFERRERS]
+        if not found:
             return
-        if index.digest in self.written:
+        for entry in found:
+            artifact = Descriptor.from_json(entry, ref)
+            if artifact.digest not in self.written:
+                manifest = self.client.get_manifest(
+                    ref, artifact.digest, watch=self.watch
+                )
+                self.children(ref, manifest)
+                self.add(manifest.digest, manifest.raw)
+        raw = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": found,
+            },
+            indent=1,
+        ).encode()
+        index = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if index in self.written:
             return
-        self.children(ref, index)
-        self.add(index.digest, index.raw)
+        self.add(index, raw)
         self.referrers.append(
             {
-                "mediaType": index.media_type,
-                "digest": index.digest,
-                "size": len(index.raw),
-                "annotations": {REF_NAME: tag},
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index,
+                "size": len(raw),
+                "annotations": {REF_NAME: REFERRERS_PREFIX + digest.partition(":")[2]},
             }
         )
 
@@ -322,8 +359,31 @@ class Layout:
         return _json_object(self.root / "index.json", "index.json")
 
     def backends(self) -> list[str]:
-        names = self.index().get("annotations", {}).get(BACKENDS_ANNOTATION, "")
-        return [name for name in str(names).split(",") if name]
+        names = _annotations(self.index()).get(BACKENDS_ANNOTATION, "")
+        return [name for name in names.split(",") if name]
+
+    def images(self) -> list[dict[str, Any]]:
+        """index.json's image descriptors (not the referrers indexes)."""
+        return [
+            descriptor
+            for descriptor in self._descriptors()
+            if not _annotations(descriptor)
+            .get(REF_NAME, "")
+            .startswith(REFERRERS_PREFIX)
+        ]
+
+    def _descriptors(self) -> list[dict[str, Any]]:
+        found = self.index().get("manifests")
+        return (
+            [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+        )
+
+    def annotations(self, digest: str) -> dict[str, str]:
+        """The annotations index.json gives the image ``digest`` ({} if none)."""
+        for descriptor in self.images():
+            if descriptor.get("digest") == digest:
+                return _annotations(descriptor)
+        return {}
 
     def gallery_entries(self) -> list[dict[str, Any]]:
         """The kit's gallery, its ``oci-layout:.`` URIs made absolute."""
@@ -360,8 +420,18 @@ class Layout:
             raise KitError(f"{ref}: manifest {digest} is not a JSON object")
         return Manifest(media_type_of(body, ""), digest, body, raw)
 
+    def reference(self, digest: str) -> Reference:
+        """How messages name an image of the kit: the kit, then the image it was
+        exported from."""
+        try:
+            source = as_reference(self.annotations(digest).get(SOURCE_ANNOTATION, ""))
+            repository = f"{source.registry}/{source.repository}"
+        except OCIError:
+            repository = "image"
+        return Reference(f"kit {self.root.name}", repository, digest=digest)
+
     def resolve(self, digest: str, platform: Platform) -> ResolvedImage:
-        ref = Reference("oci-layout", str(self.root).lstrip("/"), digest=digest)
+        ref = self.reference(digest)
         top = manifest = self.manifest(digest, ref)
         for _ in range(3):
             if manifest.media_type not in INDEX_TYPES:
@@ -371,6 +441,48 @@ class Layout:
         return ResolvedImage(
             ref, top.digest, manifest.digest, image_layers(manifest, ref)
         )
+
+    # -- read by oci.verify as a registry would be (verify.ArtifactStore) --
+
+    def referrers(
+        self, ref: Reference, digest: str, *, watch: Watch | None = None
+    ) -> list[dict[str, Any]]:
+        """The artifacts the kit lists as referring to ``digest``."""
+        tag = REFERRERS_PREFIX + digest.partition(":")[2]
+        for descriptor in self._descriptors():
+            if _annotations(descriptor).get(REF_NAME) == tag:
+                body = self.get_manifest(ref, str(descriptor.get("digest"))).body
+                entries = body.get("manifests")
+                if not isinstance(entries, list):
+                    raise _KitReadError(f"{ref}: the kit's {tag} is not an index")
+                return [entry for entry in entries if isinstance(entry, dict)]
+        return []
+
+    def get_manifest(
+        self,
+        ref: Reference,
+        reference: str | None = None,
+        *,
+        watch: Watch | None = None,
+    ) -> Manifest:
+        try:
+            return self.manifest(reference or ref.reference, ref)
+        except KitError as exc:
+            raise _KitReadError(str(exc)) from None
+
+    def read_small_blob(
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        limit: int,
+        *,
+        watch: Watch | None = None,
+    ) -> bytes:
+        refuse_oversized(ref, descriptor, limit)
+        try:
+            return b"".join(self.iter_blob(descriptor))
+        except KitError as exc:
+            raise _KitReadError(str(exc)) from None
 
     def iter_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
         """The blob's bytes; DigestMismatchError at the end if they are not the
@@ -434,6 +546,20 @@ class Layout:
                     if isinstance(entry, dict)
                 ]
         return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+class _KitReadError(OCIError):
+    """A signature artifact the kit lacks or holds damaged: for oci.verify, a failure
+    to read it, as a registry's would be."""
+
+
+def _annotations(item: dict[str, Any]) -> dict[str, str]:
+    """An index's or descriptor's annotations, as strings ({} when malformed: a kit's
+    JSON is input like any other)."""
+    found = item.get("annotations")
+    if not isinstance(found, dict):
+        return {}
+    return {str(key): str(value) for key, value in found.items()}
 
 
 def _json_object(path: Path, what: str) -> dict[str, Any]:

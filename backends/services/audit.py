@@ -48,6 +48,7 @@ ACTIONS = (
     "gallery_change",
     "gallery_delete",
     "gallery_sync",
+    "kit_upload",
     "token_create",
     "token_change",
     "token_revoke",

@@ -17,15 +17,16 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from backends.core import extract, installed, oci, resolve
+from backends.core import extract, installed, kits, oci, resolve
 from backends.core.gallery import validate_name
 from backends.core.health import HealthCheck
 from backends.core.install import Installer, InstallError, Source
 from backends.core.limits import Limits
-from backends.core.policy import SourcePolicy
+from backends.core.oci.verify import VerificationPolicy
+from backends.core.policy import SourcePolicy, SourceRefused
 from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import ImageTags, default_name
-from backends.models import GalleryBackend, InstalledBackend, Job, Node
+from backends.models import Gallery, GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue
 
 log = logging.getLogger(__name__)
@@ -431,8 +432,34 @@ def gallery_source(entry: GalleryBackend) -> Source:
         fallbacks,
         entry.sha256,
         gallery_origin(entry),
-        entry.gallery.verification_policy(),
+        verification_of(entry),
     )
+
+
+def verification_of(entry: GalleryBackend) -> VerificationPolicy | None:
+    """The policy an entry's image is verified against: its gallery's, or for an image
+    of an offline kit, this host's policy of the gallery the kit says it came from."""
+    if not entry.uri.startswith(kits.SCHEME):
+        return entry.gallery.verification_policy()
+    try:
+        folder, digest = kits.parse_layout_uri(entry.uri)
+        layout = kits.Layout(source_policy().check_local(folder, entry.uri))
+        return kit_image_policy(layout, digest)[1]
+    except (kits.KitError, SourceRefused, OSError):
+        # The installer reads the kit next, and says what is wrong with it.
+        return None
+
+
+def kit_image_policy(
+    layout: kits.Layout, digest: str
+) -> tuple[str, VerificationPolicy | None]:
+    """(gallery named by the kit, this host's policy of that gallery or None).
+
+    The kit's own verification block is never the answer: whoever made the kit wrote
+    it, so it could name their own key; the policy comes from this host's gallery."""
+    name = layout.annotations(digest).get(kits.GALLERY_ANNOTATION, "")
+    gallery = Gallery.objects.filter(name=name).first() if name else None
+    return name, gallery.verification_policy() if gallery is not None else None
 
 
 def external_default_name(uri: str) -> str:

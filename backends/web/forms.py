@@ -207,3 +207,30 @@ class ExternalInstallForm(forms.Form):
 
     def clean_alias(self) -> str:
         return str(self.cleaned_data["alias"]).strip()
+
+
+class KitUploadForm(forms.Form):
+    """An offline kit made by ``manage.py export_backends``."""
+
+    kit = forms.FileField(
+        label="Kit file",
+        help_text="The .tar that manage.py export_backends wrote.",
+        allow_empty_file=False,
+    )
+
+
+class KitInstallForm(forms.Form):
+    """Which of an uploaded kit's backends to install."""
+
+    names = forms.MultipleChoiceField(
+        label="Backends to install", widget=forms.CheckboxSelectMultiple
+    )
+    force = forms.BooleanField(
+        required=False, label="Reinstall the backends already installed"
+    )
+
+    def __init__(self, *args: Any, choices: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["names"]
+        assert isinstance(field, forms.MultipleChoiceField)
+        field.choices = [(name, name) for name in choices]

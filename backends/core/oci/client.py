@@ -97,6 +97,15 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def refuse_oversized(ref: Reference, descriptor: Descriptor, limit: int) -> None:
+    """RegistryError when a small blob (a payload, a bundle) announces more than
+    ``limit`` bytes: refused before a byte is read, wherever it is stored."""
+    if descriptor.size > limit:
+        raise RegistryError(
+            f"{ref}: blob {descriptor.digest} is {descriptor.size} bytes, over the {limit} allowed"
+        )
+
+
 class RegistryClient:
     """A registry v2 client. Thread-safe; reuse one for many pulls (connection pool,
     token cache). ``retries`` extra attempts follow a failed request with a doubling
@@ -304,10 +313,7 @@ class RegistryClient:
     ) -> bytes:
         """A blob of at most ``limit`` bytes (a signature payload, a config), whole and
         checked against its digest; a bigger announced size is refused unread."""
-        if descriptor.size > limit:
-            raise RegistryError(
-                f"{ref}: blob {descriptor.digest} is {descriptor.size} bytes, over the {limit} allowed"
-            )
+        refuse_oversized(ref, descriptor, limit)
         return b"".join(self.iter_blob(ref, descriptor, watch=watch))
 
     # -- blobs --

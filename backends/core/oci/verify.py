@@ -29,7 +29,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sigstore.errors
 from cryptography import x509
@@ -37,9 +37,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from backends.core.oci.client import RegistryClient
 from backends.core.oci.errors import OCIError, VerificationError
-from backends.core.oci.manifest import Descriptor, ResolvedImage
+from backends.core.oci.manifest import Descriptor, Manifest, ResolvedImage
 from backends.core.oci.reference import Reference, is_digest
 from backends.core.transfer import Watch
 
@@ -63,6 +62,33 @@ MAX_SIGNATURES = 16
 _KNOWN_KEYS = frozenset(
     {"public_key", "issuer", "issuer_regex", "identity", "identity_regex", "not_before"}
 )
+
+
+class ArtifactStore(Protocol):
+    """Where an image's signatures are read: a registry (``RegistryClient``) or an
+    offline kit's image layout (``backends.core.kits.Layout``). The same checks run on
+    both; only where the bytes come from differs."""
+
+    def referrers(
+        self, ref: Reference, digest: str, *, watch: Watch | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def get_manifest(
+        self,
+        ref: Reference,
+        reference: str | None = None,
+        *,
+        watch: Watch | None = None,
+    ) -> Manifest: ...
+
+    def read_small_blob(
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        limit: int,
+        *,
+        watch: Watch | None = None,
+    ) -> bytes: ...
 
 
 class PolicyError(ValueError):
@@ -191,7 +217,7 @@ def parse_time(value: str, what: str) -> datetime:
 
 
 def verify_image(
-    client: RegistryClient,
+    client: ArtifactStore,
     image: ResolvedImage,
     policy: VerificationPolicy,
     *,
@@ -244,7 +270,7 @@ class _Mismatch(Exception):
 
 
 def _check_signature(
-    client: RegistryClient,
+    client: ArtifactStore,
     ref: Reference,
     subject: str,
     entry: dict[str, Any],
@@ -355,7 +381,7 @@ def _signed_time(optional: object) -> datetime | None:
 
 
 def _verify_keyless(
-    client: RegistryClient,
+    client: ArtifactStore,
     image: ResolvedImage,
     policy: VerificationPolicy,
     trust_root: str,
@@ -412,7 +438,7 @@ def _sigstore_verifier(trust_root: str, policy: VerificationPolicy) -> Verifier:
 
 
 def _check_bundle(
-    client: RegistryClient,
+    client: ArtifactStore,
     ref: Reference,
     subject: str,
     digest: str,
