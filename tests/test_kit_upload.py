@@ -237,6 +237,23 @@ class KitUploadTestCase(BaseTestCase):
         response = self.upload(b"this is not a tar file" * 100)
         self.assertContains(response, "not a kit (a tar file)", status_code=400)
 
+    def test_uploading_a_kit_again_keeps_the_copy_an_install_may_be_reading(
+        self,
+    ) -> None:
+        first = self.preview_url(self.upload())
+        blobs = sorted((kits_folder() / first.split("/")[3] / "blobs").rglob("*"))
+        inodes = [blob.stat().st_ino for blob in blobs]
+        self.assertEqual(self.preview_url(self.upload()), first)
+        self.assertEqual([blob.stat().st_ino for blob in blobs], inodes)
+
+    def test_uploading_a_kit_again_mends_a_copy_that_lost_a_blob(self) -> None:
+        url = self.preview_url(self.upload())
+        blob = kits_folder() / url.split("/")[3] / "blobs" / "sha256"
+        layer = blob / self.layer.digest.removeprefix("sha256:")
+        layer.unlink()
+        self.assertEqual(self.preview_url(self.upload()), url)
+        self.assertTrue(layer.is_file())
+
     def test_a_tar_without_an_index_is_refused_with_a_message(self) -> None:
         rewrite_kit(self.kit, lambda members: members.pop("index.json"))
         self.assertContains(self.upload(), "the kit has no index.json", status_code=400)

@@ -279,7 +279,8 @@ def extract_kit(kit: Path | IO[bytes], kits_folder: Path, max_bytes: int) -> Lay
     Only the layout's own names are accepted, as regular files; each blob is hashed as
     it is written and refused unless it matches its name; at most ``max_bytes`` are
     written; every blob ``index.json`` reaches must be there with its size. A kit
-    already imported (same index) is verified again and replaces the old copy."""
+    already imported (same index, so the same content) keeps its first copy, which an
+    install may be reading: the new one is checked, then dropped."""
     kits_folder.mkdir(parents=True, exist_ok=True)
     partial = kits_folder / f".import-{os.getpid()}-{id(kit)}"
     remove_tree(partial)
@@ -299,11 +300,21 @@ def extract_kit(kit: Path | IO[bytes], kits_folder: Path, max_bytes: int) -> Lay
         layout = Layout(partial)
         index_digest = layout.check()
         final = kits_folder / index_digest.removeprefix("sha256:")[:16]
-        remove_tree(final)
-        os.replace(partial, final)
+        if not _sound(final):
+            remove_tree(final)
+            os.replace(partial, final)
         return Layout(final)
     finally:
         remove_tree(partial)
+
+
+def _sound(root: Path) -> bool:
+    """A kit was extracted at ``root`` and every blob it needs is still there."""
+    try:
+        Layout(root).check()
+    except (KitError, OSError, ValueError):
+        return False
+    return True
 
 
 def _extract_members(tar: tarfile.TarFile, dest: Path, max_bytes: int) -> None:
