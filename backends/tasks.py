@@ -17,7 +17,7 @@ from huey import crontab
 from huey.contrib.djhuey import db_periodic_task, db_task, lock_task
 
 from backends.models import Gallery
-from backends.services import audit, icons, nodes, upgrades
+from backends.services import audit, icons, kits, nodes, upgrades
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,13 @@ def prune_audit_log() -> int:
     if pruned:
         log.info("audit log: %d events past the retention deleted", pruned)
     return pruned
+
+
+@db_periodic_task(crontab(minute="37", hour="3"))
+@lock_task("prune-kit-leftovers-lock")
+def prune_kit_leftovers() -> int:
+    """Daily: files an interrupted kit upload or import left behind are removed."""
+    return kits.remove_leftovers()
 
 
 def sync_all(force: bool = False) -> list[str]:

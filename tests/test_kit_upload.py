@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from django.test import Client
 
 from backends.models import AuditEvent, Gallery, InstalledBackend, Job
 from backends.services.kits import kits_folder
+from backends.tasks import prune_kit_leftovers
 from tests.base import BaseTestCase
 from tests.imagebuild import file, make_layer
 from tests.signing import new_key, payload_for, public_pem, push_signature, sign
@@ -314,3 +317,18 @@ class KitUploadTestCase(BaseTestCase):
         with self.assertRaisesMessage(CommandError, "not installed: kit-"):
             call_command("import_backends", str(self.kit), stdout=io.StringIO())
         self.assert_not_unpacked(backends)
+
+
+def test_the_daily_sweep_removes_what_interrupted_uploads_left_behind() -> None:
+    folder = kits_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    stale_upload, stale_import = folder / ".upload-stale", folder / ".import-1-2"
+    fresh_upload = folder / ".upload-fresh"
+    stale_upload.write_bytes(b"half a kit")
+    (stale_import / "blobs").mkdir(parents=True)
+    fresh_upload.write_bytes(b"being received")
+    a_day_ago = time.time() - 86400 - 60
+    for path in (stale_upload, stale_import):
+        os.utime(path, (a_day_ago, a_day_ago))
+    assert prune_kit_leftovers.call_local() == 2
+    assert sorted(p.name for p in folder.iterdir()) == [".upload-fresh"]

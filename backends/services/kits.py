@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +39,7 @@ __all__ = [
     "preview",
     "receive_kit",
     "received",
+    "remove_leftovers",
 ]
 
 # A kit's id: the folder it is extracted to (the start of its index.json's digest).
@@ -176,6 +178,23 @@ def received() -> list[str]:
     ]
     found.sort(key=lambda path: path.stat().st_mtime, reverse=True)
     return [path.name for path in found]
+
+
+def remove_leftovers(older_than_seconds: float = 86400) -> int:
+    """Remove what an upload or an extraction cut short left in the kits folder (a
+    worker killed mid-way: ``.upload-*`` files, ``.import-*`` folders) once it is older
+    than ``older_than_seconds``; returns how many were removed."""
+    folder = kits_folder()
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for path in folder.iterdir():
+        leftover = path.name.startswith((".upload-", ".import-"))
+        if leftover and path.lstat().st_mtime < cutoff:
+            remove_tree(path)
+            removed += 1
+    return removed
 
 
 def discard_kit(layout: kits.Layout) -> None:
