@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from backends.models import InstalledBackend, Job, Node
@@ -199,3 +201,42 @@ class DriftTestCase(PipelineTestCase):
             node = Node.objects.create(name=f"worker-{i}")
             InstalledBackend.objects.create(node=node, name="vllm", version="2.0.0")
         self.assertEqual(self.api_get("/backends/upgrades").json(), {})
+
+
+@override_settings(**DISTRIBUTED, NODE_OFFLINE_SECONDS=30)
+class SweepCostTestCase(PipelineTestCase):
+    """The periodic sweep's queries do not grow with the fleet."""
+
+    def sweep_queries(self, silent: int) -> int:
+        """Queries of one sweep over ``silent`` dead agents, each running its part of
+        one fan-out, beside as many live agents."""
+        long_ago = timezone.now() - timedelta(hours=1)
+        parent = Job.objects.create(kind="install", target="foo", dedup_key="foo")
+        for number in range(silent):
+            for alive, heard in ((False, long_ago), (True, timezone.now())):
+                node = Node.objects.create(
+                    name=f"n{silent}-{number}-{alive}", last_heartbeat=heard
+                )
+                Job.objects.create(
+                    kind="install",
+                    target="foo",
+                    dedup_key="foo",
+                    node=node,
+                    parent=parent,
+                    state=Job.State.RUNNING,
+                )
+        with CaptureQueriesContext(connection) as queries:
+            swept = nodes.sweep_offline()
+        self.assertEqual(len(swept), silent)
+        self.assertEqual(parent.children.filter(state=Job.State.FAILED).count(), silent)
+        return len(queries)
+
+    def test_a_sweep_costs_as_many_queries_for_50_dead_agents_as_for_5(self) -> None:
+        self.assertEqual(self.sweep_queries(50), self.sweep_queries(5))
+
+    def test_a_sweep_with_no_silent_agent_is_one_query(self) -> None:
+        for number in range(50):
+            Node.objects.create(name=f"alive-{number}", last_heartbeat=timezone.now())
+        with CaptureQueriesContext(connection) as queries:
+            self.assertEqual(nodes.sweep_offline(), [])
+        self.assertEqual(len(queries), 1)
