@@ -762,15 +762,20 @@ class JobManager(models.Manager["Job"]):
         return job, True
 
     def settle_parent(self, parent_id: Any) -> None:
-        """Finish a fanned-out parent job once none of its children is active."""
-        self.settle_parents([parent_id])
+        """Finish a fanned-out parent job once none of its children is active.
+
+        Each child calls this as it ends: while a sibling is still active, one
+        indexed existence check answers, so a fan-out to n nodes reads its n children
+        once (the last one's call), not n times.
+        """
+        if not self.active().filter(parent_id=parent_id).exists():
+            self.settle_parents([parent_id])
 
     def settle_parents(self, parent_ids: Iterable[Any]) -> None:
         """Finish each fanned-out parent none of whose children is active.
 
         The children of every parent are read in one query; one update per parent
-        that ends. A child's end reads its siblings once: a fan-out to n nodes costs
-        n such reads in all, not a query per sibling.
+        that ends.
         """
         families: dict[Any, list[Job]] = {}
         for child in self.filter(parent_id__in=list(parent_ids)).select_related("node"):

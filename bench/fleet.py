@@ -68,6 +68,9 @@ KILLED = max(1, NODES // 5)
 REDIS_URL = os.getenv("BENCH_FLEET_REDIS_URL", "redis://127.0.0.1:6379/14")
 OFFLINE_SECONDS = int(os.getenv("BENCH_FLEET_OFFLINE_SECONDS", "10"))
 HEARTBEAT_SECONDS = int(os.getenv("BENCH_FLEET_HEARTBEAT_SECONDS", "2"))
+# In a real fleet each agent has a host of its own; here they share the controller's
+# cores, so they yield to it (BENCH_FLEET_AGENT_NICE=0 to compete as equals).
+AGENT_NICE = int(os.getenv("BENCH_FLEET_AGENT_NICE", "10"))
 # The controller's worker sweeps once a minute (tasks.sweep_offline_nodes).
 SWEEP_SECONDS = 60
 FANOUT_RATIO = 5.0
@@ -230,8 +233,10 @@ class Fleet:
         self, name: str, argv: list[str], env: dict[str, str]
     ) -> subprocess.Popen[bytes]:
         log = self.stack.enter_context((self.tmp / f"{name}.log").open("wb"))
+        agent = name.startswith("agent-")
+        nice = ["nice", "-n", str(AGENT_NICE)] if agent and AGENT_NICE else []
         proc = subprocess.Popen(
-            [PYTHON, *argv],
+            [*nice, PYTHON, *argv],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -239,7 +244,7 @@ class Fleet:
             start_new_session=True,
         )
         self.stack.callback(stop, proc)
-        self.groups[proc.pid] = "agents" if name.startswith("agent-") else name
+        self.groups[proc.pid] = "agents" if agent else name
         return proc
 
     def cpu(self) -> dict[str, float]:

@@ -240,3 +240,24 @@ class SweepCostTestCase(PipelineTestCase):
         with CaptureQueriesContext(connection) as queries:
             self.assertEqual(nodes.sweep_offline(), [])
         self.assertEqual(len(queries), 1)
+
+    def test_a_part_ending_while_others_run_costs_one_query_not_a_read_of_all(
+        self,
+    ) -> None:
+        parent = Job.objects.create(kind="install", target="foo", dedup_key="foo")
+        for number in range(50):
+            node = Node.objects.create(
+                name=f"n-{number}", last_heartbeat=timezone.now()
+            )
+            Job.objects.create(
+                kind="install",
+                target="foo",
+                dedup_key="foo",
+                node=node,
+                parent=parent,
+                state=Job.State.COMPLETED if number else Job.State.RUNNING,
+            )
+        with self.assertNumQueries(1):
+            Job.objects.settle_parent(parent.pk)
+        parent.refresh_from_db()
+        self.assertEqual(parent.state, Job.State.QUEUED)
