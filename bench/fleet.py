@@ -44,20 +44,15 @@ from typing import Any
 
 import httpx
 
+from bench import common
 from bench.common import (
-    PYTHON,
-    REPO,
     Figure,
     Unavailable,
     django_env,
-    free_port,
-    median,
     postgres_database,
     run_worker,
     setup_django,
-    stop,
     unavailable,
-    wait_for_port,
     worker_main,
 )
 from bench.install import Image, _push, _start_registry, _write_layer
@@ -170,7 +165,7 @@ class Fleet:
             env,
         )
         self.token = prepared["token"]
-        self.port = free_port()
+        self.port = common.free_port()
         server = self.spawn(
             "gunicorn",
             [
@@ -187,7 +182,7 @@ class Fleet:
             ],
             env,
         )
-        wait_for_port(self.port, server)
+        common.wait_for_port(self.port, server)
         self.spawn("worker", ["manage.py", "run_worker"], env)
         self.stack.callback(self.stop_agents)
 
@@ -236,14 +231,14 @@ class Fleet:
         agent = name.startswith("agent-")
         nice = ["nice", "-n", str(AGENT_NICE)] if agent and AGENT_NICE else []
         proc = subprocess.Popen(
-            [*nice, PYTHON, *argv],
-            cwd=REPO,
+            [*nice, common.PYTHON, *argv],
+            cwd=common.REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.stack.callback(stop, proc)
+        self.stack.callback(common.stop, proc)
         self.groups[proc.pid] = "agents" if agent else name
         return proc
 
@@ -373,7 +368,7 @@ def _measure(fleet: Fleet, wanted: dict[str, Figure], runs: int) -> None:
         applies.append(applied)
         cpu = {k: cpu.get(k, 0) + v / runs for k, v in used.items()}
     fanout = wanted["fanout"]
-    fanout.value, fanout.baseline = median(fanouts), median(single)
+    fanout.value, fanout.baseline = common.median(fanouts), common.median(single)
     fanout.samples = {"ours": fanouts, "baseline": single}
     fanout.detail = (
         f"{NODES} agents ({NODES - NODES // 2} CPU, {NODES // 2} CUDA 12) vs 1; "
@@ -389,7 +384,7 @@ def _measure(fleet: Fleet, wanted: dict[str, Figure], runs: int) -> None:
     status.samples = {"ours": [x * 1000 for x in latencies]}
     status.detail = (
         f"{len(latencies)} polls during {runs} fan-outs, median "
-        f"{median(latencies) * 1000:.1f} ms; gunicorn {GUNICORN_ARGS}"
+        f"{common.median(latencies) * 1000:.1f} ms; gunicorn {GUNICORN_ARGS}"
     )
     _offline(fleet, wanted["offline"])
 

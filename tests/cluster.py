@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +100,16 @@ class Cluster:
     def start(self, node: str, make_host: Callable[[Path], Path]) -> Path:
         return self.start_many({node: make_host})[node]
 
-    def start_many(self, hosts: dict[str, Callable[[Path], Path]]) -> dict[str, Path]:
+    def start_many(
+        self, hosts: Mapping[str, Callable[[Path], Path]]
+    ) -> dict[str, Path]:
         """Start an agent per node at once, wait until every one is online, and return
         their backends folders."""
         for node, make_host in hosts.items():
             self._spawn(node, make_host)
         for node in hosts:
-            wait_for(
-                lambda node=node: Node.objects.filter(
-                    name=node, status="online"
-                ).exists(),
-                self.log(node),
-            )
+            online = Node.objects.filter(name=node, status="online")
+            wait_for(online.exists, self.log(node))
         return {node: self.tmp / node / "backends" for node in hosts}
 
     def _spawn(self, node: str, make_host: Callable[[Path], Path]) -> None:

@@ -156,4 +156,5 @@ def test_ten_agents_install_a_fan_out_and_killed_ones_fail_after_the_sweep(
     assert sorted(offline.values_list("name", flat=True)) == killed
     for child in Job.objects.filter(parent_id=second, node__name__in=killed):
         assert child.state == "failed"
+        assert child.node is not None
         assert f"{child.node.name} went offline" in child.error

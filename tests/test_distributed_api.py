@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import connection
 from django.test import override_settings
@@ -204,8 +204,19 @@ class DriftTestCase(PipelineTestCase):
 
 
 @override_settings(**DISTRIBUTED, NODE_OFFLINE_SECONDS=30)
-class SweepCostTestCase(PipelineTestCase):
-    """The periodic sweep's queries do not grow with the fleet."""
+class FleetCostTestCase(PipelineTestCase):
+    """What the controller spends on a node event does not grow with the fleet."""
+
+    def part(self, parent: Job, name: str, heard: datetime, state: str) -> Job:
+        """A node last heard at ``heard``, and its part of ``parent``."""
+        return Job.objects.create(
+            kind="install",
+            target="foo",
+            dedup_key="foo",
+            node=Node.objects.create(name=name, last_heartbeat=heard),
+            parent=parent,
+            state=state,
+        )
 
     def sweep_queries(self, silent: int) -> int:
         """Queries of one sweep over ``silent`` dead agents, each running its part of
@@ -213,18 +224,8 @@ class SweepCostTestCase(PipelineTestCase):
         long_ago = timezone.now() - timedelta(hours=1)
         parent = Job.objects.create(kind="install", target="foo", dedup_key="foo")
         for number in range(silent):
-            for alive, heard in ((False, long_ago), (True, timezone.now())):
-                node = Node.objects.create(
-                    name=f"n{silent}-{number}-{alive}", last_heartbeat=heard
-                )
-                Job.objects.create(
-                    kind="install",
-                    target="foo",
-                    dedup_key="foo",
-                    node=node,
-                    parent=parent,
-                    state=Job.State.RUNNING,
-                )
+            self.part(parent, f"dead{silent}-{number}", long_ago, Job.State.RUNNING)
+            self.part(parent, f"live{silent}-{number}", timezone.now(), "running")
         with CaptureQueriesContext(connection) as queries:
             swept = nodes.sweep_offline()
         self.assertEqual(len(swept), silent)
@@ -246,17 +247,8 @@ class SweepCostTestCase(PipelineTestCase):
     ) -> None:
         parent = Job.objects.create(kind="install", target="foo", dedup_key="foo")
         for number in range(50):
-            node = Node.objects.create(
-                name=f"n-{number}", last_heartbeat=timezone.now()
-            )
-            Job.objects.create(
-                kind="install",
-                target="foo",
-                dedup_key="foo",
-                node=node,
-                parent=parent,
-                state=Job.State.COMPLETED if number else Job.State.RUNNING,
-            )
+            state = Job.State.COMPLETED if number else Job.State.RUNNING
+            self.part(parent, f"n-{number}", timezone.now(), state)
         with self.assertNumQueries(1):
             Job.objects.settle_parent(parent.pk)
         parent.refresh_from_db()
