@@ -88,18 +88,6 @@ def builds_of(meta: GalleryBackend) -> list[GalleryBackend]:
     return resolve.first_by_name(entries.select_related("gallery"))
 
 
-def builds_of(meta: GalleryBackend) -> list[GalleryBackend]:
-    """The entries a meta's capability map names, in ``gallery_entries`` order: all a
-    meta's resolution can pick from, read without loading the whole gallery (an agent
-    resolves a meta for every job of a fan-out)."""
-    names = {str(build).lower() for build in meta.capabilities.values()}
-    return list(
-        GalleryBackend.objects.enabled()
-        .filter(name_key__in=names)
-        .select_related("gallery")
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Entry:
     """The fields of a gallery entry the catalogue shows and resolves with.
