@@ -6,7 +6,9 @@ database and a Redis database of the benchmark's own (``BENCH_FLEET_REDIS_URL``,
 flushed before and after), gunicorn (``bench.polling.GUNICORN_ARGS``) serving the API
 the agents and the poller use, the controller's ``manage.py run_worker`` (its periodic
 sweep), and ``BENCH_FLEET_NODES`` agents (default 50): ``manage.py agent`` processes,
-each with its own backends folder and a forced capability, every other one CUDA 12.
+each with its own backends folder and a forced capability, every other one CUDA 12,
+at ``nice`` ``BENCH_FLEET_AGENT_NICE`` (default 10: in a real fleet they are other
+hosts, here they share the controller's cores).
 The images come from Debian's ``docker-registry`` started as ``bench.install`` does:
 a CPU and a CUDA 12 build of a small backend (one layer, ``run.sh`` and 256 KiB), and
 the gallery has metas mapping ``default`` and ``nvidia-cuda-12`` to them, one meta per
@@ -17,6 +19,8 @@ install so that each run is a fresh install of the same image.
   apply when only the first agent has started (the single-node install, same path).
   One warm-up of each (an agent's first job pays its imports), then ``--runs`` timed
   runs each; medians. Target: <= 5x.
+  ``extra``: the apply request's seconds, the CPU seconds of the agents, gunicorn and
+  the worker per fan-out, and their CPU per second with the fleet idle.
 * ``fanout_<n>_status_p99``: p99 of ``GET /backends/jobs/<parent>`` over HTTP, polled
   back to back with a 50 ms pause during the timed fan-outs. Target: < 100 ms.
 * ``offline_<k>_of_<n>``: ``kill -9`` of a fifth of the agents, then at once a fan-out
