@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from backends.core import gallery as gallery_format
@@ -665,6 +666,9 @@ class InstalledBackend(models.Model):
         with transaction.atomic():
             cls.objects.filter(node=node).exclude(name__in=wanted).delete()
             existing = {b.name: b for b in cls.objects.filter(node=node)}
+            # Only the rows the disk changed are written: a job's reconcile costs
+            # what it installed, not every backend of the node.
+            before = {name: _row(obj) for name, obj in existing.items()}
             for name, row in wanted.items():
                 meta = row.metadata
                 obj = existing.get(name) or cls(node=node, name=name)
@@ -684,7 +688,12 @@ class InstalledBackend(models.Model):
                 obj.is_system = row.is_system
                 obj.is_meta = row.is_meta
                 obj.size_bytes = sizes.get(name, obj.size_bytes)
-                obj.save()
+                if obj.pk is None or _row(obj) != before.get(name):
+                    obj.save()
+
+
+def _row(obj: InstalledBackend) -> tuple[Any, ...]:
+    return tuple(getattr(obj, f.attname) for f in obj._meta.concrete_fields)
 
 
 def _parse_time(value: str) -> datetime | None:
@@ -753,10 +762,29 @@ class JobManager(models.Manager["Job"]):
         return job, True
 
     def settle_parent(self, parent_id: Any) -> None:
-        """Finish a fanned-out parent job once none of its children is active."""
-        children = list(self.filter(parent_id=parent_id).select_related("node"))
-        if not children or any(child.is_active for child in children):
-            return
+        """Finish a fanned-out parent job once none of its children is active.
+
+        Each child calls this as it ends: while a sibling is still active, one
+        indexed existence check answers, so a fan-out to n nodes reads its n children
+        once (the last one's call), not n times.
+        """
+        if not self.active().filter(parent_id=parent_id).exists():
+            self.settle_parents([parent_id])
+
+    def settle_parents(self, parent_ids: Iterable[Any]) -> None:
+        """Finish each fanned-out parent none of whose children is active.
+
+        The children of every parent are read in one query; one update per parent
+        that ends.
+        """
+        families: dict[Any, list[Job]] = {}
+        for child in self.filter(parent_id__in=list(parent_ids)).select_related("node"):
+            families.setdefault(child.parent_id, []).append(child)
+        for parent_id, children in families.items():
+            if not any(child.is_active for child in children):
+                self._settle(parent_id, children)
+
+    def _settle(self, parent_id: Any, children: list[Job]) -> None:
         states = {child.state for child in children}
         failed = [child for child in children if child.state == Job.State.FAILED]
         error = ""
@@ -782,18 +810,28 @@ class JobManager(models.Manager["Job"]):
             finished_at=timezone.now(),
         )
 
-    def fail_active(self, node: Node, message: str) -> None:
-        """Fail every unfinished job of ``node`` and settle their fanned-out parents."""
-        jobs = list(self.active().filter(node=node).values_list("pk", "parent_id"))
+    def fail_active_on(self, node_ids: Iterable[int], reason: str) -> None:
+        """Fail every unfinished job of these nodes with "node <name> <reason>", and
+        settle their fanned-out parents: one update for every node's jobs."""
+        jobs = list(
+            self.active()
+            .filter(node_id__in=list(node_ids))
+            .values_list("pk", "parent_id")
+        )
+        if not jobs:
+            return
+        name = models.Subquery(
+            Node.objects.filter(pk=models.OuterRef("node_id")).values("name")[:1]
+        )
+        error = Concat(models.Value("node "), name, models.Value(f" {reason}"))
         self.filter(pk__in=[pk for pk, _ in jobs], state__in=Job.ACTIVE_STATES).update(
             state=Job.State.FAILED,
-            error=message,
-            message=f"error: {message}",
+            error=error,
+            message=Concat(models.Value("error: "), error),
             cancellable=False,
             finished_at=timezone.now(),
         )
-        for parent_id in {parent for _, parent in jobs if parent}:
-            self.settle_parent(parent_id)
+        self.settle_parents({parent for _, parent in jobs if parent})
 
     def fail_interrupted(self, node: Node, started_before: datetime) -> int:
         """Fail the jobs a killed worker left running on ``node``.

@@ -1,6 +1,6 @@
 """``python -m bench [figure ...]``: run the benchmarks, print one line per figure, write JSON.
 
-Figures: sync, sync_memory, catalogue, polling, install, scale, browse_polling (all by default, in that order). Each line
+Figures: sync, sync_memory, catalogue, polling, install, scale, browse_polling, fleet (all by default, in that order). Each line
 gives the measured value, the baseline measured in the same run, their ratio, the target
 and whether it is met; bench/results/latest.json holds the same, one object per figure.
 """
@@ -26,6 +26,7 @@ FIGURES = (
     "install",
     "scale",
     "browse_polling",
+    "fleet",
 )
 
 

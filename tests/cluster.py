@@ -8,11 +8,13 @@ Loaded as a plugin by tests/conftest.py. Fixture:
   ``cluster.start(name, make_host)`` starts an agent with its own backends folder and a
   fake hardware root built by ``make_host(root)`` (``tests.test_hardware.linux_host``,
   ``nvidia_host``), waits until its node is online and returns its backends folder;
-  ``cluster.kill(name)`` kills it with SIGKILL; ``cluster.log(name)`` is its log file.
+  ``cluster.start_many({name: make_host})`` starts several at once (their folders by
+  name); ``cluster.kill(name)`` kills one with SIGKILL; ``cluster.log(name)`` is its log.
 
 Helpers: ``wait_for(predicate)`` polls until the predicate returns something true;
-``make_gallery(default_uri, cuda_uri)`` creates the gallery ``localai`` with the meta
-``foo`` and its builds ``cpu-foo`` (default) and ``cuda12-foo`` (nvidia-cuda-12).
+``make_gallery(default_uri, cuda_uri, metas=("foo",))`` creates the gallery ``localai``
+with each meta (``foo``) and its builds ``cpu-foo`` (default) and ``cuda12-foo``
+(nvidia-cuda-12); ``push_builds(registry, repository)`` pushes a CPU and a CUDA 12 build.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +65,23 @@ def wait_for(
     raise AssertionError(f"timed out\n{jobs}\n{detail}")
 
 
-def make_gallery(default_uri: str, cuda_uri: str) -> Gallery:
+def make_gallery(
+    default_uri: str, cuda_uri: str, metas: tuple[str, ...] = ("foo",)
+) -> Gallery:
     gallery = Gallery.objects.create(name="localai", url="file:///dev/null")
-    gallery.entries.create(
-        name="foo",
-        is_meta=True,
-        description="An auto-resolving test backend",
-        capabilities={"default": "cpu-foo", "nvidia-cuda-12": "cuda12-foo"},
-    )
-    gallery.entries.create(name="cpu-foo", uri=default_uri, alias="foo", position=1)
-    gallery.entries.create(name="cuda12-foo", uri=cuda_uri, alias="foo", position=2)
+    for number, meta in enumerate(metas):
+        gallery.entries.create(
+            name=meta,
+            is_meta=True,
+            description="An auto-resolving test backend",
+            capabilities={"default": f"cpu-{meta}", "nvidia-cuda-12": f"cuda12-{meta}"},
+        )
+        gallery.entries.create(
+            name=f"cpu-{meta}", uri=default_uri, alias=meta, position=2 * number + 1
+        )
+        gallery.entries.create(
+            name=f"cuda12-{meta}", uri=cuda_uri, alias=meta, position=2 * number + 2
+        )
     return gallery
 
 
@@ -89,6 +98,21 @@ class Cluster:
         return self.tmp / node / "agent.log"
 
     def start(self, node: str, make_host: Callable[[Path], Path]) -> Path:
+        return self.start_many({node: make_host})[node]
+
+    def start_many(
+        self, hosts: Mapping[str, Callable[[Path], Path]]
+    ) -> dict[str, Path]:
+        """Start an agent per node at once, wait until every one is online, and return
+        their backends folders."""
+        for node, make_host in hosts.items():
+            self._spawn(node, make_host)
+        for node in hosts:
+            online = Node.objects.filter(name=node, status="online")
+            wait_for(online.exists, self.log(node))
+        return {node: self.tmp / node / "backends" for node in hosts}
+
+    def _spawn(self, node: str, make_host: Callable[[Path], Path]) -> None:
         home = self.tmp / node
         root = make_host(home / "root")
         env = self.env | {
@@ -106,20 +130,17 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(
-            lambda: Node.objects.filter(name=node, status="online").exists(),
-            self.log(node),
-        )
-        return home / "backends"
 
     def kill(self, node: str) -> None:
         os.killpg(self.agents[node].pid, signal.SIGKILL)
         self.agents[node].wait()
 
     def stop(self) -> None:
-        for process in self.agents.values():
+        running = [p for p in self.agents.values() if p.poll() is None]
+        for process in running:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in running:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
@@ -166,21 +187,27 @@ def cluster(
         redis.Redis.from_url(REDIS_URL).flushdb()
 
 
+def push_builds(registry: Any, repository: str) -> dict[str, str]:
+    """Push a CPU and a CUDA 12 build of a one-file backend; their references by tag."""
+    from tests.imagebuild import file, make_layer
+
+    return {
+        tag: registry.push_image(
+            repository,
+            tag,
+            [make_layer([file("run.sh", f"#!/bin/sh\necho {tag}\n", 0o755)])],
+        ).ref(registry.host)
+        for tag in ("cpu", "cuda12")
+    }
+
+
 def start_two_nodes(cluster: Any, registry: Any, repository: str) -> tuple[Path, Path]:
     """Push a CPU and a CUDA 12 build, make the `foo` gallery, start a GPU and a CPU agent.
 
     Returns the backends folders of the GPU node and of the CPU node.
     """
-    from tests.imagebuild import file, make_layer
     from tests.test_hardware import linux_host, nvidia_host
 
-    builds = {
-        tag: registry.push_image(
-            repository,
-            tag,
-            [make_layer([file("run.sh", f"#!/bin/sh\necho {tag}\n", 0o755)])],
-        )
-        for tag in ("cpu", "cuda12")
-    }
-    make_gallery(builds["cpu"].ref(registry.host), builds["cuda12"].ref(registry.host))
+    builds = push_builds(registry, repository)
+    make_gallery(builds["cpu"], builds["cuda12"])
     return cluster.start("gpu-node", nvidia_host), cluster.start("cpu-node", linux_host)

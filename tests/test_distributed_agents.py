@@ -10,7 +10,7 @@ import pytest
 
 from backends import tasks
 from backends.models import Job, Node
-from tests.cluster import Cluster, make_gallery, start_two_nodes, wait_for
+from tests.cluster import Cluster, make_gallery, push_builds, start_two_nodes, wait_for
 from tests.imagebuild import file, make_layer
 from tests.registry_fixtures import RegistryProcess
 from tests.slowserver import slow_server, tarball
@@ -123,3 +123,38 @@ def test_an_agent_reports_its_models_and_a_delete_there_is_refused(
     )
     assert r.status_code == 409, r.content
     assert r.json()["models"] == ["stt"]
+
+
+def test_ten_agents_install_a_fan_out_and_killed_ones_fail_after_the_sweep(
+    cluster: Cluster, registry: RegistryProcess, admin_client
+) -> None:
+    builds = push_builds(registry, "dist/fleet")
+    make_gallery(builds["cpu"], builds["cuda12"], metas=("foo", "bar"))
+    hosts = {f"node-{n}": (nvidia_host if n % 2 else linux_host) for n in range(10)}
+    folders = cluster.start_many(hosts)
+
+    first = apply(admin_client, "foo").json()["id"]
+    parent = wait_for(lambda: finished(first), cluster.log("node-0"))
+    assert parent.state == "completed", (parent.message, parent.error)
+    for name, folder in folders.items():
+        build = "cuda12-foo" if hosts[name] is nvidia_host else "cpu-foo"
+        assert (folder / build / "run.sh").exists(), name
+
+    killed = ["node-0", "node-1", "node-2"]
+    for name in killed:
+        cluster.kill(name)
+    # Within the offline window the dead agents still get their part, queued.
+    second = apply(admin_client, "bar").json()["id"]
+    assert Job.objects.filter(parent_id=second).count() == 10
+    parent = wait_for(
+        lambda: tasks.sweep_offline_nodes.call_local() is not None and finished(second),
+        timeout=30,
+    )
+    assert parent.state == "failed"
+    assert parent.message == "failed on 3 of 10 node(s), 7 completed"
+    offline = Node.objects.filter(status="offline")
+    assert sorted(offline.values_list("name", flat=True)) == killed
+    for child in Job.objects.filter(parent_id=second, node__name__in=killed):
+        assert child.state == "failed"
+        assert child.node is not None
+        assert f"{child.node.name} went offline" in child.error

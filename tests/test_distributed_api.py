@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from backends.models import InstalledBackend, Job, Node
@@ -199,3 +201,55 @@ class DriftTestCase(PipelineTestCase):
             node = Node.objects.create(name=f"worker-{i}")
             InstalledBackend.objects.create(node=node, name="vllm", version="2.0.0")
         self.assertEqual(self.api_get("/backends/upgrades").json(), {})
+
+
+@override_settings(**DISTRIBUTED, NODE_OFFLINE_SECONDS=30)
+class FleetCostTestCase(PipelineTestCase):
+    """What the controller spends on a node event does not grow with the fleet."""
+
+    def part(self, parent: Job, name: str, heard: datetime, state: str) -> Job:
+        """A node last heard at ``heard``, and its part of ``parent``."""
+        return Job.objects.create(
+            kind="install",
+            target="foo",
+            dedup_key="foo",
+            node=Node.objects.create(name=name, last_heartbeat=heard),
+            parent=parent,
+            state=state,
+        )
+
+    def sweep_queries(self, silent: int) -> int:
+        """Queries of one sweep over ``silent`` dead agents, each running its part of
+        one fan-out, beside as many live agents."""
+        long_ago = timezone.now() - timedelta(hours=1)
+        parent = Job.objects.create(kind="install", target="foo", dedup_key="foo")
+        for number in range(silent):
+            self.part(parent, f"dead{silent}-{number}", long_ago, Job.State.RUNNING)
+            self.part(parent, f"live{silent}-{number}", timezone.now(), "running")
+        with CaptureQueriesContext(connection) as queries:
+            swept = nodes.sweep_offline()
+        self.assertEqual(len(swept), silent)
+        self.assertEqual(parent.children.filter(state=Job.State.FAILED).count(), silent)
+        return len(queries)
+
+    def test_a_sweep_costs_as_many_queries_for_50_dead_agents_as_for_5(self) -> None:
+        self.assertEqual(self.sweep_queries(50), self.sweep_queries(5))
+
+    def test_a_sweep_with_no_silent_agent_is_one_query(self) -> None:
+        for number in range(50):
+            Node.objects.create(name=f"alive-{number}", last_heartbeat=timezone.now())
+        with CaptureQueriesContext(connection) as queries:
+            self.assertEqual(nodes.sweep_offline(), [])
+        self.assertEqual(len(queries), 1)
+
+    def test_a_part_ending_while_others_run_costs_one_query_not_a_read_of_all(
+        self,
+    ) -> None:
+        parent = Job.objects.create(kind="install", target="foo", dedup_key="foo")
+        for number in range(50):
+            state = Job.State.COMPLETED if number else Job.State.RUNNING
+            self.part(parent, f"n-{number}", timezone.now(), state)
+        with self.assertNumQueries(1):
+            Job.objects.settle_parent(parent.pk)
+        parent.refresh_from_db()
+        self.assertEqual(parent.state, Job.State.QUEUED)

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 from huey import Huey, RedisHuey
-from huey.api import TaskWrapper
+from huey.api import Task, TaskWrapper
 from huey.utils import load_class
+from redis import ConnectionPool
 
 from backends.core.install import Installer
 from backends.models import Job, Node
@@ -108,14 +109,28 @@ def queue_name(node_name: str) -> str:
 
 
 @functools.cache
+def _redis_pool(url: str) -> ConnectionPool:
+    return ConnectionPool.from_url(url)
+
+
+@functools.cache
 def node_queue(name: str) -> tuple[RedisHuey, TaskWrapper[[str], str]]:
-    """The Huey queue of one agent and its job task (the same in every process)."""
-    queue = RedisHuey(name, url=settings.HUEY_REDIS_URL)
+    """The Huey queue of one agent and its job task (the same in every process).
+
+    Every node's queue shares one Redis connection pool: the controller talks to a
+    fleet's queues over a few connections, not one per node."""
+    queue = RedisHuey(name, connection_pool=_redis_pool(settings.HUEY_REDIS_URL))
 
     @queue.task(name="run_job")
     @closing_connections(queue)
     def run_job(job_id: str) -> str:
-        return pipeline.run_job(job_id)
+        try:
+            return pipeline.run_job(job_id)
+        finally:
+            # An agent holds no database connection between jobs, so that a fleet
+            # fits in PostgreSQL's connections (docs/distributed.md).
+            if not queue.immediate:
+                connection.close()
 
     return queue, run_job
 
@@ -157,6 +172,9 @@ def fan_out(kind: str, target: str, *, dedup_key: str, **fields: Any) -> Job:
     """One parent job and a child per agent taking work; returns the parent.
 
     An active fan-out of the same backend is returned instead of starting another.
+    The children are written in one insert and queued together once committed, each
+    with its task id chosen beforehand: the request costs a fixed number of queries
+    however many nodes there are, and the last agent starts as soon as the first.
     """
     agents = list(Node.objects.taking_work())
     if not agents:
@@ -180,10 +198,56 @@ def fan_out(kind: str, target: str, *, dedup_key: str, **fields: Any) -> Job:
             phase="fan-out",
             **fields,
         )
-    for agent in agents:
-        child, created = Job.objects.open(
-            kind, target, node=agent, dedup_key=key, parent=parent, **fields
+    busy = set(
+        Job.objects.active()
+        .filter(node__in=agents, dedup_key=key)
+        .values_list("node_id", flat=True)
+    )
+    free = [agent for agent in agents if agent.pk not in busy]
+    children = [
+        Job(
+            kind=kind,
+            target=target,
+            node=agent,
+            dedup_key=key,
+            parent=parent,
+            message="queued",
+            phase="queued",
+            **fields,
         )
-        if created:
+        for agent in free
+    ]
+    tasks = [_node_task(child) for child in children if _runs_on_agent(child)]
+    try:
+        with transaction.atomic():
+            Job.objects.bulk_create(children)
+    except IntegrityError:
+        # Work on one of these nodes started meanwhile: take them one at a time.
+        busy |= {agent.pk for agent in free}
+        children, tasks = [], []
+    transaction.on_commit(functools.partial(_enqueue_all, tasks))
+    for child in children:
+        if not _runs_on_agent(child):
             enqueue_on_commit(child)
+    for agent in agents:
+        if agent.pk in busy:
+            child, created = Job.objects.open(
+                kind, target, node=agent, dedup_key=key, parent=parent, **fields
+            )
+            if created:
+                enqueue_on_commit(child)
     return parent
+
+
+def _node_task(job: Job) -> tuple[RedisHuey, Task]:
+    """The queue of the job's agent and the task for it, its id now stored on the job."""
+    assert job.node is not None
+    queue, task = node_queue(queue_name(job.node.name))
+    message = task.s(str(job.pk))
+    job.task_id = message.id
+    return queue, message
+
+
+def _enqueue_all(tasks: list[tuple[RedisHuey, Task]]) -> None:
+    for queue, message in tasks:
+        queue.enqueue(message)

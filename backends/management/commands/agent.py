@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 
 from backends.core import hardware
 from backends.core.install import Installer
@@ -55,6 +56,8 @@ class Command(BaseCommand):
         )
         node = self.register(client)
         self.recover(node)
+        # Jobs open their own connection; an idle agent holds none (docs/distributed.md).
+        connection.close()
         stop = threading.Event()
         beat = threading.Thread(
             target=self.heartbeat, args=(client, node, stop), daemon=True
@@ -125,6 +128,8 @@ class Command(BaseCommand):
                 )
             except httpx.HTTPError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            finally:
+                connection.close()  # in case the models report read the database
 
 
 def disk_report() -> dict[str, Any]:
