@@ -398,6 +398,12 @@ class RunsHereSet(models.Model):
     # Every tag of the enabled galleries, lower-cased and sorted (the tag links).
     tags = models.JSONField(default=list, blank=True)
     total = models.PositiveIntegerField(default=0)  # entries of the enabled galleries
+    # The catalogue's counts without a search, gallery or tag filter, so its first
+    # pages need no COUNT over 100,000 rows: entries that are not development builds,
+    # entries that run here, and entries that run here and are not development builds.
+    release = models.PositiveIntegerField(default=0)
+    runnable = models.PositiveIntegerField(default=0)
+    runnable_release = models.PositiveIntegerField(default=0)
     computed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -412,14 +418,21 @@ class RunsHere(models.Model):
     # thousand, and rows left pointing at gone entries match nothing until the set is
     # recomputed (the galleries' fingerprint changed with the sync).
     entry = models.ForeignKey(
-        GalleryBackend, models.DO_NOTHING, db_constraint=False, related_name="+"
+        GalleryBackend, models.DO_NOTHING, db_constraint=False, related_name="runs_on"
     )
+    # The entry's place in the catalogue's name order (name, then gallery order), so
+    # the default view reads its page from an index instead of sorting 30,000 rows.
+    rank = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=("capability", "entry"), name="unique_runs_here"
             ),
+        ]
+        indexes = [
+            # The catalogue's default view: what runs here, in name order.
+            models.Index(fields=("capability", "rank"), name="runshere_rank"),
         ]
 
     def __str__(self) -> str:

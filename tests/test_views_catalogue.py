@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from django.db import connection
+from django.template.defaultfilters import truncatechars
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from backends.models import Gallery, GalleryBackend, InstalledBackend, Job, Node
+from backends.services import catalogue as read
+from backends.templatetags.backends_extras import clip, quick_reverse
 from tests.base import REAL_GALLERY, BaseTestCase
 
 HTMX = {"HX-Request": "true"}
@@ -188,6 +192,47 @@ class CatalogueTestCase(BaseTestCase):
         r = self.client.get("/?q=cpu-whisper")
         self.assertContains(r, f'hx-get="/jobs/{job.pk}/"')
         self.assertContains(r, '<progress max="100" value="40.0"', html=False)
+
+    def test_every_view_counts_the_entries_it_lists(self) -> None:
+        dev = GalleryBackend.objects.get(name="cpu-whisper")
+        dev.pk, dev.name = None, "cpu-whisper-development"
+        dev.save()
+        runnable = read.runs_here_set("default")
+        for search in ("", "whisper"):
+            for development in (False, True):
+                for other_hardware in (False, True):
+                    query = read.CatalogueQuery(
+                        "default",
+                        search,
+                        development=development,
+                        other_hardware=other_hardware,
+                    )
+                    with self.subTest(query=query):
+                        page = read.catalogue_page(query, runnable, 1, 2)
+                        listed = read.catalogue_entries(query)
+                        self.assertEqual(page.paginator.count, listed.count())
+
+    def test_a_page_past_the_end_shows_the_last_one(self) -> None:
+        runnable = read.runs_here_set("default")
+        for search in ("", "llama"):
+            query = read.CatalogueQuery("default", search, other_hardware=True)
+            with self.subTest(search=search):
+                page = read.catalogue_page(query, runnable, 99, 2)
+                names = list(
+                    read.catalogue_entries(query).values_list("name", flat=True)
+                )
+                self.assertEqual(page.number, page.paginator.num_pages)
+                self.assertEqual([e.name for e in page], names[-len(page) :])
+
+    def test_it_lists_a_name_from_the_first_gallery_first(self) -> None:
+        other = Gallery.objects.create(name="extra", url=self.gallery.url, position=1)
+        other.sync()
+        Gallery.objects.filter(pk=self.gallery.pk).update(position=2)
+        page = self.client.get("/").context["page"]
+        shown = [(row.entry.name, row.entry.gallery) for row in page]
+        by_rule = sorted(shown, key=lambda e: (e[0].lower(), e[1] != "extra"))
+        self.assertEqual(shown, by_rule)
+        self.assertIn(("whisper", "localai"), shown)
 
     def test_it_lists_the_tags_as_filter_choices(self) -> None:
         r = self.client.get("/")
@@ -405,3 +450,22 @@ class CatalogueFanOutTestCase(BaseTestCase):
         )
         self.assertIn("On 2 nodes", row)
         self.assertIn("cpu-node, gpu-node", row)
+
+
+# Names as odd as a gallery may hold: the row links must be exactly what reverse() gives.
+ODD_NAMES = ["cpu-whisper", "a.b_c~d", "x+y=z", "grüße", "with space", "100%", "a@b:c"]
+
+
+def test_row_links_are_the_routes_reverse_gives() -> None:
+    for name in ODD_NAMES:
+        for route in ("catalogue-entry", "catalogue-install", "catalogue-force"):
+            expected = reverse(f"backends:{route}", args=("my-gallery", name))
+            assert quick_reverse(f"backends:{route}", "my-gallery", name) == expected
+        assert quick_reverse("backends:icon", name) == reverse(
+            "backends:icon", args=(name,)
+        )
+
+
+def test_descriptions_are_cut_as_truncatechars_cuts_them() -> None:
+    for text in ("short", "x" * 300, "y" * 301, "e\u0301" * 299 + "tail", "é" * 400):
+        assert clip(text, 300) == truncatechars(text, 300)

@@ -11,11 +11,13 @@ import hashlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.core.paginator import Page, Paginator
+from django.db import IntegrityError, connection, transaction
 from django.db.models import (
     Case,
     Exists,
@@ -171,13 +173,19 @@ LIGHT_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class _Resolvable:
-    """What resolve.verdict reads of an entry, and its id."""
+    """What resolve.verdict reads of an entry, its id, and its place in the name order
+    (lower-cased name, gallery position and name, position in the gallery)."""
 
     pk: int
     name: str
     uri: str
     is_meta: bool
     capabilities: Mapping[str, str]
+    order: tuple[str, int, str, int]
+
+    @property
+    def development(self) -> bool:
+        return self.order[0].endswith(DEVELOPMENT_SUFFIX)
 
 
 def enabled_galleries() -> list[tuple[Any, ...]]:
@@ -203,31 +211,50 @@ def runs_here_set(
 ) -> RunsHereSet:
     """The up-to-date set of entries that run on ``capability``; computed when missing.
     ``galleries``: ``enabled_galleries()`` when the caller has it already."""
+    if galleries is None:
+        galleries = enabled_galleries()
     fingerprint = galleries_fingerprint(galleries)
     found = RunsHereSet.objects.filter(
         capability=capability, fingerprint=fingerprint
     ).first()
-    return found or _compute_runs_here(capability, fingerprint)
+    return found or _compute_runs_here(capability, fingerprint, galleries)
 
 
-def _compute_runs_here(capability: str, fingerprint: str) -> RunsHereSet:
+def _compute_runs_here(
+    capability: str, fingerprint: str, galleries: list[tuple[Any, ...]]
+) -> RunsHereSet:
+    gallery_order = {pk: (position, name) for pk, name, position, *_ in galleries}
     entries = GalleryBackend.objects.enabled()
     maps = dict(entries.filter(is_meta=True).values_list("pk", "capabilities"))
     light: list[_Resolvable] = []
     tags: set[str] = set()
-    rows = entries.values_list("pk", "name", "uri", "is_meta", "tag_text")
-    for pk, name, uri, is_meta, tag_text in rows.iterator(chunk_size=5000):
-        light.append(_Resolvable(pk, name, uri, is_meta, maps.get(pk, {})))
+    rows = entries.values_list(
+        "pk", "name", "uri", "is_meta", "tag_text", "name_key", "gallery", "position"
+    )
+    for pk, name, uri, is_meta, tag_text, key, gallery, position in rows.iterator(
+        chunk_size=5000
+    ):
+        order = (key, *gallery_order[gallery], position)
+        light.append(_Resolvable(pk, name, uri, is_meta, maps.get(pk, {}), order))
         tags.update(tag_text.split("\n"))
-    total = len(light)
+    counts = {
+        "total": len(light),
+        "release": sum(not e.development for e in light),
+    }
     concretes = resolve.concretes_by_name(light)
-    ids = [e.pk for e in light if resolve.verdict(e, concretes, capability).runs_here]
+    runs = [e for e in light if resolve.verdict(e, concretes, capability).runs_here]
     del light, concretes
+    runs.sort(key=lambda e: e.order)
+    counts["runnable"] = len(runs)
+    counts["runnable_release"] = sum(not e.development for e in runs)
     tags.discard("")
     with transaction.atomic():
         RunsHere.objects.filter(capability=capability).delete()
         RunsHere.objects.bulk_create(
-            (RunsHere(capability=capability, entry_id=pk) for pk in ids),
+            (
+                RunsHere(capability=capability, entry_id=e.pk, rank=rank)
+                for rank, e in enumerate(runs)
+            ),
             batch_size=5000,
             ignore_conflicts=True,  # two first requests computing at once
         )
@@ -235,14 +262,17 @@ def _compute_runs_here(capability: str, fingerprint: str) -> RunsHereSet:
             with transaction.atomic():
                 found, _ = RunsHereSet.objects.update_or_create(
                     capability=capability,
-                    defaults={
-                        "fingerprint": fingerprint,
-                        "tags": sorted(tags),
-                        "total": total,
-                    },
+                    defaults={"fingerprint": fingerprint, "tags": sorted(tags)}
+                    | counts,
                 )
         except IntegrityError:  # the other request created it first
             found = RunsHereSet.objects.get(capability=capability)
+    if connection.vendor == "postgresql":
+        # The set follows a sync or a gallery change: without fresh statistics the
+        # planner takes 30,000 runs-here rows (or a just-copied entries table) for a
+        # handful and joins them row by row.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE backends_runshere, backends_gallerybackend")
     return found
 
 
@@ -273,17 +303,19 @@ def catalogue_entries(query: CatalogueQuery) -> QuerySet[GalleryBackend]:
     if not query.development:
         # Nightly builds (and metas over them), hidden unless asked for.
         entries = entries.exclude(name_key__endswith=DEVELOPMENT_SUFFIX)
+    gallery_order = ("gallery__position", "gallery__name", "position")
+    name_order: tuple[str, ...] = ("name_key", *gallery_order)
     if not query.other_hardware:
         # The default view: what this node can use, by the same rule as a row's
-        # "Not for this node" (runs_here_set), so the two cannot disagree.
-        runnable = RunsHere.objects.filter(capability=query.capability)
-        entries = entries.filter(pk__in=runnable.values("entry_id"))
-    gallery_order = ("gallery__position", "gallery__name", "position")
+        # "Not for this node" (runs_here_set), so the two cannot disagree. Its rows
+        # carry their rank in the name order: the first page is read from an index.
+        entries = entries.filter(runs_on__capability=query.capability)
+        name_order = ("runs_on__rank",)
     order: list[Any] = []
     if query.search:
         order.append(relevance(query.search))
     if query.sort == "-name":
-        order.append("-name_key")
+        order += ["-name_key", *gallery_order]
     elif query.sort == "installed":
         order.append(
             Case(
@@ -292,10 +324,59 @@ def catalogue_entries(query: CatalogueQuery) -> QuerySet[GalleryBackend]:
                 output_field=IntegerField(),
             )
         )
-        order.append("name_key")
-    elif query.sort != "gallery":
-        order.append("name_key")
-    return entries.order_by(*order, *gallery_order)
+        order += name_order
+    elif query.sort == "gallery":
+        order += gallery_order
+    else:
+        order += name_order
+    return entries.order_by(*order)
+
+
+def known_count(query: CatalogueQuery, runnable: RunsHereSet) -> int | None:
+    """How many entries ``query`` lists, when the runs-here set counted it (no search,
+    gallery or tag filter); None otherwise."""
+    if query.search.split() or query.gallery or query.tag:
+        return None
+    if query.other_hardware:
+        return runnable.total if query.development else runnable.release
+    return runnable.runnable if query.development else runnable.runnable_release
+
+
+class _CountedPaginator(Paginator[Any]):
+    """A paginator told its count instead of asking the database for it."""
+
+    def __init__(self, object_list: Any, per_page: int, count: int) -> None:
+        super().__init__(object_list, per_page)
+        self._count = count
+
+    @cached_property
+    def count(self) -> int:
+        return self._count
+
+
+def catalogue_page(
+    query: CatalogueQuery, runnable: RunsHereSet, number: int, size: int
+) -> Page[Entry]:
+    """Page ``number`` of the catalogue (the last one past the end) as light entries,
+    with a true total and one pass over the matches.
+
+    Without a search, gallery or tag filter the runs-here set has the total. With one,
+    counting the matches and then sorting them for the page would filter twice (twice
+    the LIKE over every candidate): instead the ids of every match are read in order,
+    their number is the total, and the page's rows are read by id.
+    """
+    listed = catalogue_entries(query)
+    count = known_count(query, runnable)
+    if count is not None:
+        fields = listed.values_list(*LIGHT_FIELDS)
+        page = _CountedPaginator(fields, size, count).get_page(number)
+        return Page(entries_of(page.object_list), page.number, page.paginator)
+    ids = list(listed.values_list("pk", flat=True))
+    page = _CountedPaginator(ids, size, len(ids)).get_page(number)
+    rows = GalleryBackend.objects.filter(pk__in=list(page.object_list)).order_by()
+    by_id = {row[0]: row for row in rows.values_list(*LIGHT_FIELDS)}
+    shown = entries_of(by_id[pk] for pk in page.object_list)
+    return Page(shown, page.number, page.paginator)
 
 
 DEVELOPMENT_SUFFIX = "-development"
@@ -341,9 +422,20 @@ def entries_of(rows: Iterable[Sequence[Any]]) -> list[Entry]:
     ]
 
 
-def builds_for(entries: Iterable[Entry]) -> dict[str, Entry]:
+@dataclass(frozen=True, slots=True)
+class Build:
+    """A concrete build as resolve.verdict reads it: its name and image."""
+
+    name: str
+    uri: str
+    is_meta: bool = False
+    capabilities: Mapping[str, str] = field(default_factory=dict)
+
+
+def builds_for(entries: Iterable[Entry]) -> dict[str, Build]:
     """The concrete builds the metas among ``entries`` can resolve to, by lower-cased
-    name: what resolve.verdict needs to describe these entries, and no more."""
+    name: what resolve.verdict needs to describe these entries, and no more (a page of
+    50 metas points at some 300 builds: their descriptions and tags are not read)."""
     names = {
         build.lower()
         for entry in entries
@@ -354,7 +446,9 @@ def builds_for(entries: Iterable[Entry]) -> dict[str, Entry]:
     if not names:
         return {}
     builds = GalleryBackend.objects.enabled().filter(is_meta=False, name_key__in=names)
-    return resolve.concretes_by_name(entries_of(builds.values_list(*LIGHT_FIELDS)))
+    return resolve.concretes_by_name(
+        Build(name, uri) for name, uri in builds.values_list("name", "uri")
+    )
 
 
 @dataclass

@@ -3,12 +3,18 @@ the per-node parts of a fanned-out job."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 from django import template
+from django.conf import settings
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
+from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
 from backends.core.installed import human_size
@@ -164,3 +170,52 @@ def job_tray(context: template.Context) -> dict[str, Any]:
         "perms": context.get("perms"),
         "csrf_token": context.get("csrf_token"),
     }
+
+
+# -- catalogue rows ----------------------------------------------------------------------
+#
+# A catalogue page of 50 rows reversed ~160 URLs with {% url %} (its slowest part after
+# the queries at 100,000 entries): a row's links come from the route reversed once with
+# marks in place of its arguments, the marks then replaced by the quoted values.
+
+
+@lru_cache(maxsize=64)
+def _route_parts(
+    route: str, arguments: int, prefix: str, urlconf: str
+) -> tuple[str, ...]:
+    """``route`` reversed with marks, cut at them: ``("/catalogue/", "/", "/")``.
+    ``prefix`` and ``urlconf`` key the cache (reverse reads them)."""
+    marks = [f"argument{index}mark" for index in range(arguments)]
+    parts = [reverse(route, args=marks)]
+    for mark in marks:
+        *done, rest = parts
+        parts = [*done, *rest.split(mark, 1)]
+    return tuple(parts)
+
+
+def quick_reverse(route: str, *args: str) -> str:
+    """``reverse(route, args=args)`` for arguments the route's converters accept."""
+    urlconf = get_urlconf() or settings.ROOT_URLCONF
+    parts = _route_parts(route, len(args), get_script_prefix(), str(urlconf))
+    # reverse() quotes the path with these safe characters.
+    quoted = [quote(arg, safe="!$&'()*+,;=/~:@") for arg in args]
+    return "".join(p + q for p, q in zip(parts, [*quoted, ""], strict=True))
+
+
+@register.filter
+def entry_url(entry: catalogue.Entry, route: str = "catalogue-entry") -> str:
+    """``{% url "backends:<route>" entry.gallery entry.name %}``, quicker."""
+    return quick_reverse(f"backends:{route}", entry.gallery, entry.name)
+
+
+@register.filter
+def icon_url(entry: catalogue.Entry) -> str:
+    return quick_reverse("backends:icon", entry.icon_key)
+
+
+@register.filter(is_safe=True)
+def clip(value: str, length: int) -> str:
+    """``truncatechars``, without walking every character of a text that fits (most
+    descriptions): the same answer, as Truncator returns a short text normalized."""
+    text = unicodedata.normalize("NFC", str(value))
+    return text if len(text) <= length else Truncator(text).chars(length)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -57,17 +59,17 @@ def catalogue(request: HtmxHttpRequest) -> HttpResponse:
         sort=form.value("sort", "name"),
         installed=list(on_disk),
     )
-    listed = read.catalogue_entries(query).values_list(*read.LIGHT_FIELDS)
-    page = Paginator(listed, PAGE_SIZE).get_page(form.value("page", 1))
+    listed = read.catalogue_page(query, runnable, form.value("page", 1), PAGE_SIZE)
     # Only the rows shown are resolved, with only the builds their metas point at.
-    shown = read.entries_of(page.object_list)
-    concretes = read.builds_for(shown)
+    concretes = read.builds_for(listed)
     active = read.row_jobs(read.recent_jobs(), dismissed_jobs(request))
     on_nodes = read.installed_on_agents()
-    page.object_list = [
+    rows = [
         read.describe(entry, capability, concretes, on_disk, active, on_nodes)
-        for entry in shown
+        for entry in listed
     ]
+    paginator: Paginator[Any] = listed.paginator  # the same pages, of described rows
+    page = Page(rows, listed.number, paginator)
     context = {
         "form": form,
         "page": page,
