@@ -12,8 +12,9 @@ Job.
 
 One poller asks ``/backends/jobs/<uuid>`` back to back over a kept-alive HTTPS
 connection, as a script polls a job, for ``duration`` seconds idle, then for ``duration``
-seconds while ``BENCH_BROWSERS`` (default 16) threads of another process load catalogue
-pages (``/?page=<n>``, every fourth a search) with the session; idle and loaded alternate
+seconds while ``BENCH_BROWSERS`` (default 16; a list such as ``1,4,16`` measures each
+count in turn on the same stack, one figure each, named ``..._<n>_browsers``) threads
+of another process load catalogue pages (``/?page=<n>``, every fourth a search) with the session; idle and loaded alternate
 ``runs`` times. p99 of the poller's latencies is reported for each; the medians are
 compared.
 
@@ -54,7 +55,7 @@ from bench.common import (
 from bench.scale import ENTRIES, WORKER_TIMEOUT
 
 TARGET = 3.0
-BROWSERS = int(os.getenv("BENCH_BROWSERS", "16"))
+BROWSERS = [int(n) for n in os.getenv("BENCH_BROWSERS", "16").split(",")]
 DATABASE = os.getenv("BENCH_POLLING_DB", "sqlite")
 SEARCHES = ("whisper", "llama", "cuda", "tts", "vllm")
 # The browsers' process starts and has a request in flight before the poller starts.
@@ -62,12 +63,16 @@ BROWSE_LEAD = 1.5
 
 
 def run(runs: int, duration: int, **_: Any) -> list[Figure]:
-    figure = Figure(
-        f"status_poll_during_browse_{DATABASE}",
-        "ms",
-        f"p99 ratio <= {TARGET:g}",
-        TARGET,
-    )
+    figures = [
+        Figure(
+            f"status_poll_during_browse_{DATABASE}"
+            + (f"_{count}_browsers" if len(BROWSERS) > 1 else ""),
+            "ms",
+            f"p99 ratio <= {TARGET:g}",
+            TARGET,
+        )
+        for count in BROWSERS
+    ]
     try:
         with ExitStack() as stack:
             tmp = Path(
@@ -97,9 +102,12 @@ def run(runs: int, duration: int, **_: Any) -> list[Figure]:
                 f"status lane {env.get('STATUS_LANE', 'on')}, "
                 f"app lane nice {env.get('GUNICORN_NICE', '10')}"
             )
-            return [_measure(figure, port, prepared, runs, duration, lanes)]
+            return [
+                _measure(figure, count, port, prepared, runs, duration, lanes)
+                for figure, count in zip(figures, BROWSERS, strict=True)
+            ]
     except Unavailable as exc:
-        return [unavailable(figure, str(exc))]
+        return [unavailable(figure, str(exc)) for figure in figures]
 
 
 def _p99(values: list[float]) -> float:
@@ -114,16 +122,16 @@ def _connection(port: int) -> http.client.HTTPSConnection:
 
 
 def _browsers(
-    prepared: dict[str, Any], port: int, seconds: float
+    prepared: dict[str, Any], port: int, seconds: float, count: int
 ) -> subprocess.Popen[str]:
-    """``BROWSERS`` clients in a process of their own: the poller's timings never wait
+    """``count`` clients in a process of their own: the poller's timings never wait
     for their threads' turn at this process's interpreter lock."""
     args = {
         "task": "browse",
         "port": port,
         "cookie": f"{prepared['cookie']}={prepared['session']}",
         "pages": max(1, prepared["shown"] // 50),
-        "browsers": BROWSERS,
+        "browsers": count,
         "seconds": seconds,
     }
     return subprocess.Popen(
@@ -145,6 +153,7 @@ def _browsed(process: subprocess.Popen[str]) -> dict[str, int]:
 
 def _measure(
     figure: Figure,
+    count: int,
     port: int,
     prepared: dict[str, Any],
     runs: int,
@@ -170,7 +179,7 @@ def _measure(
 
     # Warm-up: every gunicorn worker imports, connects and reads the runs-here set.
     poll(2)
-    _browsed(_browsers(prepared, port, 3))
+    _browsed(_browsers(prepared, port, 3, count))
 
     idle_p99, busy_p99, bad_polls = [], [], 0
     served = failed = 0
@@ -178,7 +187,7 @@ def _measure(
         latencies, bad = poll(duration)
         idle_p99.append(_p99(latencies) * 1000)
         bad_polls += bad
-        browsers = _browsers(prepared, port, BROWSE_LEAD + duration + 0.5)
+        browsers = _browsers(prepared, port, BROWSE_LEAD + duration + 0.5, count)
         time.sleep(BROWSE_LEAD)
         latencies, bad = poll(duration)
         busy_p99.append(_p99(latencies) * 1000)
@@ -193,12 +202,12 @@ def _measure(
     if bad_polls:
         figure.violations.append(f"{bad_polls} polls answered other than 200")
     figure.detail = (
-        f"{prepared['entries']} entries; {BROWSERS} browsers loaded {served} pages "
+        f"{prepared['entries']} entries; {count} browsers loaded {served} pages "
         f"({failed} not 200) over {runs} x {duration} s; make serve's stack ({lanes}); "
         f"load average {load[0]:.1f}"
     )
     figure.extra.update(
-        browsers=BROWSERS,
+        browsers=count,
         entries=prepared["entries"],
         pages_loaded=served,
         pages_failed=failed,
