@@ -91,6 +91,8 @@ def run(runs: int, duration: int, **_: Any) -> list[Figure]:
             env = django_env(tmp, url)
             env["LOCALAI_ADMIN_GALLERY_MAX_ENTRIES"] = str(max(ENTRIES, 20_000))
             env["LOCALAI_ADMIN_LOCAL_ROOTS"] = str(tmp)
+            # Nothing leaves loopback: no icon downloads queued by the sync.
+            env["LOCALAI_ADMIN_GALLERY_ICONS"] = "False"
             prepared = run_worker(
                 "bench.browse_polling",
                 {"task": "prepare", "gallery": str(gallery)},

@@ -321,6 +321,8 @@ def production_stack(env: dict[str, str], log_path: Path) -> Iterator[int]:
         "SERVE_STATUS_PORT": str(status),
         "LOCALAI_ADMIN_PASSWORD": secrets.token_urlsafe(12),
     } | env
+    # Nothing leaves loopback: the worker would fetch the galleries' icons.
+    serve_env["LOCALAI_ADMIN_GALLERY_ICONS"] = "False"
     with open(log_path, "wb") as log:
         # Its own session: stopping it reaches every process it started.
         proc = subprocess.Popen(
