@@ -19,6 +19,10 @@ SERVE_CLIENT_TIMEOUT ?= 10
 TLS_CERT ?=
 TLS_KEY ?=
 GUNICORN_ARGS ?= -w 2 -k gthread --threads 4 --worker-connections 50
+GUNICORN_NICE ?= 10
+STATUS_LANE ?= on
+SERVE_STATUS_PORT ?= 8002
+STATUS_GUNICORN_ARGS ?= -w 1 -k gthread --threads 4
 NGINX_BIN ?= $(or $(shell command -v nginx),/usr/sbin/nginx)
 
 .PHONY: run serve serve-deps test test-sqlite test-postgres lint format bench screenshots system-deps clean
@@ -39,7 +43,7 @@ run: $(BIN)/.installed
 	$(BIN)/python $(WORKER_COMMAND) & \
 	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
 
-# nginx in front of gunicorn with TLS, the worker beside them; Ctrl-C stops all three.
+# nginx in front of gunicorn's two lanes with TLS, the worker beside them; Ctrl-C stops all.
 serve: $(BIN)/.installed serve-deps
 	BIN="$(abspath $(BIN))" WORKER_COMMAND="$(WORKER_COMMAND)" \
 	LOCALAI_ADMIN_DATA_DIR="$(LOCALAI_ADMIN_DATA_DIR)" SERVE_HOST="$(SERVE_HOST)" \
@@ -48,6 +52,8 @@ serve: $(BIN)/.installed serve-deps
 	SERVE_MAX_BODY="$(SERVE_MAX_BODY)" SERVE_KIT_MAX_BODY="$(SERVE_KIT_MAX_BODY)" \
 	SERVE_CLIENT_TIMEOUT="$(SERVE_CLIENT_TIMEOUT)" \
 	TLS_CERT="$(TLS_CERT)" TLS_KEY="$(TLS_KEY)" GUNICORN_ARGS="$(GUNICORN_ARGS)" \
+	GUNICORN_NICE="$(GUNICORN_NICE)" STATUS_LANE="$(STATUS_LANE)" \
+	SERVE_STATUS_PORT="$(SERVE_STATUS_PORT)" STATUS_GUNICORN_ARGS="$(STATUS_GUNICORN_ARGS)" \
 	NGINX_BIN="$(NGINX_BIN)" deploy/serve
 
 # Debian packages make serve runs: the proxy and the certificate tool.

@@ -1,16 +1,22 @@
 """Figure: job-status polling while 16 users browse a 100,000-entry catalogue.
 
-Deployment as the polling figure (gunicorn, ``bench.polling.GUNICORN_ARGS``, production
-settings; SQLite by default, ``BENCH_POLLING_DB=postgresql`` for PostgreSQL). A child
-first syncs the 100k gallery of ``bench.scale`` (the real index with renamed copies),
-makes the catalogue's runs-here set for this host, a staff user with a session and an
-API token, and a running Job.
+Deployment: the production stack itself, ``deploy/serve`` as ``make serve`` runs it
+(``bench.common.production_stack``: nginx with TLS in front of gunicorn's two lanes, the
+app lane niced, the status lane for the polled routes, and the worker), with production
+settings; SQLite by default, ``BENCH_POLLING_DB=postgresql`` for PostgreSQL. Its
+variables keep their defaults: ``BENCH_ENV="STATUS_LANE=off GUNICORN_NICE=0"`` measures
+the single-gunicorn arrangement for comparison. Before it starts, a child syncs the 100k
+gallery of ``bench.scale`` (the real index with renamed copies), makes the catalogue's
+runs-here set for this host, a staff user with a session and an API token, and a running
+Job.
 
-One poller asks ``/backends/jobs/<uuid>`` back to back over a kept-alive connection,
-as a dashboard polls a job, for ``duration`` seconds idle, then for ``duration``
-seconds while ``BROWSERS`` threads load catalogue pages (``/?page=<n>``, every fourth a
-search) with the session; idle and loaded alternate ``runs`` times. p99 of the
-poller's latencies is reported for each; the medians are compared.
+One poller asks ``/backends/jobs/<uuid>`` back to back over a kept-alive HTTPS
+connection, as a script polls a job, for ``duration`` seconds idle, then for ``duration``
+seconds while ``BENCH_BROWSERS`` (default 16; a list such as ``1,4,16`` measures each
+count in turn on the same stack, one figure each, named ``..._<n>_browsers``) threads
+of another process load catalogue pages (``/?page=<n>``, every fourth a search) with the session; idle and loaded alternate
+``runs`` times. p99 of the poller's latencies is reported for each; the medians are
+compared.
 
 Target: p99 while browsing <= 3x the idle p99, and no poll answered other than 200.
 """
@@ -18,6 +24,7 @@ Target: p99 while browsing <= 3x the idle p99, and no poll answered other than 2
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
 import subprocess
@@ -31,36 +38,41 @@ from typing import Any
 from bench.common import (
     PYTHON,
     REPO,
+    RESULT_MARK,
     Figure,
     Unavailable,
     django_env,
-    free_port,
     median,
     postgres_database,
+    production_stack,
     run_worker,
     setup_django,
     sqlite_url,
-    stop,
     unavailable,
-    wait_for_port,
+    unverified_tls,
     worker_main,
 )
-from bench.polling import GUNICORN_ARGS
 from bench.scale import ENTRIES, WORKER_TIMEOUT
 
 TARGET = 3.0
-BROWSERS = 16
+BROWSERS = [int(n) for n in os.getenv("BENCH_BROWSERS", "16").split(",")]
 DATABASE = os.getenv("BENCH_POLLING_DB", "sqlite")
 SEARCHES = ("whisper", "llama", "cuda", "tts", "vllm")
+# The browsers' process starts and has a request in flight before the poller starts.
+BROWSE_LEAD = 1.5
 
 
 def run(runs: int, duration: int, **_: Any) -> list[Figure]:
-    figure = Figure(
-        f"status_poll_during_browse_{DATABASE}",
-        "ms",
-        f"p99 ratio <= {TARGET:g}",
-        TARGET,
-    )
+    figures = [
+        Figure(
+            f"status_poll_during_browse_{DATABASE}"
+            + (f"_{count}_browsers" if len(BROWSERS) > 1 else ""),
+            "ms",
+            f"p99 ratio <= {TARGET:g}",
+            TARGET,
+        )
+        for count in BROWSERS
+    ]
     try:
         with ExitStack() as stack:
             tmp = Path(
@@ -79,38 +91,25 @@ def run(runs: int, duration: int, **_: Any) -> list[Figure]:
             env = django_env(tmp, url)
             env["LOCALAI_ADMIN_GALLERY_MAX_ENTRIES"] = str(max(ENTRIES, 20_000))
             env["LOCALAI_ADMIN_LOCAL_ROOTS"] = str(tmp)
+            # Nothing leaves loopback: no icon downloads queued by the sync.
+            env["LOCALAI_ADMIN_GALLERY_ICONS"] = "False"
             prepared = run_worker(
                 "bench.browse_polling",
                 {"task": "prepare", "gallery": str(gallery)},
                 env,
                 WORKER_TIMEOUT,
             )
-            port = free_port()
-            log = stack.enter_context(open(tmp / "gunicorn.log", "w"))
-            server = subprocess.Popen(
-                [
-                    PYTHON,
-                    "-m",
-                    "gunicorn",
-                    *GUNICORN_ARGS.split(),
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--error-logfile",
-                    "-",
-                    "--log-level",
-                    "warning",
-                    "localai_admin.wsgi:application",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            port = stack.enter_context(production_stack(env, tmp / "serve.log"))
+            lanes = (
+                f"status lane {env.get('STATUS_LANE', 'on')}, "
+                f"app lane nice {env.get('GUNICORN_NICE', '10')}"
             )
-            stack.callback(stop, server)
-            wait_for_port(port, server)
-            return [_measure(figure, port, prepared, runs, duration)]
+            return [
+                _measure(figure, count, port, prepared, runs, duration, lanes)
+                for figure, count in zip(figures, BROWSERS, strict=True)
+            ]
     except Unavailable as exc:
-        return [unavailable(figure, str(exc))]
+        return [unavailable(figure, str(exc)) for figure in figures]
 
 
 def _p99(values: list[float]) -> float:
@@ -118,27 +117,61 @@ def _p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+def _connection(port: int) -> http.client.HTTPSConnection:
+    return http.client.HTTPSConnection(
+        "127.0.0.1", port, timeout=120, context=unverified_tls()
+    )
+
+
+def _browsers(
+    prepared: dict[str, Any], port: int, seconds: float, count: int
+) -> subprocess.Popen[str]:
+    """``count`` clients in a process of their own: the poller's timings never wait
+    for their threads' turn at this process's interpreter lock."""
+    args = {
+        "task": "browse",
+        "port": port,
+        "cookie": f"{prepared['cookie']}={prepared['session']}",
+        "pages": max(1, prepared["shown"] // 50),
+        "browsers": count,
+        "seconds": seconds,
+    }
+    return subprocess.Popen(
+        [PYTHON, "-m", "bench.browse_polling", "--worker", json.dumps(args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _browsed(process: subprocess.Popen[str]) -> dict[str, int]:
+    out, _ = process.communicate(timeout=600)
+    for line in reversed(out.splitlines()):
+        if line.startswith(RESULT_MARK):
+            result: dict[str, int] = json.loads(line[len(RESULT_MARK) :])
+            return result
+    raise RuntimeError(f"the browsers' process failed (exit {process.returncode})")
+
+
 def _measure(
-    figure: Figure, port: int, prepared: dict[str, Any], runs: int, duration: int
+    figure: Figure,
+    count: int,
+    port: int,
+    prepared: dict[str, Any],
+    runs: int,
+    duration: int,
+    lanes: str,
 ) -> Figure:
-    token_headers = {
-        "Authorization": f"Bearer {prepared['token']}",
-        "X-Forwarded-Proto": "https",
-    }
-    session_headers = {
-        "Cookie": f"{prepared['cookie']}={prepared['session']}",
-        "X-Forwarded-Proto": "https",
-    }
+    headers = {"Authorization": f"Bearer {prepared['token']}"}
     status_path = f"/backends/jobs/{prepared['job']}"
-    pages = max(1, prepared["shown"] // 50)
 
     def poll(seconds: float) -> tuple[list[float], int]:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection = _connection(port)
         latencies, bad = [], 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             start = time.perf_counter()
-            connection.request("GET", status_path, headers=token_headers)
+            connection.request("GET", status_path, headers=headers)
             response = connection.getresponse()
             response.read()
             latencies.append(time.perf_counter() - start)
@@ -146,63 +179,43 @@ def _measure(
         connection.close()
         return latencies, bad
 
-    def browse(stop_at: list[float], served: list[int], failed: list[int]) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        number = 0
-        while time.monotonic() < stop_at[0]:
-            number += 1
-            if number % 4 == 0:
-                path = f"/?q={random.choice(SEARCHES)}"
-            else:
-                path = f"/?page={random.randint(1, pages)}"
-            connection.request("GET", path, headers=session_headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status == 200:
-                served[0] += 1
-            else:
-                failed[0] += 1
-        connection.close()
-
-    # Warm-up: both gunicorn workers import, connect and read the runs-here set.
+    # Warm-up: every gunicorn worker imports, connects and reads the runs-here set.
     poll(2)
-    warm = [time.monotonic() + 3]
-    threads = [threading.Thread(target=browse, args=(warm, [0], [0])) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _browsed(_browsers(prepared, port, 3, count))
 
     idle_p99, busy_p99, bad_polls = [], [], 0
-    served, failed = [0], [0]
+    served = failed = 0
     for _ in range(runs):
         latencies, bad = poll(duration)
         idle_p99.append(_p99(latencies) * 1000)
         bad_polls += bad
-        stop_at = [time.monotonic() + duration + 1]
-        threads = [
-            threading.Thread(target=browse, args=(stop_at, served, failed))
-            for _ in range(BROWSERS)
-        ]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)  # every browser has a request in flight
+        browsers = _browsers(prepared, port, BROWSE_LEAD + duration + 0.5, count)
+        time.sleep(BROWSE_LEAD)
         latencies, bad = poll(duration)
         busy_p99.append(_p99(latencies) * 1000)
         bad_polls += bad
-        for thread in threads:
-            thread.join()
+        browsed = _browsed(browsers)
+        served += browsed["served"]
+        failed += browsed["failed"]
+    load = os.getloadavg()
     figure.value = median(busy_p99)
     figure.baseline = median(idle_p99)
     figure.samples = {"ours": busy_p99, "baseline": idle_p99}
     if bad_polls:
         figure.violations.append(f"{bad_polls} polls answered other than 200")
     figure.detail = (
-        f"{prepared['entries']} entries; {BROWSERS} browsers loaded {served[0]} pages "
-        f"({failed[0]} not 200) over {runs} x {duration} s; gunicorn {GUNICORN_ARGS}"
+        f"{prepared['entries']} entries; {count} browsers loaded {served} pages "
+        f"({failed} not 200) over {runs} x {duration} s; make serve's stack ({lanes}); "
+        f"load average {load[0]:.1f}"
     )
-    figure.extra["pages_loaded"] = served[0]
-    figure.extra["pages_failed"] = failed[0]
+    figure.extra.update(
+        browsers=count,
+        entries=prepared["entries"],
+        pages_loaded=served,
+        pages_failed=failed,
+        lanes=lanes,
+        load_average=[round(x, 2) for x in load],
+    )
     return figure
 
 
@@ -211,18 +224,16 @@ def _measure(
 
 def _prepare(args: dict[str, Any]) -> dict[str, Any]:
     """Schema, the synced 100k gallery, its runs-here set, a user with a session and a
-    token, and a running job, before gunicorn starts."""
+    token, and a running job, before the stack starts."""
     setup_django()
     from django.conf import settings
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.test import Client
     from django.utils import timezone
 
     from backends.models import ApiToken, Gallery, Job, Node, RunsHere
     from backends.services import catalogue
 
-    call_command("collectstatic", interactive=False, verbosity=0)
     gallery = Gallery.objects.create(name="bench", url=Path(args["gallery"]).as_uri())
     summary = gallery.sync(force=True)
     if gallery.last_error:
@@ -253,5 +264,37 @@ def _prepare(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _browse(args: dict[str, Any]) -> dict[str, int]:
+    """``browsers`` threads, each loading catalogue pages back to back over its own
+    kept-alive connection for ``seconds``, as logged-in users do."""
+    stop_at = time.monotonic() + args["seconds"]
+    headers = {"Cookie": args["cookie"]}
+    counts = {"served": 0, "failed": 0}
+    lock = threading.Lock()
+
+    def browse() -> None:
+        connection = _connection(args["port"])
+        number = random.randrange(4)
+        while time.monotonic() < stop_at:
+            number += 1
+            if number % 4 == 0:
+                path = f"/?q={random.choice(SEARCHES)}"
+            else:
+                path = f"/?page={random.randint(1, args['pages'])}"
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            with lock:
+                counts["served" if response.status == 200 else "failed"] += 1
+        connection.close()
+
+    threads = [threading.Thread(target=browse) for _ in range(args["browsers"])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return counts
+
+
 if __name__ == "__main__":
-    worker_main({"prepare": _prepare})
+    worker_main({"prepare": _prepare, "browse": _browse})

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
+import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -296,3 +299,76 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- the production stack ---------------------------------------------------------------
+
+
+@contextmanager
+def production_stack(env: dict[str, str], log_path: Path) -> Iterator[int]:
+    """``deploy/serve``, what ``make serve`` runs (nginx with TLS in front of gunicorn's
+    lanes, and the worker), on free loopback ports with ``env`` (a ``django_env``: its
+    data dir, database and secret key); yields nginx's HTTPS port. The stack's own
+    variables (``STATUS_LANE``, ``GUNICORN_NICE``...) keep their defaults unless ``env``
+    sets them (``BENCH_ENV``)."""
+    https, http, app, status = _free_ports(4)
+    serve_env = {
+        "BIN": str(Path(PYTHON).parent),
+        "SERVE_HOST": "127.0.0.1",
+        "SERVE_HTTPS_PORT": str(https),
+        "SERVE_HTTP_PORT": str(http),
+        "SERVE_APP_PORT": str(app),
+        "SERVE_STATUS_PORT": str(status),
+        "LOCALAI_ADMIN_PASSWORD": secrets.token_urlsafe(12),
+    } | env
+    # Nothing leaves loopback: the worker would fetch the galleries' icons.
+    serve_env["LOCALAI_ADMIN_GALLERY_ICONS"] = "False"
+    with open(log_path, "wb") as log:
+        # Its own session: stopping it reaches every process it started.
+        proc = subprocess.Popen(
+            [str(REPO / "deploy" / "serve")],
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=serve_env,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not re.search(r"^localai-admin: https://", log_path.read_text(), re.M):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text().strip().splitlines()[-5:]
+                raise RuntimeError(f"deploy/serve did not start: {' | '.join(tail)}")
+            time.sleep(0.2)
+        yield https
+    finally:
+        _stop_group(proc)
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """For the self-signed certificate deploy/serve makes."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return list(ports)
+
+
+def _stop_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM to the session deploy/serve leads (it stops its children), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue

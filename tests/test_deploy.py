@@ -140,7 +140,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("serve")
     clone, data = tmp / "clone", tmp / "data"
     fresh_clone(REPO, clone)
-    https_port, http_port, app_port = free_ports(3)
+    https_port, http_port, app_port, status_port = free_ports(4)
     env = production_env(data, tmp)
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
@@ -158,6 +158,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 f"SERVE_HTTPS_PORT={https_port}",
                 f"SERVE_HTTP_PORT={http_port}",
                 f"SERVE_APP_PORT={app_port}",
+                f"SERVE_STATUS_PORT={status_port}",
                 f"SERVE_CLIENT_TIMEOUT={CLIENT_TIMEOUT}",
             ],
             cwd=clone,
@@ -461,6 +462,67 @@ def test_nginx_drops_a_client_whose_headers_or_body_are_late(stack: Stack) -> No
         body.close()
     assert set(closed_after) == {"header", "body"}
     assert all(seconds <= CLIENT_TIMEOUT + 3 for seconds in closed_after.values())
+
+
+def gunicorn_processes(stack: Stack, lane: str) -> list[int]:
+    """The master of a lane (its pid file) and its workers."""
+    master = int((stack.data / "run" / f"{lane}.pid").read_text())
+    workers = [
+        int(stat.parent.name)
+        for stat in Path("/proc").glob("[0-9]*/stat")
+        if _parent(stat) == master
+    ]
+    return [master, *workers]
+
+
+def _parent(stat: Path) -> int:
+    try:
+        text = stat.read_text()
+    except OSError:
+        return 0
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def test_job_status_polls_are_answered_while_every_page_worker_is_stuck(
+    stack: Stack,
+) -> None:
+    job = subprocess.run(
+        [
+            f"{VENV}/bin/python",
+            "manage.py",
+            "shell",
+            "-c",
+            "from backends.models import Job, Node; print(Job.objects.create("
+            "kind='install', target='x', node=Node.objects.local(), state='running').pk)",
+        ],
+        cwd=stack.clone,
+        env=stack.env
+        | {
+            "DEBUG": "False",
+            "SECRET_KEY_FILE": str(stack.data / "secret_key"),
+            "ALLOWED_HOSTS": "127.0.0.1",
+        },
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()[-1]
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    # Stopped, the app lane's processes hold whatever reaches them, as page renders that
+    # fill every worker do.
+    stuck = gunicorn_processes(stack, "gunicorn")
+    for pid in stuck:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with client(stack) as http:
+            status = http.get(stack.url + f"/backends/jobs/{job}", headers=headers)
+            with pytest.raises(httpx.ReadTimeout):
+                http.get(stack.url + "/backends", headers=headers, timeout=3)
+    finally:
+        for pid in stuck:
+            os.kill(pid, signal.SIGCONT)
+    assert status.status_code == 200
+    assert "processed" in status.json()
 
 
 def test_plain_gunicorn_in_production_mode_serves_http_without_redirecting(
