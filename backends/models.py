@@ -621,7 +621,7 @@ class InstalledBackend(models.Model):
     uri = models.CharField(max_length=2000, blank=True)
     digest = models.CharField(max_length=100, blank=True)
     # The policy that verified the image's signature; "" when none did.
-    verified_by = models.CharField(max_length=500, blank=True)
+    verified_by = models.TextField(blank=True)
     version = models.CharField(max_length=255, blank=True)
     gallery_url = models.CharField(max_length=2000, blank=True)
     installed_at = models.DateTimeField(null=True, blank=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -310,6 +311,17 @@ class KeylessSignatureTestCase(SignedImageCase):
         self.assertIn(
             f"keyless, issuer {GITHUB_ISSUER}, identity {IDENTITY}",
             InstalledBackend.objects.get(name="cpu-signed").verified_by,
+        )
+
+    def test_a_long_identity_pattern_is_recorded_whole(self) -> None:
+        signed = self.signed_keyless()
+        alternatives = "|".join(f"^https://github\\.com/team{n}/" for n in range(40))
+        pattern = f"{alternatives}|^{re.escape(IDENTITY)}$"
+        self.use(signed, issuer=GITHUB_ISSUER, identity_regex=pattern)
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn(
+            pattern, InstalledBackend.objects.get(name="cpu-signed").verified_by
         )
 
     def test_a_keyless_signature_by_another_identity_is_refused(self) -> None:
