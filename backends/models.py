@@ -154,7 +154,7 @@ class Gallery(models.Model):
             kept = self._network_safe(reading, fetched.source, policy)
             try:
                 count = stage_rows(GalleryBackend.rows(self, kept), staged)
-            except gallery_format.GalleryError as exc:
+            except (gallery_format.GalleryError, ValueError) as exc:
                 return self._failed(str(exc))
             if not count:
                 return self._failed(

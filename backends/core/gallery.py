@@ -159,8 +159,7 @@ class ParseResult:
 class GalleryLimits:
     """How large a gallery and its entries may be: every such number lives here.
 
-    A gallery comes from the internet and is held in memory while it is parsed, so it is
-    bounded on every axis (the real index, 1,033 entries, is far below each limit). A
+    A gallery comes from the internet, so it is bounded on every axis (the real index, 1,033 entries, is far below each limit). A
     gallery with too many entries fails whole and keeps its last good entries; an entry
     over a field limit is skipped and reported. Lengths count characters.
     """
@@ -583,7 +582,6 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
         # every alias shares one value, as with yaml.load.
         self.anchored: set[Node] = set()
         # The ids of those values, which entries may share (_Shared converts them once).
-        self.shared = shared
         assert shared.only is not None
         self.shared_ids = shared.only
 
