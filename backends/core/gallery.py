@@ -159,9 +159,10 @@ class ParseResult:
 class GalleryLimits:
     """How large a gallery and its entries may be: every such number lives here.
 
-    A gallery comes from the internet, so it is bounded on every axis (the real index, 1,033 entries, is far below each limit). A
-    gallery with too many entries fails whole and keeps its last good entries; an entry
-    over a field limit is skipped and reported. Lengths count characters.
+    A gallery comes from the internet, so it is bounded on every axis (the real index,
+    1,033 entries, is far below each limit). A gallery with too many entries fails whole
+    and keeps its last good entries; an entry over a field limit is skipped and
+    reported. Lengths count characters.
     """
 
     # Entries per gallery (LOCALAI_ADMIN_GALLERY_MAX_ENTRIES). Counted while reading, so
@@ -334,9 +335,9 @@ class GalleryReading:
         if shape.problem:
             raise GalleryError(f"gallery {self.gallery}: {shape.problem}")
         if shape.values > LOAD_WHOLE_VALUES:
-            shared = _Shared(self.limits, only=set())
-            items = _read_entries(self.data, self.gallery, self.limits, shared)
-            return self._entries(items, shared)
+            shared_ids: set[int] = set()
+            items = _read_entries(self.data, self.gallery, self.limits, shared_ids)
+            return self._entries(items, _Shared(self.limits, only=shared_ids))
         loaded = _load_yaml(self.data, self.gallery)
         assert isinstance(loaded, list)  # the shape says so
         too_large = _EntryProblem(f"has more than {self.limits.entry_values} values")
@@ -570,7 +571,9 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
 
     yaml_implicit_resolvers = GalleryLoader.yaml_implicit_resolvers
 
-    def __init__(self, data: Document, limits: GalleryLimits, shared: _Shared) -> None:
+    def __init__(
+        self, data: Document, limits: GalleryLimits, shared_ids: set[int]
+    ) -> None:
         CParser.__init__(self, _rewound(data))
         Composer.__init__(self)
         SafeConstructor.__init__(self)
@@ -582,8 +585,7 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
         # every alias shares one value, as with yaml.load.
         self.anchored: set[Node] = set()
         # The ids of those values, which entries may share (_Shared converts them once).
-        assert shared.only is not None
-        self.shared_ids = shared.only
+        self.shared_ids = shared_ids
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         self.values += 1
@@ -687,9 +689,9 @@ def _load_yaml(data: Document, gallery: str) -> object:
 
 
 def _read_entries(
-    data: Document, gallery: str, limits: GalleryLimits, shared: _Shared
+    data: Document, gallery: str, limits: GalleryLimits, shared_ids: set[int]
 ) -> Iterator[object]:
-    reader = _EntryReader(data, limits, shared)
+    reader = _EntryReader(data, limits, shared_ids)
     try:
         yield from reader.entries()
     except yaml.YAMLError as exc:
