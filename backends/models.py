@@ -3,11 +3,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import marshal
 import secrets
+import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from itertools import batched
+from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -113,6 +116,11 @@ class Gallery(models.Model):
         A failure of any kind keeps the last good entries and records the error, so a
         broken or unreachable source never empties the catalogue. ``policy`` (default:
         the settings') decides which hosts and local files the fetch may reach.
+
+        Memory follows a chunk of entries, not the gallery: the body waits in a spool
+        (``fetch_gallery``), its entries are read one at a time and written out as rows
+        to a second spool, and only then, in one short transaction, do the rows replace
+        the old ones (docs/performance.md, "At scale").
         """
         policy = policy or SourcePolicy.parse(
             settings.LOCALAI_ADMIN_PRIVATE_HOSTS, settings.LOCALAI_ADMIN_LOCAL_ROOTS
@@ -134,114 +142,133 @@ class Gallery(models.Model):
                 etag=etag,
                 sha256=sha256,
             )
+        except (gallery_format.GalleryError, ValueError) as exc:
+            return self._failed(str(exc))
+        with fetched, tempfile.SpooledTemporaryFile(ROWS_IN_MEMORY) as staged:
             if fetched.not_modified:
                 self.last_synced_at, self.last_error = self.last_attempt_at, ""
                 self.save()
                 return f"{self.name}: unchanged ({self.entry_count} entries)"
-            parsed = gallery_format.parse_gallery(
-                fetched.body, self.name, limits, fetched.shape
+            reading = gallery_format.GalleryReading(
+                fetched.content, self.name, limits, fetched.shape
             )
-            self._drop_local_sources(parsed, fetched.source, policy)
-            if not parsed.entries:
-                raise gallery_format.GalleryError(
+            kept = self._network_safe(reading, fetched.source, policy)
+            try:
+                count = stage_rows(GalleryBackend.rows(self, kept), staged)
+            except (gallery_format.GalleryError, ValueError) as exc:
+                return self._failed(str(exc))
+            if not count:
+                return self._failed(
                     f"gallery {self.name}: no usable entry; "
-                    + "; ".join(parsed.problems[:5])
+                    + "; ".join(reading.problems[:5])
                 )
-        except (gallery_format.GalleryError, ValueError) as exc:
-            message = str(exc)
-            if not message.startswith(f"gallery {self.name}"):
-                message = f"gallery {self.name}: {message}"
-            self.last_error = message
-            self.save(update_fields=("last_attempt_at", "last_error"))
-            return f"{self.name}: sync failed: {message}"
-
-        with transaction.atomic():
-            self.entries.all().delete()
-            GalleryBackend.objects.insert_entries(self, parsed.entries)
-            self.last_synced_at = self.last_attempt_at
-            self.last_error = ""
-            self.problems = parsed.problems + parsed.duplicates
-            self.source = redact_uri(fetched.source)
-            self.etag = fetched.etag
-            self.content_hash = fetched.sha256
-            self.entry_count = len(parsed.entries)
-            self.save()
-        source = redact_uri(fetched.source)
-        summary = f"{self.name}: {len(parsed.entries)} entries from {source}"
+            with transaction.atomic():
+                self.entries.all().delete()
+                GalleryBackend.objects.insert_rows(staged_rows(staged))
+                self.last_synced_at = self.last_attempt_at
+                self.last_error = ""
+                self.problems = reading.messages()
+                self.source = redact_uri(fetched.source)
+                self.etag = fetched.etag
+                self.content_hash = fetched.sha256
+                self.entry_count = count
+                self.save()
+        GalleryBackend.objects.analyze()
+        summary = f"{self.name}: {count} entries from {self.source}"
         if self.problems:
             summary += f" ({len(self.problems)} problems)"
         return summary
 
-    def _drop_local_sources(
-        self, parsed: gallery_format.ParseResult, source: str, policy: SourcePolicy
-    ) -> None:
-        """Entries naming local sources in a gallery read over the network become
-        per-entry problems (the install would refuse them anyway)."""
-        kept = []
-        for entry in parsed.entries:
+    def _failed(self, message: str) -> str:
+        """Record a failed sync (the entries stay as they were); its summary."""
+        if not message.startswith(f"gallery {self.name}"):
+            message = f"gallery {self.name}: {message}"
+        self.last_error = message
+        self.save(update_fields=("last_attempt_at", "last_error"))
+        return f"{self.name}: sync failed: {message}"
+
+    def _network_safe(
+        self,
+        reading: gallery_format.GalleryReading,
+        source: str,
+        policy: SourcePolicy,
+    ) -> Iterator[gallery_format.GalleryEntry]:
+        """The entries, but those naming local sources in a gallery read over the
+        network, which become problems (the install would refuse them anyway)."""
+        for entry in reading:
             try:
                 policy.check_gallery_entry(source, (entry.uri, *entry.mirrors))
             except SourceRefused as exc:
-                parsed.problems.append(
-                    f"gallery {self.name}, entry {entry.name!r}: {exc}"
-                )
+                reading.report(f"gallery {self.name}, entry {entry.name!r}: {exc}")
             else:
-                kept.append(entry)
-        parsed.entries[:] = kept
+                yield entry
 
 
-# Rows per executemany of a sync's inserts (SQLite; PostgreSQL streams through COPY).
+# Rows per executemany of a sync's inserts (SQLite; PostgreSQL streams through COPY),
+# and per chunk of its staged rows.
 INSERT_CHUNK = 2000
+# A sync's rows stay in memory up to this size, then go to a temporary file.
+ROWS_IN_MEMORY = 4 * 1024 * 1024
+
+
+def stage_rows(rows: Iterable[list[Any]], out: IO[bytes]) -> int:
+    """Write ``rows`` to ``out``, INSERT_CHUNK at a time (marshal: plain values, written
+    and read back far faster than they are parsed); the number of rows."""
+    count = 0
+    for chunk in batched(rows, INSERT_CHUNK):
+        marshal.dump(chunk, out)
+        count += len(chunk)
+    return count
+
+
+def staged_rows(staged: IO[bytes]) -> Iterator[list[Any]]:
+    """The rows ``stage_rows`` wrote, read back a chunk at a time."""
+    staged.seek(0)
+    while True:
+        try:
+            chunk = marshal.load(staged)
+        except EOFError:
+            return
+        yield from chunk
 
 
 class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
     def insert_entries(
-        self, gallery: Gallery, entries: list[gallery_format.GalleryEntry]
+        self, gallery: Gallery, entries: Iterable[gallery_format.GalleryEntry]
     ) -> None:
-        """Insert a synced gallery's entries in one statement stream.
+        """Insert a gallery's entries (``Gallery.sync`` stages them first)."""
+        self.insert_rows(GalleryBackend.rows(gallery, entries))
 
-        A sync writes ~1,000 rows of 16 fields: building model instances for bulk_create
-        costs several times the inserts themselves, so plain tuples go to one prepared
-        INSERT (SQLite) or to COPY (PostgreSQL). See docs/performance.md.
+    def insert_rows(self, rows: Iterable[list[Any]]) -> None:
+        """Insert ``GalleryBackend.rows`` in one statement stream.
+
+        A sync writes up to 200,000 rows of 20 fields: building model instances for
+        bulk_create costs several times the inserts themselves, so plain lists go to one
+        prepared INSERT (SQLite) or to COPY (PostgreSQL), a chunk at a time, so that
+        they are never all held at once. See docs/performance.md.
         """
-        fields = [f for f in GalleryBackend._meta.concrete_fields if not f.primary_key]
-        json_fields = {f.attname for f in fields if isinstance(f, models.JSONField)}
         ops = connection.ops
         table = ops.quote_name(GalleryBackend._meta.db_table)
+        fields = GalleryBackend.row_fields()
         columns = ", ".join(ops.quote_name(column(f)) for f in fields)
         marks = ", ".join(["%s"] * len(fields))
-
-        def rows() -> Iterable[list[Any]]:
-            for position, entry in enumerate(entries):
-                values = GalleryBackend.fields_from(entry)
-                values |= {"gallery_id": gallery.pk, "position": position}
-                yield [
-                    json.dumps(values[f.attname])
-                    if f.attname in json_fields
-                    else values[f.attname]
-                    for f in fields
-                ]
-
-        # Rows are built as they are written, a chunk at a time: a 200,000-entry
-        # gallery must not hold every row's tuple next to its parsed entries.
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                    for row in rows():
+                    for row in rows:
                         copy.write_row(row)
             else:
-                chunk: list[list[Any]] = []
-                for row in rows():
-                    chunk.append(row)
-                    if len(chunk) >= INSERT_CHUNK:
-                        cursor.executemany(
-                            f"INSERT INTO {table} ({columns}) VALUES ({marks})", chunk
-                        )
-                        chunk = []
-                if chunk:
-                    cursor.executemany(
-                        f"INSERT INTO {table} ({columns}) VALUES ({marks})", chunk
-                    )
+                insert = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+                for chunk in batched(rows, INSERT_CHUNK):
+                    cursor.executemany(insert, chunk)
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics of the entries table after a sync replaced
+        its rows (PostgreSQL: rows written by COPY leave it none until autovacuum)."""
+        if connection.vendor == "postgresql":
+            table = connection.ops.quote_name(GalleryBackend._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.execute(f"ANALYZE {table}")
 
     def enabled(self) -> GalleryBackendQuerySet:
         # Galleries in their configured order: the first gallery wins a name lookup.
@@ -327,6 +354,28 @@ class GalleryBackend(models.Model):
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         RunsHereSet.objects.all().delete()
         return super().delete(*args, **kwargs)
+
+    @staticmethod
+    def row_fields() -> list[models.Field[Any, Any]]:
+        """The columns ``rows`` fills, in order."""
+        return [f for f in GalleryBackend._meta.concrete_fields if not f.primary_key]
+
+    @staticmethod
+    def rows(
+        gallery: Gallery, entries: Iterable[gallery_format.GalleryEntry]
+    ) -> Iterator[list[Any]]:
+        """One row of ``row_fields`` values per entry, built as they are consumed."""
+        fields = GalleryBackend.row_fields()
+        json_fields = {f.attname for f in fields if isinstance(f, models.JSONField)}
+        for position, entry in enumerate(entries):
+            values = GalleryBackend.fields_from(entry)
+            values |= {"gallery_id": gallery.pk, "position": position}
+            yield [
+                json.dumps(values[f.attname])
+                if f.attname in json_fields
+                else values[f.attname]
+                for f in fields
+            ]
 
     @staticmethod
     def fields_from(entry: gallery_format.GalleryEntry) -> dict[str, Any]:

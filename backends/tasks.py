@@ -17,7 +17,7 @@ from huey import crontab
 from huey.contrib.djhuey import db_periodic_task, db_task, lock_task
 
 from backends.models import Gallery
-from backends.services import audit, icons, kits, nodes, upgrades
+from backends.services import audit, catalogue, icons, kits, nodes, upgrades
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ def every_n_minutes(minutes: int) -> Callable[[datetime.datetime], bool]:
 
 @db_task()
 def sync_gallery(gallery_pk: int, force: bool = False) -> str:
-    result = Gallery.objects.get(pk=gallery_pk).sync(force=force)
-    queue_icon_caching()
+    gallery = Gallery.objects.get(pk=gallery_pk)
+    result = gallery.sync(force=force)
+    after_syncs([gallery])
     return result
 
 
@@ -99,8 +100,19 @@ def prune_kit_leftovers() -> int:
 
 
 def sync_all(force: bool = False) -> list[str]:
-    """Seed the configured galleries, sync every enabled one, then cache their icons."""
+    """Seed the configured galleries, sync every enabled one, then what follows a sync
+    (``after_syncs``)."""
     Gallery.objects.seed(settings.LOCALAI_BACKEND_GALLERIES)
-    summaries = [g.sync(force=force) for g in Gallery.objects.filter(enabled=True)]
-    queue_icon_caching()
+    galleries = list(Gallery.objects.filter(enabled=True))
+    summaries = [g.sync(force=force) for g in galleries]
+    after_syncs(galleries)
     return summaries
+
+
+def after_syncs(galleries: list[Gallery]) -> None:
+    """Once any sync succeeded (which moves the galleries' fingerprint, even when the
+    source was unchanged), this host's runs-here set is computed here rather than by
+    the next catalogue page (seconds at 100,000 entries); then icons are queued."""
+    if any(not gallery.last_error for gallery in galleries):
+        catalogue.warm_runs_here()
+    queue_icon_caching()

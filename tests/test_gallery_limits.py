@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 
 from backends.core import gallery
@@ -13,6 +15,7 @@ from backends.core.gallery import (
     GalleryError,
     GalleryFetchError,
     GalleryLimits,
+    GalleryReading,
     fetch_gallery,
     parse_gallery,
 )
@@ -146,6 +149,33 @@ def test_merged_entries_still_share_their_anchor(reading: str) -> None:
     assert len(maps) == 1  # converted once, as before entries were read one at a time
 
 
+def test_a_large_gallery_yields_its_first_entry_before_the_rest_is_read(
+    tmp_path,
+) -> None:
+    # 50,000 entries of five YAML values: past LOAD_WHOLE_VALUES, so read by entry.
+    path = tmp_path / "large.yaml"
+    path.write_text(entries(50_000))
+    with path.open("rb") as body:
+        first = next(iter(GalleryReading(body, "test", GalleryLimits(entries=50_000))))
+        read = body.tell()
+
+    assert first.name == "b0"
+    assert read < path.stat().st_size / 10
+
+
+def test_problems_past_the_limit_are_counted_in_one_last_message() -> None:
+    unnamed = "".join(f"- uri: quay.io/a/b:{n}\n" for n in range(4))
+    reading = GalleryReading(
+        unnamed + entries(1) * 3, "test", GalleryLimits(problems=2)
+    )
+
+    assert [entry.name for entry in reading] == ["b0"]
+    messages = reading.messages()
+    assert len(messages) == 3
+    assert all("has no name" in message for message in messages[:2])
+    assert messages[2] == "gallery test: 3 more problem(s) not listed"
+
+
 class GalleryEntryLimitSyncTestCase(BaseTestCase):
     @override_settings(LOCALAI_ADMIN_GALLERY_MAX_ENTRIES=3)
     def test_an_oversized_gallery_fails_and_keeps_the_last_good_entries(self) -> None:
@@ -162,3 +192,45 @@ class GalleryEntryLimitSyncTestCase(BaseTestCase):
         self.assertEqual(GalleryBackend.objects.count(), 3)
         self.gallery.refresh_from_db()
         self.assertEqual(self.gallery.entry_count, 3)
+
+    def test_a_gallery_failing_part_way_through_keeps_the_last_good_entries(
+        self,
+    ) -> None:
+        self.gallery_file.write_text(entries(3))
+        self.gallery.sync(force=True)
+        # Good entries first, then more anchored values than a document may hold: the
+        # reading fails after the good ones were read and staged.
+        tags = "[" + ",".join(["t"] * 95) + "]"
+        anchored = "".join(
+            f"- &a{n}\n  name: x{n}\n  tags: {tags}\n" for n in range(1100)
+        )
+        self.gallery_file.write_text(entries(5) + anchored)
+
+        with mock.patch.object(gallery, "LOAD_WHOLE_VALUES", 0):  # read by entry
+            summary = self.gallery.sync(force=True)
+
+        self.assertIn("sync failed", summary)
+        self.assertIn("values under YAML anchors", self.gallery.last_error)
+        self.gallery.refresh_from_db()
+        self.assertEqual(self.gallery.entry_count, 3)
+        self.assertEqual(
+            sorted(GalleryBackend.objects.values_list("name", flat=True)),
+            ["b0", "b1", "b2"],
+        )
+
+    def test_a_sync_on_postgresql_leaves_the_planner_statistics_of_its_rows(
+        self,
+    ) -> None:
+        if connection.vendor != "postgresql":
+            self.skipTest("PostgreSQL only: SQLite keeps no statistics unasked")
+        self.gallery_file.write_text(entries(7))
+
+        self.gallery.sync(force=True)
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT reltuples FROM pg_class WHERE relname = %s",
+                [GalleryBackend._meta.db_table],
+            )
+            (rows,) = cursor.fetchone()
+        self.assertEqual(rows, 7)

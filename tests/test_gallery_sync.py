@@ -7,7 +7,8 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from backends import tasks
-from backends.models import Gallery, GalleryBackend
+from backends.models import Gallery, GalleryBackend, Node, RunsHereSet
+from backends.services import catalogue
 from tests.base import REAL_GALLERY, BaseTestCase
 
 
@@ -124,3 +125,23 @@ class GallerySeedTestCase(BaseTestCase):
         self.assertIn("sync failed", summaries[0])
         self.gallery.refresh_from_db()
         self.assertIn("127.0.0.1:9", self.gallery.last_error)
+
+
+class RunsHereAfterSyncTestCase(BaseTestCase):
+    def test_the_sync_command_computes_this_hosts_runs_here_set(self) -> None:
+        RunsHereSet.objects.all().delete()
+
+        call_command("sync_galleries", "--force", stdout=io.StringIO())
+
+        found = RunsHereSet.objects.get()
+        self.assertEqual(found.capability, Node.objects.local().current_capability())
+        self.assertEqual(found.fingerprint, catalogue.galleries_fingerprint())
+        self.assertEqual(found.total, 6)
+
+    def test_a_failed_sync_computes_no_runs_here_set(self) -> None:
+        RunsHereSet.objects.all().delete()
+        self.gallery_file.write_text("- name: [unclosed\n")
+
+        tasks.sync_gallery.call_local(self.gallery.pk, force=True)
+
+        self.assertFalse(RunsHereSet.objects.exists())

@@ -11,7 +11,9 @@ No Django imports: the sync task, the resolver and the benchmarks use this modul
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,7 +41,7 @@ from backends.core.transfer import (
     BodyTooLarge,
     Stalled,
     Watch,
-    read_capped,
+    copy_capped,
     stalled,
 )
 
@@ -157,10 +159,10 @@ class ParseResult:
 class GalleryLimits:
     """How large a gallery and its entries may be: every such number lives here.
 
-    A gallery comes from the internet and is held in memory while it is parsed, so it is
-    bounded on every axis (the real index, 1,033 entries, is far below each limit). A
-    gallery with too many entries fails whole and keeps its last good entries; an entry
-    over a field limit is skipped and reported. Lengths count characters.
+    A gallery comes from the internet, so it is bounded on every axis (the real index,
+    1,033 entries, is far below each limit). A gallery with too many entries fails whole
+    and keeps its last good entries; an entry over a field limit is skipped and
+    reported. Lengths count characters.
     """
 
     # Entries per gallery (LOCALAI_ADMIN_GALLERY_MAX_ENTRIES). Counted while reading, so
@@ -185,6 +187,9 @@ class GalleryLimits:
     # for later aliases, so these two bound the parser's memory whatever the document.
     entry_values: int = 2000
     anchored_values: int = 100_000
+    # Problem messages kept per sync (skipped entries, duplicate names); the rest are
+    # counted in one last message.
+    problems: int = 1000
 
     def list_limits(self, key: str) -> tuple[int, int]:
         """(items, characters per item) for the list field ``key``."""
@@ -231,37 +236,25 @@ _LIST_FIELDS = ("tags", "urls", "mirrors")
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
+# A gallery document: bytes, text, or a binary file (read from where it is; each pass
+# rewinds it), so a large body can stay on disk while it is read.
+Document = bytes | str | IO[bytes]
+
+
 def parse_gallery(
-    data: bytes | str,
+    data: Document,
     gallery: str,
     limits: GalleryLimits = DEFAULT_LIMITS,
     shape: DocumentShape | None = None,
 ) -> ParseResult:
     """Parse a gallery document; entry problems are reported, never fatal.
 
-    ``shape`` is ``document_shape(data, limits)`` when the caller has it already. A large
-    document is read one entry at a time (see ``_EntryReader``), so memory follows the
-    largest entry rather than the whole document.
+    Every entry is held in the result: the sync reads a ``GalleryReading`` instead, so
+    that its memory follows a chunk of entries rather than the gallery.
     """
-    if shape is None:
-        try:
-            shape = document_shape(data, limits)
-        except yaml.YAMLError as exc:
-            raise GalleryError(
-                f"gallery {gallery}: {_describe_yaml_error(exc)}"
-            ) from None
-    if shape.problem:
-        raise GalleryError(f"gallery {gallery}: {shape.problem}")
-    if shape.values > LOAD_WHOLE_VALUES:
-        return _parse_items(_read_entries(data, gallery, limits), gallery, limits)
-    loaded = _load_yaml(data, gallery)
-    assert isinstance(loaded, list)  # the shape says so
-    too_large = _EntryProblem(f"has more than {limits.entry_values} values")
-    items = (
-        too_large if number in shape.oversized else raw
-        for number, raw in enumerate(loaded, start=1)
-    )
-    return _parse_items(items, gallery, limits)
+    reading = GalleryReading(data, gallery, limits, shape)
+    entries = list(reading)
+    return ParseResult(entries, reading.problems, reading.duplicates())
 
 
 def _too_many(limit: int) -> str:
@@ -271,44 +264,109 @@ def _too_many(limit: int) -> str:
     )
 
 
-def _parse_items(
-    items: Iterable[Any], gallery: str, limits: GalleryLimits
-) -> ParseResult:
-    """Entries are numbered from 1 in messages. Names compare case-insensitively, as
-    LocalAI looks them up that way: of ``Foo`` and ``foo`` only the first is kept.
-    """
-    entries: list[GalleryEntry] = []
-    problems: list[str] = []
-    kept: dict[str, tuple[int, str]] = {}  # lower-cased name -> (number, name) kept
-    repeats: dict[str, list[int]] = {}
-    shared = _Shared(limits)
-    for number, raw in enumerate(items, start=1):
-        label = f"gallery {gallery}, entry #{number}"
-        try:
-            if isinstance(raw, _EntryProblem):
-                raise raw
-            name = _entry_name(raw)
-            label = f"gallery {gallery}, entry {name!r} (#{number})"
-            entry = _build_entry(raw, name, shared)
-        except _EntryProblem as exc:
-            problems.append(f"{label}: {exc}")
-            continue
-        key = name.lower()  # names are ASCII (NAME_PATTERN), so lower() is enough
-        if key in kept:
-            repeats.setdefault(key, []).append(number)
-            continue
-        kept[key] = (number, name)
-        entries.append(entry)
+class GalleryReading:
+    """The entries of a gallery document, yielded as they are read; iterate once.
 
-    duplicates = []
-    for key, numbers in repeats.items():
-        first, name = kept[key]
-        later = ", ".join(f"#{number}" for number in numbers)
-        duplicates.append(
-            f"gallery {gallery}: name {name!r} (#{first}) occurs again as entry {later}; "
-            "the first one is kept"
+    ``shape`` is ``document_shape(data, limits)`` when the caller has it already. A large
+    document is read one entry at a time (see ``_EntryReader``), so what is held follows
+    the largest entry, not the document: the names seen (for duplicates) and at most
+    ``limits.problems`` messages. Entries are numbered from 1 in messages. Names compare
+    case-insensitively, as LocalAI looks them up that way: of ``Foo`` and ``foo`` only
+    the first is kept. A GalleryError may come part way, after entries were yielded:
+    the caller keeps none of them.
+    """
+
+    def __init__(
+        self,
+        data: Document,
+        gallery: str,
+        limits: GalleryLimits = DEFAULT_LIMITS,
+        shape: DocumentShape | None = None,
+    ) -> None:
+        self.data, self.gallery, self.limits, self.shape = data, gallery, limits, shape
+        # One message per skipped entry, naming the gallery and the entry.
+        self.problems: list[str] = []
+        self.unlisted = 0  # problems past limits.problems, counted only
+        self.kept: dict[str, int] = {}  # lower-cased name -> number of the entry kept
+        self.spelled: dict[str, str] = {}  # those kept names not written lower-case
+        self.repeats: dict[str, list[int]] = {}
+
+    def report(self, message: str) -> None:
+        """Record a problem (the first ``limits.problems`` are kept)."""
+        if len(self.problems) < self.limits.problems:
+            self.problems.append(message)
+        else:
+            self.unlisted += 1
+
+    def duplicates(self) -> list[str]:
+        """One message per name that occurs more than once (the first one was kept)."""
+        messages = []
+        for key, numbers in self.repeats.items():
+            later = ", ".join(f"#{number}" for number in numbers)
+            name = self.spelled.get(key, key)
+            messages.append(
+                f"gallery {self.gallery}: name {name!r} (#{self.kept[key]}) occurs "
+                f"again as entry {later}; the first one is kept"
+            )
+        return messages
+
+    def messages(self) -> list[str]:
+        """Problems then duplicates, at most ``limits.problems``, and a last line
+        counting those left out."""
+        room = self.limits.problems - len(self.problems)
+        duplicates = self.duplicates()
+        left_out = self.unlisted + max(0, len(duplicates) - room)
+        messages = self.problems + duplicates[: max(room, 0)]
+        if left_out:
+            messages.append(
+                f"gallery {self.gallery}: {left_out:,} more problem(s) not listed"
+            )
+        return messages
+
+    def __iter__(self) -> Iterator[GalleryEntry]:
+        shape = self.shape
+        if shape is None:
+            try:
+                shape = document_shape(self.data, self.limits)
+            except yaml.YAMLError as exc:
+                raise GalleryError(
+                    f"gallery {self.gallery}: {_describe_yaml_error(exc)}"
+                ) from None
+        if shape.problem:
+            raise GalleryError(f"gallery {self.gallery}: {shape.problem}")
+        if shape.values > LOAD_WHOLE_VALUES:
+            shared_ids: set[int] = set()
+            items = _read_entries(self.data, self.gallery, self.limits, shared_ids)
+            return self._entries(items, _Shared(self.limits, only=shared_ids))
+        loaded = _load_yaml(self.data, self.gallery)
+        assert isinstance(loaded, list)  # the shape says so
+        too_large = _EntryProblem(f"has more than {self.limits.entry_values} values")
+        items = (
+            too_large if number in shape.oversized else raw
+            for number, raw in enumerate(loaded, start=1)
         )
-    return ParseResult(entries=entries, problems=problems, duplicates=duplicates)
+        return self._entries(items, _Shared(self.limits))
+
+    def _entries(self, items: Iterable[Any], shared: _Shared) -> Iterator[GalleryEntry]:
+        for number, raw in enumerate(items, start=1):
+            label = f"gallery {self.gallery}, entry #{number}"
+            try:
+                if isinstance(raw, _EntryProblem):
+                    raise raw
+                name = _entry_name(raw)
+                label = f"gallery {self.gallery}, entry {name!r} (#{number})"
+                entry = _build_entry(raw, name, shared)
+            except _EntryProblem as exc:
+                self.report(f"{label}: {exc}")
+                continue
+            key = name.lower()  # names are ASCII (NAME_PATTERN), so lower() is enough
+            if key in self.kept:
+                self.repeats.setdefault(key, []).append(number)
+                continue
+            self.kept[key] = number
+            if name != key:
+                self.spelled[key] = name
+            yield entry
 
 
 def _entry_name(raw: object) -> str:
@@ -329,17 +387,23 @@ class _Shared:
     Entries merged from an anchor share the anchor's very objects (a meta's capabilities
     map is reused by each of its concrete builds), so each is checked once per document.
     Each object is kept with its result: entries are read one at a time and dropped, so
-    without that reference a later object could reuse a dropped one's id().
+    without that reference a later object could reuse a dropped one's id(). ``only``,
+    when given, holds the ids of the objects that may be shared (those built under YAML
+    anchors, which the reader keeps anyway): any other one is converted and forgotten,
+    so a document read entry by entry does not keep every entry's lists.
     """
 
-    def __init__(self, limits: GalleryLimits) -> None:
+    def __init__(self, limits: GalleryLimits, only: set[int] | None = None) -> None:
         self.limits = limits
+        self.only = only
         self.lists: dict[int, tuple[object, tuple[str, ...]]] = {}
         self.maps: dict[int, tuple[object, Mapping[str, str]]] = {}
 
     def texts(self, value: object, key: str) -> tuple[str, ...]:
         items, length = self.limits.list_limits(key)
         if not value:
+            return _texts(value, key, items, length)
+        if self.only is not None and id(value) not in self.only:
             return _texts(value, key, items, length)
         found = self.lists.get(id(value))
         if found is None:
@@ -348,6 +412,8 @@ class _Shared:
 
     def capabilities(self, value: object) -> Mapping[str, str]:
         if not value:
+            return _capabilities(value, self.limits)
+        if self.only is not None and id(value) not in self.only:
             return _capabilities(value, self.limits)
         found = self.maps.get(id(value))
         if found is None:
@@ -505,8 +571,10 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
 
     yaml_implicit_resolvers = GalleryLoader.yaml_implicit_resolvers
 
-    def __init__(self, data: bytes | str, limits: GalleryLimits) -> None:
-        CParser.__init__(self, data)
+    def __init__(
+        self, data: Document, limits: GalleryLimits, shared_ids: set[int]
+    ) -> None:
+        CParser.__init__(self, _rewound(data))
         Composer.__init__(self)
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
@@ -516,6 +584,8 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
         # Nodes an alias may still reach. Their values stay in constructed_objects, so
         # every alias shares one value, as with yaml.load.
         self.anchored: set[Node] = set()
+        # The ids of those values, which entries may share (_Shared converts them once).
+        self.shared_ids = shared_ids
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         self.values += 1
@@ -582,7 +652,9 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
         # Forget this entry's values (newest first in the dict) but the anchored ones.
         fresh = list(islice(reversed(built), len(built) - before))
         for done in fresh:
-            if done not in self.anchored:
+            if done in self.anchored:
+                self.shared_ids.add(id(built[done]))
+            else:
                 del built[done]
         return value
 
@@ -602,17 +674,24 @@ class _EntryReader(Composer, CParser, SafeConstructor, Resolver):
                 open_collections -= 1
 
 
-def _load_yaml(data: bytes | str, gallery: str) -> object:
+def _rewound(data: Document) -> Document:
+    """``data``, at its start if it is a file (each pass over a document reads it all)."""
+    if not isinstance(data, bytes | str):
+        data.seek(0)
+    return data
+
+
+def _load_yaml(data: Document, gallery: str) -> object:
     try:
-        return yaml.load(data, Loader=GalleryLoader)
+        return yaml.load(_rewound(data), Loader=GalleryLoader)
     except yaml.YAMLError as exc:
         raise GalleryError(f"gallery {gallery}: {_describe_yaml_error(exc)}") from None
 
 
 def _read_entries(
-    data: bytes | str, gallery: str, limits: GalleryLimits
+    data: Document, gallery: str, limits: GalleryLimits, shared_ids: set[int]
 ) -> Iterator[object]:
-    reader = _EntryReader(data, limits)
+    reader = _EntryReader(data, limits, shared_ids)
     try:
         yield from reader.entries()
     except yaml.YAMLError as exc:
@@ -640,21 +719,22 @@ class DocumentShape:
     oversized: frozenset[int] = frozenset()  # entries (from 1) over entry_values
 
 
-def document_shape(body: bytes | str, limits: GalleryLimits) -> DocumentShape:
+def document_shape(body: Document, limits: GalleryLimits) -> DocumentShape:
     """The shape of ``body``, from events alone: fast, and flat in memory.
 
     Raises yaml.YAMLError for a document libyaml cannot parse.
     """
     depth = entries = documents = values = entry_start = 0
     oversized: set[int] = set()
-    for event in yaml.parse(body, Loader=GalleryLoader):
+    for event in yaml.parse(_rewound(body), Loader=GalleryLoader):
         if isinstance(event, yaml.NodeEvent):
             values += 1
             if depth == 0 and isinstance(event, yaml.MappingStartEvent):
                 return DocumentShape(_document_problem({}))
             if depth == 0 and not isinstance(event, yaml.SequenceStartEvent):
                 # A lone scalar: only loading says whether it means null.
-                return DocumentShape(_document_problem(yaml.load(body, GalleryLoader)))
+                root = yaml.load(_rewound(body), GalleryLoader)
+                return DocumentShape(_document_problem(root))
             if depth == 1:
                 entries += 1
                 if entries > limits.entries:
@@ -722,9 +802,17 @@ def max_gallery_bytes(limits: GalleryLimits) -> int:
 _GITHUB_RAW = "https://raw.githubusercontent.com"
 
 
+# Bodies up to this size stay in memory; a larger one is spooled to a temporary file
+# (the real index is under 300 KB, a 100,000-entry gallery about 100 MB).
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class FetchResult:
-    body: bytes = field(repr=False)
+    """What a fetch got. ``content`` holds the body (in memory when small, else in a
+    temporary file): use the result as a context manager, or ``close()`` it."""
+
+    content: IO[bytes] = field(repr=False)
     # The candidate that answered, as configured (before github: expansion). It may hold
     # credentials: show redact_uri(source) to people.
     source: str
@@ -737,6 +825,42 @@ class FetchResult:
     shape: DocumentShape | None = field(default=None, compare=False)
     # Candidates that failed before this one answered ("<url>: <why>"), for the UI.
     errors: tuple[str, ...] = ()
+
+    @property
+    def body(self) -> bytes:
+        """The whole body in memory (small galleries; the sync reads ``content``)."""
+        self.content.seek(0)
+        return self.content.read()
+
+    def close(self) -> None:
+        self.content.close()
+
+    def __enter__(self) -> FetchResult:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _Spool:
+    """A body being received: written to memory, then to a temporary file past
+    SPOOL_IN_MEMORY, at most ``max_bytes``, and hashed on the way."""
+
+    def __init__(self, max_bytes: int) -> None:
+        # Closed by the FetchResult it becomes, or by fetch_gallery when it fails.
+        self.file = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=SPOOL_IN_MEMORY, prefix="localai-admin-gallery-"
+        )
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.max_bytes = max_bytes
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise BodyTooLarge(f"larger than {self.max_bytes} bytes")
+        self.digest.update(chunk)
+        self.file.write(chunk)
 
 
 class GalleryFetchError(GalleryError):
@@ -843,12 +967,11 @@ def fetch_gallery(
     with ExitStack() as stack:
         http = client
         for source in sources:
+            body = _Spool(max_gallery_bytes(limits))
             try:
                 target = expand_source(source)
                 if urlsplit(target).scheme.lower() == "file":
-                    body = _read_file(
-                        policy.check_local_uri(target), max_gallery_bytes(limits)
-                    )
+                    _read_file(policy.check_local_uri(target), body)
                     new_etag = ""
                 else:
                     if http is None:
@@ -861,20 +984,22 @@ def fetch_gallery(
                             )
                         )
                     response = _read_http(
-                        http,
-                        target,
-                        etag,
-                        timeout,
-                        stall_seconds,
-                        max_gallery_bytes(limits),
+                        http, target, etag, timeout, stall_seconds, body
                     )
                     if response is None:
+                        body.file.close()
                         return FetchResult(
-                            b"", source, etag, sha256, True, errors=tuple(failures)
+                            io.BytesIO(),
+                            source,
+                            etag,
+                            sha256,
+                            True,
+                            errors=(*failures,),
                         )
-                    body, new_etag = response
-                return _accept(body, source, new_etag, sha256, limits, tuple(failures))
+                    new_etag = response
+                return _accept(body, source, new_etag, sha256, limits, (*failures,))
             except (ValueError, _SourceFailed) as exc:
+                body.file.close()
                 failures.append(
                     f"{redact_uri(source)}: {redact_message(str(exc), source)}"
                 )
@@ -884,30 +1009,37 @@ def fetch_gallery(
 
 
 def _accept(
-    body: bytes,
+    body: _Spool,
     source: str,
     etag: str,
     known_sha256: str,
     limits: GalleryLimits,
     failures: tuple[str, ...],
 ) -> FetchResult:
-    digest = hashlib.sha256(body).hexdigest()
+    digest = body.digest.hexdigest()
+    content = body.file
     if known_sha256 and digest == known_sha256.lower():
-        return FetchResult(body, source, etag, digest, True, errors=failures)
+        return FetchResult(content, source, etag, digest, True, errors=failures)
     try:
-        shape = document_shape(body, limits)
+        shape = document_shape(content, limits)
     except yaml.YAMLError as exc:
         raise _SourceFailed(_describe_yaml_error(exc)) from None
     if shape.problem:
         raise _SourceFailed(shape.problem)
-    return FetchResult(body, source, etag, digest, False, shape, failures)
+    return FetchResult(content, source, etag, digest, False, shape, failures)
 
 
-def _read_file(path: Path, max_bytes: int) -> bytes:
+def _read_file(path: Path, body: _Spool) -> None:
     try:
-        if path.stat().st_size > max_bytes:
-            raise _SourceFailed(f"larger than {max_bytes} bytes")
-        return path.read_bytes()
+        if path.stat().st_size > body.max_bytes:
+            raise _SourceFailed(f"larger than {body.max_bytes} bytes")
+        with path.open("rb") as file:
+            # A copy, read once: the parse and the sha256 then see the same bytes even
+            # if the file changes meanwhile.
+            while chunk := file.read(256 * 1024):
+                body.write(chunk)
+    except BodyTooLarge as exc:
+        raise _SourceFailed(str(exc)) from None
     except FileNotFoundError:
         raise _SourceFailed(f"file not found: {path}") from None
     except IsADirectoryError:
@@ -924,9 +1056,10 @@ def _read_http(
     etag: str,
     timeout: float,
     stall_seconds: float,
-    max_bytes: int,
-) -> tuple[bytes, str] | None:
-    """(body, etag) of a successful GET, or None when the server says 304 Not Modified."""
+    body: _Spool,
+) -> str | None:
+    """The etag of a successful GET, its body written to ``body``, or None when the
+    server says 304 Not Modified."""
     headers = {"User-Agent": USER_AGENT}
     if etag:
         headers["If-None-Match"] = etag
@@ -949,14 +1082,18 @@ def _read_http(
                 # Never parse an error page as an index.
                 raise _SourceFailed(f"HTTP {status} {response.reason_phrase}".rstrip())
             try:
-                body = read_capped(
-                    response, watch, max_bytes=max_bytes, deadline=deadline
+                copy_capped(
+                    response,
+                    watch,
+                    body.write,
+                    max_bytes=body.max_bytes,
+                    deadline=deadline,
                 )
             except BodyTooLarge as exc:
                 raise _SourceFailed(str(exc)) from None
             except BodyTimedOut:
                 raise _SourceFailed(f"timed out after {timeout:g}s") from None
-            return body, response.headers.get("etag", "")
+            return str(response.headers.get("etag", ""))
     except Stalled as exc:
         raise _SourceFailed(str(exc)) from None
     except httpx.TimeoutException as exc:

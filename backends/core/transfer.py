@@ -302,13 +302,26 @@ class BodyTimedOut(TimeoutError):
 def read_capped(
     response: httpx.Response, watch: Watch, *, max_bytes: int, deadline: float
 ) -> bytes:
-    """The whole body of a small response (a gallery, an icon), under the stall rule,
-    at most ``max_bytes`` (the declared length is checked first), and finished before
+    """The whole body of a small response (an icon) in memory; see ``copy_capped``."""
+    chunks: list[bytes] = []
+    copy_capped(response, watch, chunks.append, max_bytes=max_bytes, deadline=deadline)
+    return b"".join(chunks)
+
+
+def copy_capped(
+    response: httpx.Response,
+    watch: Watch,
+    write: Callable[[bytes], object],
+    *,
+    max_bytes: int,
+    deadline: float,
+) -> None:
+    """Pass a response's body to ``write`` chunk by chunk, under the stall rule, at most
+    ``max_bytes`` (the declared length is checked first), and finished before
     ``deadline`` (``time.monotonic()``), so a trickling server cannot hold a fetch."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyTooLarge(f"larger than {max_bytes} bytes")
-    chunks: list[bytes] = []
     size = 0
     for chunk in watch.read(response):
         size += len(chunk)
@@ -316,5 +329,4 @@ def read_capped(
             raise BodyTooLarge(f"larger than {max_bytes} bytes")
         if time.monotonic() > deadline:
             raise BodyTimedOut("the whole transfer took too long")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        write(chunk)

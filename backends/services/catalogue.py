@@ -894,3 +894,9 @@ def cluster_installed() -> list[dict[str, Any]]:
         }
         entry["nodes"].append({key: value for key, value in ref.items() if value})
     return list(rows.values())
+
+
+def warm_runs_here() -> None:
+    """Compute this host's runs-here set now (after a sync moved the galleries'
+    fingerprint), so that the first catalogue page after the sync does not."""
+    runs_here_set(Node.objects.local().current_capability())
