@@ -42,9 +42,9 @@ from bench.common import (
 
 # BENCH_SCALE_ENTRIES: a smaller gallery to try the figure out (the names keep "100k").
 ENTRIES = int(os.getenv("BENCH_SCALE_ENTRIES", "100000"))
-# BENCH_SCALE_SYNC_RUNS: fewer timed syncs, to try the figure out (a 100k sync takes
-# about a minute here).
-# A 100,000-entry sync takes seconds and every figure here repeats it: generous.
+# BENCH_SCALE_SYNC_RUNS (read by the sync worker): fewer timed syncs, to try the figure
+# out. A 100,000-entry sync takes about a minute here and the sync figure repeats it:
+# the workers' timeout is generous.
 WORKER_TIMEOUT = 3600
 SYNC_RATIO = 3.0
 PEAK_MB = 300.0

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import io
 import shutil
+from typing import Any
 
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 
 from backends import tasks
@@ -97,6 +99,28 @@ class GallerySyncTestCase(BaseTestCase):
         self.gallery.refresh_from_db()
         self.assertEqual(self.gallery.source, self.gallery_file.as_uri())
         self.assertEqual(self.gallery.entry_count, 6)
+
+    def test_on_sqlite_a_sync_writes_through_the_page_cache_then_maps_reads_again(
+        self,
+    ) -> None:
+        if connection.vendor != "sqlite":
+            self.skipTest("SQLite only: PostgreSQL maps nothing into this process")
+        self.use_real_gallery()
+        statements: list[str] = []
+
+        def record(execute: Any, sql: str, *args: Any) -> Any:
+            statements.append(sql)
+            return execute(sql, *args)
+
+        with connection.execute_wrapper(record):
+            self.gallery.sync()
+        maps = [i for i, sql in enumerate(statements) if sql.startswith("PRAGMA mmap")]
+        writes = [i for i, sql in enumerate(statements) if sql.startswith("INSERT")]
+        self.assertEqual(statements[maps[1]], "PRAGMA mmap_size=0")
+        self.assertTrue(maps[1] < writes[0] and writes[-1] < maps[2], statements[:5])
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA mmap_size")
+            self.assertEqual(cursor.fetchone()[0], 1073741824)
 
 
 class GallerySeedTestCase(BaseTestCase):
