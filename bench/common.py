@@ -172,8 +172,10 @@ def django_env(
         LOCALAI_BACKENDS_PATH=str(tmp / "backends"),
         # An empty probe root: a CPU-only host, and no GPU tools run during a measurement.
         LOCALAI_ADMIN_PROBE_ROOT=str(probe_root),
-        # No default gallery: only the one the benchmark creates.
+        # No default gallery: only the one the benchmark creates, from a file of its
+        # temp dir, which local sources may then be read from.
         LOCALAI_BACKEND_GALLERIES="[]",
+        LOCALAI_ADMIN_LOCAL_ROOTS=str(tmp),
         DATABASE_URL=database_url,
         BENCH_STATIC_ROOT=str(tmp / "static"),
         LOG_LEVEL="WARNING",

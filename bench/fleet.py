@@ -7,7 +7,7 @@ flushed before and after), gunicorn (``bench.polling.GUNICORN_ARGS``) serving th
 the agents and the poller use, the controller's ``manage.py run_worker`` (its periodic
 sweep), and ``BENCH_FLEET_NODES`` agents (default 50): ``manage.py agent`` processes,
 each with its own backends folder and a forced capability, every other one CUDA 12,
-at ``nice`` ``BENCH_FLEET_AGENT_NICE`` (default 10: in a real fleet they are other
+at ``nice`` ``BENCH_FLEET_AGENT_NICE`` (default 19: in a real fleet they are other
 hosts, here they share the controller's cores).
 The images come from Debian's ``docker-registry`` started as ``bench.install`` does:
 a CPU and a CUDA 12 build of a small backend (one layer, ``run.sh`` and 256 KiB), and
@@ -69,7 +69,7 @@ OFFLINE_SECONDS = int(os.getenv("BENCH_FLEET_OFFLINE_SECONDS", "10"))
 HEARTBEAT_SECONDS = int(os.getenv("BENCH_FLEET_HEARTBEAT_SECONDS", "2"))
 # In a real fleet each agent has a host of its own; here they share the controller's
 # cores, so they yield to it (BENCH_FLEET_AGENT_NICE=0 to compete as equals).
-AGENT_NICE = int(os.getenv("BENCH_FLEET_AGENT_NICE", "10"))
+AGENT_NICE = int(os.getenv("BENCH_FLEET_AGENT_NICE", "19"))
 # The controller's worker sweeps once a minute (tasks.sweep_offline_nodes).
 SWEEP_SECONDS = 60
 FANOUT_RATIO = 5.0
