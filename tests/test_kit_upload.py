@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from django.contrib.auth.models import AnonymousUser
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
-from django.test import Client
+from django.test import Client, RequestFactory
 
 from backends.models import AuditEvent, Gallery, InstalledBackend, Job
 from backends.services.kits import kits_folder
 from backends.tasks import prune_kit_leftovers
+from backends.web.kits import kit_upload
 from tests.base import BaseTestCase
 from tests.imagebuild import file, make_layer
 from tests.signing import new_key, payload_for, public_pem, push_signature, sign
@@ -332,3 +334,15 @@ def test_the_daily_sweep_removes_what_interrupted_uploads_left_behind() -> None:
         os.utime(path, (a_day_ago, a_day_ago))
     assert prune_kit_leftovers.call_local() == 2
     assert sorted(p.name for p in folder.iterdir()) == [".upload-fresh"]
+
+
+def test_a_refused_upload_is_read_to_its_end_so_the_proxy_delivers_the_answer() -> None:
+    # Behind nginx (uploads streamed to the app), an answer sent over an unread body
+    # reaches the client as a 502: the worker's close resets the connection.
+    request = RequestFactory().post(
+        "/installed/kits/", {"kit": SimpleUploadedFile("kit.tar", b"\0" * 2**21)}
+    )
+    request.user = AnonymousUser()
+    response = kit_upload(request)
+    assert response.status_code == 302
+    assert request.read() == b""

@@ -4,7 +4,9 @@ two steps, with a look in between)."""
 
 from __future__ import annotations
 
+import functools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from backends.web.forms import KitInstallForm, KitUploadForm
 
 # The multipart envelope around the kit: boundaries, headers, the CSRF token.
 _ENVELOPE_BYTES = 64 * 1024
+# A refused upload's body is read and dropped up to this size (see drained_on_refusal).
+_DRAIN_BYTES = 16 * 1024 * 1024
 
 
 class KitUploadHandler(FileUploadHandler):
@@ -70,7 +74,32 @@ def _too_large(max_bytes: int) -> str:
     )
 
 
+def drained_on_refusal(
+    view: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
+    """Read and drop the body of a refused upload (not signed in, not allowed, too
+    large) when it is small enough, before answering. The proxy streams uploads to the
+    app (deploy/site.conf): a worker that answers and closes with the body unread
+    resets the connection, and nginx then shows the client a 502, not the answer."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest) -> HttpResponse:
+        response = view(request)
+        try:
+            announced = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            announced = 0
+        unread = not getattr(request, "_read_started", False)
+        if response.status_code >= 300 and unread and announced <= _DRAIN_BYTES:
+            while request.read(64 * 1024):
+                pass
+        return response
+
+    return wrapper
+
+
 @csrf_exempt
+@drained_on_refusal
 @require_http_methods(["GET", "POST"])
 @requires(roles.INSTALL_FROM_PATH)
 def kit_upload(request: HtmxHttpRequest) -> HttpResponse:
