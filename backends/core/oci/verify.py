@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -233,13 +234,7 @@ def verify_image(
     ref = image.reference
     key = load_public_key(policy.public_key)
     failures: list[str] = []
-    subjects = dict.fromkeys((image.digest, image.manifest_digest))
-    for subject in subjects:
-        try:
-            referrers = client.referrers(ref, subject, watch=watch)
-        except OCIError as exc:
-            failures.append(f"listing the signatures of {subject}: {exc}")
-            continue
+    for subject, referrers in _referrers(client, image, failures, watch):
         signatures = [
             entry
             for entry in referrers
@@ -257,11 +252,35 @@ def verify_image(
                 failures.append(f"reading signature {entry.get('digest')}: {exc}")
                 continue
             return f"{policy.describe()} (signature {found[:19]})"
+    raise _failed(image, policy, failures, "signature")
+
+
+def _referrers(
+    client: ArtifactStore,
+    image: ResolvedImage,
+    failures: list[str],
+    watch: Watch | None,
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """(subject, its referrers) for the image's digest and its platform manifest's;
+    a listing that fails is added to ``failures``."""
+    for subject in dict.fromkeys((image.digest, image.manifest_digest)):
+        try:
+            yield subject, client.referrers(image.reference, subject, watch=watch)
+        except OCIError as exc:
+            failures.append(f"listing the signatures of {subject}: {exc}")
+
+
+def _failed(
+    image: ResolvedImage, policy: VerificationPolicy, failures: list[str], what: str
+) -> VerificationError:
+    """The error naming the image, the policy and every failure (or that no ``what``
+    refers to the image)."""
     if not failures:
-        failures.append(f"no signature refers to {' or '.join(subjects)}")
-    raise VerificationError(
-        f"{ref}: signature verification failed (policy {policy.describe()}): "
-        + "; ".join(failures)
+        subjects = dict.fromkeys((image.digest, image.manifest_digest))
+        failures = [f"no {what} refers to {' or '.join(subjects)}"]
+    return VerificationError(
+        f"{image.reference}: signature verification failed "
+        f"(policy {policy.describe()}): " + "; ".join(failures)
     )
 
 
@@ -390,13 +409,7 @@ def _verify_keyless(
     ref = image.reference
     verifier = _sigstore_verifier(trust_root, policy)
     failures: list[str] = []
-    subjects = dict.fromkeys((image.digest, image.manifest_digest))
-    for subject in subjects:
-        try:
-            referrers = client.referrers(ref, subject, watch=watch)
-        except OCIError as exc:
-            failures.append(f"listing the signatures of {subject}: {exc}")
-            continue
+    for subject, referrers in _referrers(client, image, failures, watch):
         bundles = [
             entry
             for entry in referrers
@@ -413,12 +426,7 @@ def _verify_keyless(
                 failures.append(f"reading bundle {digest[:19]}: {exc}")
                 continue
             return f"{policy.describe()} (bundle {digest[:19]})"
-    if not failures:
-        failures.append(f"no Sigstore bundle refers to {' or '.join(subjects)}")
-    raise VerificationError(
-        f"{ref}: signature verification failed (policy {policy.describe()}): "
-        + "; ".join(failures)
-    )
+    raise _failed(image, policy, failures, "Sigstore bundle")
 
 
 def _sigstore_verifier(trust_root: str, policy: VerificationPolicy) -> Verifier:
