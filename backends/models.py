@@ -806,6 +806,23 @@ class JobManager(models.Manager["Job"]):
     def active(self) -> models.QuerySet[Job]:
         return self.filter(state__in=Job.ACTIVE_STATES)
 
+    def parts(self) -> models.QuerySet[Job]:
+        """The jobs as parts of a fan-out: what a part's progress, state and error
+        show, with its node's name only. A parent's status, polled by scripts every
+        second, reads every part: loading each node's hardware and models report
+        (JSON) cost more than the rest of the answer."""
+        return self.select_related("node").only(
+            "parent_id",
+            "node__name",
+            "state",
+            "progress",
+            "phase",
+            "file_name",
+            "current_bytes",
+            "total_bytes",
+            "error",
+        )
+
     def open(
         self,
         kind: str,
@@ -861,7 +878,7 @@ class JobManager(models.Manager["Job"]):
         that ends.
         """
         families: dict[Any, list[Job]] = {}
-        for child in self.filter(parent_id__in=list(parent_ids)).select_related("node"):
+        for child in self.parts().filter(parent_id__in=list(parent_ids)):
             families.setdefault(child.parent_id, []).append(child)
         for parent_id, children in families.items():
             if not any(child.is_active for child in children):
@@ -1061,9 +1078,7 @@ class Job(models.Model):
 
     def to_opstatus(self) -> dict[str, Any]:
         """LocalAI's OpStatus shape (``GET /backends/jobs/<uuid>``), plus our fields."""
-        children = (
-            list(self.children.select_related("node")) if self.node_id is None else []
-        )
+        children = list(self.children.parts()) if self.node_id is None else []
         progress = self.progress
         if children and self.is_active:
             progress = mean_progress(children)

@@ -10,6 +10,7 @@ from django.utils import timezone
 from backends.models import Gallery, GalleryBackend, InstalledBackend, Job, Node
 from backends.services import catalogue as read
 from backends.templatetags.backends_extras import clip, quick_reverse
+from tests import cluster
 from tests.base import REAL_GALLERY, BaseTestCase
 
 HTMX = {"HX-Request": "true"}
@@ -393,7 +394,8 @@ class NotForThisNodeTestCase(BaseTestCase):
         self.assertEqual(self.client.get(self.url).status_code, 403)
 
 
-@override_settings(DISTRIBUTED=True)
+# The parts' task ids are chosen on their queues (nothing is pushed: no commit).
+@override_settings(DISTRIBUTED=True, HUEY_REDIS_URL=cluster.REDIS_URL)
 class CatalogueFanOutTestCase(BaseTestCase):
     """Distributed mode: the dashboard installs the way ``POST /backends/apply`` does."""
 

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from backends import tasks
 from backends.models import Job, Node
+from tests import cluster
 from tests.base import BaseTestCase
 
 HTMX = {"HX-Request": "true"}
@@ -277,6 +280,20 @@ class FanOutJobTestCase(BaseTestCase):
         )
         self.assertContains(r, 'hx-trigger="every 1s"')
 
+    def test_the_parents_status_reads_its_parts_without_their_nodes_reports(
+        self,
+    ) -> None:
+        # Polled every second by scripts: a node's hardware and models report (JSON,
+        # large on a big host) is not part of the answer and is not read for it.
+        with CaptureQueriesContext(connection) as queries:
+            status = self.parent.to_opstatus()
+        self.assertEqual(
+            {n["node_name"] for n in status["nodes"]}, {"gpu-node", "cpu-node"}
+        )
+        read = " ".join(q["sql"] for q in queries.captured_queries)
+        self.assertNotIn("localai_models", read)
+        self.assertNotIn("hardware", read)
+
     def test_it_lists_the_parent_once_and_not_its_parts(self) -> None:
         r = self.client.get("/jobs/")
         body = r.content.decode()
@@ -335,7 +352,8 @@ class FanOutJobTestCase(BaseTestCase):
         self.assertEqual(self.cpu_job.state, Job.State.CANCELLED)
         self.assertTrue(self.gpu_job.cancel_requested)
 
-    @override_settings(DISTRIBUTED=True)
+    # The parts' task ids are chosen on their queues (nothing is pushed: no commit).
+    @override_settings(DISTRIBUTED=True, HUEY_REDIS_URL=cluster.REDIS_URL)
     def test_retry_of_a_failed_fan_out_goes_to_every_online_node_again(self) -> None:
         Job.objects.filter(parent=self.parent).update(
             state=Job.State.FAILED, error="boom"

@@ -45,6 +45,7 @@ class ProgressWriter:
     def __init__(self, job: Job) -> None:
         self.job_id = job.pk
         self.last_flush = 0.0
+        self.last_shown: tuple[str, str, int] | None = None
         self.last_cancel_poll = 0.0
         self.cancel_requested = False
         self.started = time.monotonic()
@@ -57,7 +58,12 @@ class ProgressWriter:
             and progress.current_bytes < progress.total_bytes
         ):
             return
-        self.last_flush = now
+        # A finished phase may report its last figure many times (each file extracted
+        # after the whole layer was read): it is written once.
+        shown = (progress.phase, progress.label, progress.current_bytes)
+        if shown == self.last_shown:
+            return
+        self.last_flush, self.last_shown = now, shown
         speed = self._speed(now, progress.current_bytes)
         percent = (
             100.0 * progress.current_bytes / progress.total_bytes

@@ -148,7 +148,7 @@ def fan_out(job: Job) -> FanOut | None:
     """
     if job.node_id is not None:
         return None
-    children = list(job.children.select_related("node").order_by("node__name"))
+    children = list(job.children.parts().order_by("node__name"))
     if not children:
         return None
     parts = []
