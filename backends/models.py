@@ -87,6 +87,9 @@ class Gallery(models.Model):
     enabled = models.BooleanField(default=True)
     position = models.PositiveIntegerField(default=0)
     last_synced_at = models.DateTimeField(null=True, blank=True)
+    # When a sync last replaced the entries (an unchanged source moves only
+    # last_synced_at): what cached "runs here" sets depend on.
+    entries_replaced_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     problems = models.JSONField(default=list, blank=True)
@@ -187,6 +190,7 @@ class Gallery(models.Model):
                 self.entries.all().delete()
                 GalleryBackend.objects.insert_rows(staged_rows(staged))
                 self.last_synced_at = self.last_attempt_at
+                self.entries_replaced_at = self.last_attempt_at
                 self.last_error = ""
                 self.problems = reading.messages()
                 self.source = redact_uri(fetched.source)

@@ -110,9 +110,9 @@ def sync_all(force: bool = False) -> list[str]:
 
 
 def after_syncs(galleries: list[Gallery]) -> None:
-    """Once any sync succeeded (which moves the galleries' fingerprint, even when the
-    source was unchanged), this host's runs-here set is computed here rather than by
-    the next catalogue page (seconds at 100,000 entries); then icons are queued."""
+    """Once any sync succeeded, this host's runs-here set is made current here rather
+    than by the next catalogue page (seconds at 100,000 entries, nothing when no
+    gallery's entries were replaced); then icons are queued."""
     if any(not gallery.last_error for gallery in galleries):
         catalogue.warm_runs_here()
     queue_icon_caching()

@@ -100,6 +100,15 @@ class RunsHereTestCase(BaseTestCase):
             shown.filter(entry__in=GalleryBackend.objects.all()).count(), shown.count()
         )
 
+    def test_a_sync_of_an_unchanged_source_keeps_the_runs_here_set(self) -> None:
+        before = read.runs_here_set("default")
+        self.assertIn("unchanged", self.gallery.sync())
+        after = read.runs_here_set("default")
+        self.assertEqual(
+            (after.pk, after.fingerprint, after.computed_at),
+            (before.pk, before.fingerprint, before.computed_at),
+        )
+
 
 class LargeCatalogueTestCase(BaseTestCase):
     """20,000 entries: the real gallery 20 times with renamed copies."""

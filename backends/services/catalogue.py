@@ -189,18 +189,20 @@ class _Resolvable:
 
 
 def enabled_galleries() -> list[tuple[Any, ...]]:
-    """(pk, name, position, last_synced_at, entry_count) of the enabled galleries."""
+    """(pk, name, position, entries_replaced_at, entry_count) of the enabled
+    galleries."""
     rows = (
         Gallery.objects.filter(enabled=True)
         .order_by("position", "name")
-        .values_list("pk", "name", "position", "last_synced_at", "entry_count")
+        .values_list("pk", "name", "position", "entries_replaced_at", "entry_count")
     )
     return list(rows)
 
 
 def galleries_fingerprint(galleries: list[tuple[Any, ...]] | None = None) -> str:
-    """Changes whenever the enabled galleries or their entries may have: a sync (even
-    an unchanged one) moves ``last_synced_at``, an edit moves ``position`` or ``enabled``."""
+    """Changes whenever the enabled galleries or their entries may have: a sync that
+    replaces the entries moves ``entries_replaced_at`` (an unchanged source does not),
+    an edit moves ``position`` or ``enabled``."""
     if galleries is None:
         galleries = enabled_galleries()
     return hashlib.sha256(repr(galleries).encode()).hexdigest()
@@ -897,6 +899,6 @@ def cluster_installed() -> list[dict[str, Any]]:
 
 
 def warm_runs_here() -> None:
-    """Compute this host's runs-here set now (after a sync moved the galleries'
-    fingerprint), so that the first catalogue page after the sync does not."""
+    """Make this host's runs-here set current now (after a sync), so that the first
+    catalogue page after a sync that replaced entries does not compute it."""
     runs_here_set(Node.objects.local().current_capability())
