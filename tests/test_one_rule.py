@@ -15,7 +15,7 @@ from django.utils import timezone
 from huey.api import PeriodicTask
 
 from backends import tasks
-from backends.models import Gallery, Job, Node
+from backends.models import AuditEvent, Gallery, Job, Node
 from tests.base import REAL_GALLERY, BaseTestCase
 
 
@@ -42,6 +42,36 @@ class NodeRulesTestCase(BaseTestCase):
         self.assertContains(page, "never drained")
         local.refresh_from_db()
         self.assertEqual(local.status, Node.Status.ONLINE)
+
+    def test_the_admin_drains_and_resumes_as_the_api_and_the_dashboard_do_audited(
+        self,
+    ) -> None:
+        local, agent = Node.objects.local(), make_agent()
+        api = self.api_post(f"/api/nodes/{local.pk}/drain").json()["error"]["message"]
+        page = self.client.post(
+            "/admin/backends/node/",
+            {"action": "drain", "_selected_action": [local.pk, agent.pk]},
+            follow=True,
+        )
+        self.assertContains(page, api)
+        agent.refresh_from_db()
+        self.assertEqual(agent.status, Node.Status.DRAINING)
+        self.client.post(
+            "/admin/backends/node/",
+            {"action": "resume", "_selected_action": [agent.pk]},
+        )
+        agent.refresh_from_db()
+        self.assertEqual(agent.status, Node.Status.ONLINE)
+        recorded = AuditEvent.objects.filter(channel="admin").order_by("id")
+        self.assertEqual(
+            [(e.action, e.node_name, e.outcome, e.username) for e in recorded],
+            [
+                ("node_drain", local.name, "refused", "alice"),
+                ("node_drain", "gpu-node", "done", "alice"),
+                ("node_resume", "gpu-node", "done", "alice"),
+            ],
+        )
+        self.assertEqual(recorded[0].reason, api)
 
     @override_settings(DISTRIBUTED=True)
     def test_a_draining_agent_gets_no_install_from_the_api_or_the_dashboard(
