@@ -19,8 +19,8 @@ from backends import roles, tasks
 from backends.core.install import InstallError, NotFoundError
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
+from backends.services import audit, disk, jobs, plans, upgrades, usage, versions
 from backends.services import catalogue as read
-from backends.services import disk, jobs, plans, upgrades, usage, versions
 from backends.web.base import (
     HtmxHttpRequest,
     dismissed_jobs,
@@ -119,7 +119,7 @@ def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
     # A backend installed from a host path comes back from that path: that needs what
     # installing from a path needs, as the API's install-external does.
     needed = roles.to_install_from(jobs.reinstall_source(name) or name)
-    if not request.user.has_perm(needed):
+    if not audit.permitted(request, needed):
         raise PermissionDenied(f"Not allowed: {roles.refusal(needed)}.")
     return _start_from_installed(request, jobs.reinstall, name, "Reinstall")
 
