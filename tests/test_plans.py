@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from io import StringIO
 from pathlib import Path
 
@@ -56,6 +57,16 @@ class PlanTestCase(PipelineTestCase):
         self.assertEqual(source["how"], "local")
         self.assertGreater(body["download"]["bytes"], 0)
         self.assertTrue(body["disk"]["enough"])
+
+    def test_a_plan_warns_of_the_disk_space_the_job_then_lacks(self) -> None:
+        free = shutil.disk_usage(self.backends).free
+        with override_settings(LOCALAI_ADMIN_DISK_RESERVE_BYTES=free + (1 << 30)):
+            body = self.plan("install", "cpu-foo").json()
+            job = self.status(self.apply("cpu-foo"))
+        self.assertFalse(body["disk"]["enough"])
+        self.assertTrue(any("not enough disk space" in w for w in body["warnings"]))
+        self.assertEqual(job["state"], "failed")
+        self.assertIn("not enough disk space", job["error"])
 
     def test_a_delete_plan_lists_the_folders_removed_and_kept(self) -> None:
         self.status(self.apply("foo"))

@@ -44,7 +44,6 @@ from backends.core.installed import (
     RUN_FILE,
     DiskBackend,
     Metadata,
-    human_size,
     read_metadata,
     scan,
     write_metadata,
@@ -396,7 +395,7 @@ class Installer:
         client = self.registry or oci.RegistryClient(policy=self.policy)
         image = client.resolve(uri, self.platform, watch=self.watch)
         self._verify(uri, client, image, verification)
-        self._check_free_space(sum(layer.size for layer in image.layers))
+        budget.check_disk(sum(layer.size for layer in image.layers))
         # pull_image extracts each layer itself; the budget reaches it this way.
         with extract.bounded(budget):
             pulled = oci.pull_image(
@@ -454,7 +453,7 @@ class Installer:
         image = layout.resolve(digest, self.platform or oci.Platform.host())
         self._verify(uri, layout, image, verification)
         total = sum(layer.size for layer in image.layers)
-        self._check_free_space(total)
+        budget.check_disk(total)
         done = 0
         for number, layer in enumerate(image.layers, 1):
             self._check_cancel()
@@ -469,17 +468,6 @@ class Installer:
                 label = f"layer {number}/{len(image.layers)} {layer.digest[:19]}"
                 self.progress(oci.Progress("extracting", label, done, total))
         return image.digest
-
-    def _check_free_space(self, needed: int) -> None:
-        free = shutil.disk_usage(self.backends_path).free
-        reserve = self.limits.disk_reserve_bytes
-        if free < needed + reserve:
-            raise InstallError(
-                f"not enough disk space in {self.backends_path}: the image needs "
-                f"{human_size(needed)}, {human_size(free)} is free and "
-                f"{human_size(reserve)} must stay free (the reserve set by "
-                "LOCALAI_ADMIN_DISK_RESERVE_BYTES)"
-            )
 
     def _copy_folder(self, folder: Path, staging: Path, budget: Budget) -> None:
         """Copy ``folder`` into ``staging`` within the limits, without recursion.
@@ -589,7 +577,7 @@ class Installer:
             if response.status_code >= 400:
                 raise InstallError(f"{uri} answered HTTP {response.status_code}")
             total = int(response.headers.get("Content-Length") or 0)
-            self._check_free_space(total)
+            budget.check_disk(total)
             # Closed before the response, whatever happens: the helper must be done.
             with closing(watch.pump(watch.read(response), response)) as chunks:
                 self._copy_stream(chunks, out, digest, total, uri, budget)

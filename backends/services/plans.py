@@ -27,6 +27,7 @@ from django.conf import settings
 from backends.core import installed, oci, resolve
 from backends.core.gallery import validate_backend_id
 from backends.core.install import InstallError
+from backends.core.limits import has_room
 from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import looks_like_oci
@@ -90,7 +91,7 @@ class Plan:
         needed = self.disk_needed
         if needed is None:
             return None
-        return self.disk_free >= needed + self.disk_reserve
+        return has_room(self.disk_free, needed, self.disk_reserve)
 
     def to_json(self) -> dict[str, Any]:
         return {
