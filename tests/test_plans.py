@@ -202,3 +202,22 @@ class DryRunTestCase(PipelineTestCase):
         call_command("upgrade_backend", "cpu-bar", "--dry-run", stdout=out)
         self.assertIn("Plan: upgrade cpu-bar", out.getvalue())
         self.assertTrue((self.backends / "cpu-bar" / "run.sh").exists())
+
+
+class MetaPointerTestCase(PipelineTestCase):
+    """A meta's build is found by one pointer rule: its plan, its job's lock and the
+    upgrade job itself name the same build, whatever its folder is called."""
+
+    def test_an_upgrade_of_a_meta_replaces_the_build_its_plan_names(self) -> None:
+        self.status(self.apply("foo-twin"))
+        # A meta folder named apart from its backend (metadata.json names it).
+        (self.backends / "foo-twin").rename(self.backends / "twin-meta")
+        plan = self.api_post(
+            "/api/backends/plan", {"action": "upgrade", "id": "foo-twin"}
+        ).json()
+        with self.captureOnCommitCallbacks(execute=True):
+            started = self.api_post("/backends/upgrade/foo-twin")
+        job = self.status(started)
+        self.assertEqual(plan["build"], "cpu-foo")
+        self.assertEqual(job["state"], "completed", job)
+        self.assertIn("upgraded cpu-foo", job["outcome"])

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from backends.core import installed, oci, resolve
 from backends.core.gallery import validate_backend_id
-from backends.core.install import InstallError
+from backends.core.install import InstallError, build_folder
 from backends.core.limits import has_room
 from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_message, redact_uri
@@ -302,7 +302,7 @@ def _plan_upgrade(plan: Plan) -> None:
     plan.backend = disk.name
     if disk.is_system or disk.folder is None:
         raise jobs.Refused(409, f"system backend {disk.name!r} cannot be upgraded")
-    concrete = catalogue.build_folder(disk)
+    concrete = build_folder(disk)
     entry = GalleryBackend.objects.find(concrete)
     if entry is None:
         raise jobs.Refused(
@@ -424,7 +424,9 @@ def _plan_delete(plan: Plan, force: bool) -> None:
                 FolderChange("keep", name, str(_folder(name)), removal.kept_because)
             )
     plan.warnings += warnings
-    plan.models = usage.models_using([r.path for r in removals if r.path is not None])
+    plan.models = usage.models_using(
+        [r.path for r in removals if r.path is not None], on_disk
+    )
     if plan.models:
         if force:
             plan.warnings.append(
