@@ -31,7 +31,7 @@ from django.db.models import (
 from django.utils import timezone
 
 from backends.core import icons, installed, resolve
-from backends.core.install import Installer
+from backends.core.install import Installer, pointer
 from backends.core.redact import redact_uri
 from backends.models import (
     Gallery,
@@ -691,7 +691,7 @@ def installed_rows(
         rows.append(InstalledRow(disk, record, size, job=jobs.get(key)))
     by_name = {row.name: row for row in rows}
     for row in rows:
-        target = row.metadata.meta_backend_for if row.disk.is_meta else ""
+        target = pointer(row.disk)
         if target in by_name:
             row.build = by_name[target]
             row.build.used_by.append(row.name)
@@ -720,11 +720,7 @@ def removal_plan(
         disk.name, settings.LOCALAI_BACKENDS_SYSTEM_PATH, folders
     )
     # meta name -> the build it points at, for every meta on disk
-    pointers = {
-        key: row.metadata.meta_backend_for
-        for key, row in folders.items()
-        if row.is_meta and row.metadata and row.metadata.meta_backend_for
-    }
+    pointers = {key: pointer(row) for key, row in folders.items() if pointer(row)}
     label = f"meta backend {disk.name}" if disk.is_meta else disk.name
     removals = [Removal(label, plan[0])]
     removals += [Removal(f"build {folder.name}", folder) for folder in plan[1:]]

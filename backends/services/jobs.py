@@ -18,7 +18,7 @@ from django.conf import settings
 
 from backends.core import resolve
 from backends.core.gallery import validate_backend_id, validate_name
-from backends.core.install import build_folder
+from backends.core.install import build_folder, pointer
 from backends.core.installed import DiskBackend
 from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_uri
@@ -448,7 +448,7 @@ def _installed_job(
             raise Refused(409, f"system backend {bare!r} cannot be {verb}")
         if node is not None:
             _check_takes_work(node)
-        build = row.metadata.meta_backend_for if row.is_meta and row.metadata else ""
+        build = pointer(row)
         key = build_folder(row)
     else:
         _check_takes_work(node)

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from backends.core import installed, oci, resolve
 from backends.core.gallery import validate_backend_id
-from backends.core.install import InstallError, build_folder
+from backends.core.install import InstallError, build_folder, pointer
 from backends.core.limits import has_room
 from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_message, redact_uri
@@ -268,10 +268,7 @@ def _warn_shared(
     metas = sorted(
         name
         for name, row in on_disk.items()
-        if row.is_meta
-        and name != own
-        and row.metadata
-        and row.metadata.meta_backend_for == build
+        if row.is_meta and name != own and pointer(row) == build
     )
     if metas and _folder(build).exists():
         plan.warnings.append(
