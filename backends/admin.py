@@ -26,7 +26,7 @@ from backends.models import (
     Node,
     NodeRefused,
 )
-from backends.services import audit, jobs, pipeline
+from backends.services import audit, jobs, nodes, pipeline
 
 
 def _shown(field: str) -> Callable[[Any, Model], str]:
@@ -241,7 +241,8 @@ class GalleryBackendAdmin(RedactingAdmin):
 
 @admin.register(Node)
 class NodeAdmin(DiskIsTheTruth, admin.ModelAdmin[Node]):
-    """Nodes register themselves; draining and resuming go through the node's rules."""
+    """Nodes register themselves; draining and resuming go through the same audited
+    service as the Nodes page and the API (``services.nodes``)."""
 
     list_display = (
         "name",
@@ -261,11 +262,11 @@ class NodeAdmin(DiskIsTheTruth, admin.ModelAdmin[Node]):
 
     @admin.action(description="Drain selected nodes", permissions=["manage_nodes"])
     def drain(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
-        self._change_status(request, queryset, Node.drain, "is draining")
+        self._change_status(request, queryset, nodes.drain, "is draining")
 
     @admin.action(description="Resume selected nodes", permissions=["manage_nodes"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
-        self._change_status(request, queryset, Node.resume, "takes new work again")
+        self._change_status(request, queryset, nodes.resume, "takes new work again")
 
     def _change_status(
         self,
@@ -274,6 +275,8 @@ class NodeAdmin(DiskIsTheTruth, admin.ModelAdmin[Node]):
         change: Callable[[Node], None],
         done: str,
     ) -> None:
+        # The service records each change, refused or done, as the request's actor
+        # (the admin channel), like every other drain and resume.
         for node in queryset:
             try:
                 change(node)

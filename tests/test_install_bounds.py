@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.core import limits
 from backends.core.extract import UnsafeArchiveError
 from backends.core.install import (
     BACKUP_SUFFIX,
@@ -20,7 +21,7 @@ from backends.core.install import (
     Source,
 )
 from backends.core.installed import Metadata, folder_size
-from backends.core.limits import Limits
+from backends.core.limits import Budget, LimitExceeded, Limits, has_room
 from tests.base import PipelineTestCase, make_build
 from tests.imagebuild import Entries, MiB, bomb, compress, file, make_tar
 from tests.slowserver import serve
@@ -160,13 +161,28 @@ def test_an_install_stops_before_free_space_falls_under_the_reserve(
 
 
 def test_the_disk_space_check_before_a_pull_names_the_reserve(backends: Path) -> None:
-    installer = Installer(backends, limits=Limits(disk_reserve_bytes=3 << 30))
+    budget = Budget(Limits(disk_reserve_bytes=3 << 30), backends)
 
-    with pytest.raises(InstallError) as raised:
-        installer._check_free_space(1 << 60)
+    with pytest.raises(LimitExceeded) as raised:
+        budget.check_disk(1 << 60)
 
     assert "3.0 GiB must stay free" in str(raised.value)
     assert "LOCALAI_ADMIN_DISK_RESERVE_BYTES" in str(raised.value)
+
+
+def test_a_fetch_fits_when_the_reserve_stays_free_after_it(
+    backends: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reserve = 1 << 30
+    monkeypatch.setattr(limits, "free_bytes", lambda disk: reserve + 100)
+    budget = Budget(Limits(disk_reserve_bytes=reserve), backends)
+
+    budget.check_disk(100)
+    with pytest.raises(LimitExceeded):
+        budget.check_disk(101)
+    # The plans answer by the same rule.
+    assert has_room(reserve + 100, 100, reserve)
+    assert not has_room(reserve + 100, 101, reserve)
 
 
 # --- path depth and length -----------------------------------------------------------

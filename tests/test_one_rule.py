@@ -7,6 +7,7 @@ a dead agent's jobs seen by a script that only polls the API.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 from huey.api import PeriodicTask
 
 from backends import tasks
-from backends.models import Gallery, Job, Node
+from backends.models import ApiToken, AuditEvent, Gallery, Job, Node
 from tests.base import REAL_GALLERY, BaseTestCase
 
 
@@ -42,6 +43,36 @@ class NodeRulesTestCase(BaseTestCase):
         self.assertContains(page, "never drained")
         local.refresh_from_db()
         self.assertEqual(local.status, Node.Status.ONLINE)
+
+    def test_the_admin_drains_and_resumes_as_the_api_and_the_dashboard_do_audited(
+        self,
+    ) -> None:
+        local, agent = Node.objects.local(), make_agent()
+        api = self.api_post(f"/api/nodes/{local.pk}/drain").json()["error"]["message"]
+        page = self.client.post(
+            "/admin/backends/node/",
+            {"action": "drain", "_selected_action": [local.pk, agent.pk]},
+            follow=True,
+        )
+        self.assertContains(page, api)
+        agent.refresh_from_db()
+        self.assertEqual(agent.status, Node.Status.DRAINING)
+        self.client.post(
+            "/admin/backends/node/",
+            {"action": "resume", "_selected_action": [agent.pk]},
+        )
+        agent.refresh_from_db()
+        self.assertEqual(agent.status, Node.Status.ONLINE)
+        recorded = AuditEvent.objects.filter(channel="admin").order_by("id")
+        self.assertEqual(
+            [(e.action, e.node_name, e.outcome, e.username) for e in recorded],
+            [
+                ("node_drain", local.name, "refused", "alice"),
+                ("node_drain", "gpu-node", "done", "alice"),
+                ("node_resume", "gpu-node", "done", "alice"),
+            ],
+        )
+        self.assertEqual(recorded[0].reason, api)
 
     @override_settings(DISTRIBUTED=True)
     def test_a_draining_agent_gets_no_install_from_the_api_or_the_dashboard(
@@ -168,3 +199,72 @@ class WhatRunsHereTestCase(BaseTestCase):
                 }
                 self.assertGreater(len(api), 50)
                 self.assertEqual(self.dashboard_names(), api)
+
+
+class PermissionRuleTestCase(BaseTestCase):
+    """One permission check for pages, routes and the checks that depend on what is
+    asked: whichever refuses a change, the refusal is audited alike."""
+
+    def denials(self) -> list[tuple[str, str, str]]:
+        return [
+            (e.channel, e.target, e.reason)
+            for e in AuditEvent.objects.filter(action="denied").order_by("id")
+        ]
+
+    def test_an_install_from_a_host_path_is_refused_and_recorded_by_the_api_and_the_dashboard(
+        self,
+    ) -> None:
+        carol_token = ApiToken.objects.create_token(self.carol, "ci")[1]
+        api = self.client.post(
+            "/api/backends/install-external",
+            {"uri": "/srv/builds/cpu-bar"},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {carol_token}"},
+        )
+        self.assertEqual(api.status_code, 403)
+        self.client.force_login(self.carol)
+        page = self.client.post(
+            "/installed/from-uri/", {"uri": "/srv/builds/cpu-bar", "name": "cpu-bar"}
+        )
+        self.assertContains(page, "backends.install_from_path")
+        refusal = "permission backends.install_from_path required (admin role or above)"
+        self.assertEqual(
+            self.denials(),
+            [
+                ("api", "POST /api/backends/install-external", refusal),
+                ("dashboard", "POST /installed/from-uri/", refusal),
+            ],
+        )
+        self.assertFalse(Job.objects.exists())
+
+    def test_a_retry_or_reinstall_needing_more_than_the_button_is_refused_and_recorded(
+        self,
+    ) -> None:
+        deleted = Job.objects.create(
+            kind=Job.Kind.DELETE, target="cpu-whisper", state=Job.State.FAILED
+        )
+        folder = self.install_on_disk("cpu-bar")
+        (folder / "metadata.json").write_text(
+            json.dumps({"name": "cpu-bar", "uri": "/srv/builds/cpu-bar"})
+        )
+        self.client.force_login(self.carol)
+        retry = self.client.post(f"/jobs/{deleted.pk}/retry/")
+        reinstall = self.client.post("/installed/cpu-bar/reinstall/")
+        self.assertEqual((retry.status_code, reinstall.status_code), (403, 403))
+        self.assertEqual(
+            self.denials(),
+            [
+                (
+                    "dashboard",
+                    f"POST /jobs/{deleted.pk}/retry/",
+                    "permission backends.delete_backend required (admin role or above)",
+                ),
+                (
+                    "dashboard",
+                    "POST /installed/cpu-bar/reinstall/",
+                    "permission backends.install_from_path required (admin role or "
+                    "above)",
+                ),
+            ],
+        )
+        self.assertEqual(Job.objects.count(), 1)

@@ -220,7 +220,7 @@ class DiskSpaceTestCase(PipelineTestCase):
     def test_an_image_larger_than_the_free_space_is_refused_before_download(
         self,
     ) -> None:
-        from backends.core.install import Installer, InstallError
+        from backends.core.limits import Budget, LimitExceeded, Limits
 
-        with self.assertRaisesMessage(InstallError, "not enough disk space"):
-            Installer(self.backends)._check_free_space(1 << 60)
+        with self.assertRaisesMessage(LimitExceeded, "not enough disk space"):
+            Budget(Limits(), self.backends).check_disk(1 << 60)

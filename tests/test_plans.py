@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from io import StringIO
 from pathlib import Path
 
@@ -56,6 +57,16 @@ class PlanTestCase(PipelineTestCase):
         self.assertEqual(source["how"], "local")
         self.assertGreater(body["download"]["bytes"], 0)
         self.assertTrue(body["disk"]["enough"])
+
+    def test_a_plan_warns_of_the_disk_space_the_job_then_lacks(self) -> None:
+        free = shutil.disk_usage(self.backends).free
+        with override_settings(LOCALAI_ADMIN_DISK_RESERVE_BYTES=free + (1 << 30)):
+            body = self.plan("install", "cpu-foo").json()
+            job = self.status(self.apply("cpu-foo"))
+        self.assertFalse(body["disk"]["enough"])
+        self.assertTrue(any("not enough disk space" in w for w in body["warnings"]))
+        self.assertEqual(job["state"], "failed")
+        self.assertIn("not enough disk space", job["error"])
 
     def test_a_delete_plan_lists_the_folders_removed_and_kept(self) -> None:
         self.status(self.apply("foo"))
@@ -191,3 +202,22 @@ class DryRunTestCase(PipelineTestCase):
         call_command("upgrade_backend", "cpu-bar", "--dry-run", stdout=out)
         self.assertIn("Plan: upgrade cpu-bar", out.getvalue())
         self.assertTrue((self.backends / "cpu-bar" / "run.sh").exists())
+
+
+class MetaPointerTestCase(PipelineTestCase):
+    """A meta's build is found by one pointer rule: its plan, its job's lock and the
+    upgrade job itself name the same build, whatever its folder is called."""
+
+    def test_an_upgrade_of_a_meta_replaces_the_build_its_plan_names(self) -> None:
+        self.status(self.apply("foo-twin"))
+        # A meta folder named apart from its backend (metadata.json names it).
+        (self.backends / "foo-twin").rename(self.backends / "twin-meta")
+        plan = self.api_post(
+            "/api/backends/plan", {"action": "upgrade", "id": "foo-twin"}
+        ).json()
+        with self.captureOnCommitCallbacks(execute=True):
+            started = self.api_post("/backends/upgrade/foo-twin")
+        job = self.status(started)
+        self.assertEqual(plan["build"], "cpu-foo")
+        self.assertEqual(job["state"], "completed", job)
+        self.assertIn("upgraded cpu-foo", job["outcome"])

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
 
+from django.conf import settings
 from django.test import override_settings
 
+from backends.core import installed
 from backends.core.install import Installer
 from backends.core.installed import folder_size, human_size
 from backends.models import InstalledBackend, Job, Node
-from tests.base import BaseTestCase
+from tests.base import BaseTestCase, queued_tasks
+from tests.test_models_in_use import write_model
 
 HTMX = {"HX-Request": "true"}
 
@@ -319,3 +326,53 @@ class InstalledDeleteTestCase(BaseTestCase):
 
     def test_it_answers_404_for_what_is_not_installed(self) -> None:
         self.assertEqual(self.client.get("/installed/whisper/delete/").status_code, 404)
+
+
+class ReadsTheDiskOnceTestCase(BaseTestCase):
+    """A delete (its plan, its confirmation, the job's start) and a reinstall read this
+    host's backends folder once per request, however many rules look at it."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.install_on_disk("cpu-whisper", alias="whisper-alias")
+        self.install_on_disk("whisper", meta_for="cpu-whisper")
+        self.models = Path(settings.LOCALAI_BACKENDS_PATH).parent / "models"
+        write_model(self.models, "chat.yaml", "whisper-alias", name="chat")
+        self.client.force_login(self.alice)
+
+    def reads(self, request: Callable[[], Any]) -> tuple[int, Any]:
+        with (
+            override_settings(LOCALAI_MODELS_PATH=self.models),
+            queued_tasks(),
+            mock.patch.object(installed, "folders", wraps=installed.folders) as read,
+        ):
+            response = request()
+        return read.call_count, response
+
+    def test_a_delete_plan_reads_the_folders_once(self) -> None:
+        count, r = self.reads(
+            lambda: self.api_post(
+                "/api/backends/plan", {"action": "delete", "id": "whisper"}
+            )
+        )
+        self.assertEqual(r.json()["models"], ["chat"])
+        self.assertEqual(count, 1)
+
+    def test_the_delete_confirmation_and_the_delete_read_the_folders_once(
+        self,
+    ) -> None:
+        count, page = self.reads(lambda: self.client.get("/installed/whisper/delete/"))
+        self.assertContains(page, "chat")
+        self.assertEqual(count, 1)
+        count, _ = self.reads(
+            lambda: self.client.post("/installed/whisper/delete/", {"force": "on"})
+        )
+        self.assertEqual(count, 1)
+        self.assertTrue(Job.objects.filter(kind=Job.Kind.DELETE).exists())
+
+    def test_a_reinstall_reads_the_folders_once(self) -> None:
+        count, _ = self.reads(
+            lambda: self.client.post("/installed/cpu-whisper/reinstall/")
+        )
+        self.assertEqual(count, 1)
+        self.assertTrue(Job.objects.filter(kind=Job.Kind.INSTALL).exists())

@@ -25,7 +25,7 @@ from backends.api.schemas import array_of, ref
 from backends.core.gallery import validate_backend_id
 from backends.fixedsql import FixedSelect
 from backends.models import Job, Node
-from backends.services import catalogue, jobs, plans, upgrades, versions
+from backends.services import audit, catalogue, jobs, plans, upgrades, versions
 
 JOB_LIST_LIMIT = 200
 
@@ -53,7 +53,7 @@ def host_path_refused(request: HttpRequest, uri: str) -> JsonResponse | None:
     """A 403 when ``uri`` names a file or folder on this host and the user may not
     install from one (``roles.to_install_from``)."""
     needed = roles.to_install_from(uri)
-    return None if request.user.has_perm(needed) else forbidden(needed)
+    return None if audit.permitted(request, needed) else forbidden(needed)
 
 
 def _started_body(request: HttpRequest, job: Job) -> dict[str, str]:

@@ -274,8 +274,7 @@ def api_view(
                 request
             ):
                 return json_error(403, "CSRF check failed")
-            if not request.user.has_perm(permission):
-                audit.denied(request, roles.refusal(permission))
+            if not audit.permitted(request, permission):
                 return forbidden(permission)
             return checked(request, *args, **kwargs)
 

@@ -28,7 +28,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,9 +44,9 @@ from backends.core.installed import (
     RUN_FILE,
     DiskBackend,
     Metadata,
-    human_size,
-    read_metadata,
+    folders,
     scan,
+    with_aliases,
     write_metadata,
 )
 from backends.core.limits import Budget, LimitExceeded, Limits, shown
@@ -70,6 +70,23 @@ STAGING_SUFFIX = ".install-tmp"
 BACKUP_SUFFIX = ".install-backup"
 DOWNLOAD_PREFIX = ".download-"
 CHUNK = 1024 * 1024
+
+
+def pointer(row: DiskBackend) -> str:
+    """The build folder a meta's ``meta_backend_for`` points at; "" for a build, and for
+    a pointer that is no valid name (it is never followed)."""
+    if not (row.is_meta and row.metadata and row.metadata.meta_backend_for):
+        return ""
+    try:
+        return validate_name(row.metadata.meta_backend_for)
+    except ValueError:
+        return ""
+
+
+def build_folder(row: DiskBackend) -> str:
+    """The folder a job on an installed backend changes: for a meta, the build it points
+    at (a meta folder only changes together with its build), else its own folder."""
+    return pointer(row) or (row.folder.name if row.folder is not None else row.name)
 
 
 class InstallError(Exception):
@@ -396,7 +413,7 @@ class Installer:
         client = self.registry or oci.RegistryClient(policy=self.policy)
         image = client.resolve(uri, self.platform, watch=self.watch)
         self._verify(uri, client, image, verification)
-        self._check_free_space(sum(layer.size for layer in image.layers))
+        budget.check_disk(sum(layer.size for layer in image.layers))
         # pull_image extracts each layer itself; the budget reaches it this way.
         with extract.bounded(budget):
             pulled = oci.pull_image(
@@ -454,7 +471,7 @@ class Installer:
         image = layout.resolve(digest, self.platform or oci.Platform.host())
         self._verify(uri, layout, image, verification)
         total = sum(layer.size for layer in image.layers)
-        self._check_free_space(total)
+        budget.check_disk(total)
         done = 0
         for number, layer in enumerate(image.layers, 1):
             self._check_cancel()
@@ -469,17 +486,6 @@ class Installer:
                 label = f"layer {number}/{len(image.layers)} {layer.digest[:19]}"
                 self.progress(oci.Progress("extracting", label, done, total))
         return image.digest
-
-    def _check_free_space(self, needed: int) -> None:
-        free = shutil.disk_usage(self.backends_path).free
-        reserve = self.limits.disk_reserve_bytes
-        if free < needed + reserve:
-            raise InstallError(
-                f"not enough disk space in {self.backends_path}: the image needs "
-                f"{human_size(needed)}, {human_size(free)} is free and "
-                f"{human_size(reserve)} must stay free (the reserve set by "
-                "LOCALAI_ADMIN_DISK_RESERVE_BYTES)"
-            )
 
     def _copy_folder(self, folder: Path, staging: Path, budget: Budget) -> None:
         """Copy ``folder`` into ``staging`` within the limits, without recursion.
@@ -589,7 +595,7 @@ class Installer:
             if response.status_code >= 400:
                 raise InstallError(f"{uri} answered HTTP {response.status_code}")
             total = int(response.headers.get("Content-Length") or 0)
-            self._check_free_space(total)
+            budget.check_disk(total)
             # Closed before the response, whatever happens: the helper must be done.
             with closing(watch.pump(watch.read(response), response)) as chunks:
                 self._copy_stream(chunks, out, digest, total, uri, budget)
@@ -634,33 +640,35 @@ class Installer:
         return removed
 
     def plan_delete(
-        self, requested: str, system_path: Path | None = None
+        self,
+        requested: str,
+        system_path: Path | None = None,
+        on_disk: Mapping[str, DiskBackend] | None = None,
     ) -> list[Path]:
-        """The folders ``delete(requested)`` removes, for a confirmation screen."""
+        """The folders ``delete(requested)`` removes, for a confirmation screen.
+        ``on_disk``: the installed folders (``installed.folders``) when the caller has
+        read them for the same request."""
         name = requested.rpartition("@")[2]
-        rows = scan(self.backends_path, system_path)
+        if on_disk is None:
+            on_disk = folders(self.backends_path, system_path)
+        rows = with_aliases(on_disk)
         folder = self._find_folder(name, rows)
         if folder is None:
             if name in rows and rows[name].is_system:
                 raise InstallError(f"system backend {name!r} cannot be deleted")
             raise NotFoundError(f"backend {name!r} is not installed")
         plan = [folder]
-        try:
-            metadata = read_metadata(folder)
-        except ValueError:
-            metadata = None
-        concrete = metadata.meta_backend_for if metadata else ""
-        if concrete and not (folder / RUN_FILE).exists():
+        meta = next(
+            (r for r in on_disk.values() if r.is_meta and r.folder == folder), None
+        )
+        build = pointer(meta) if meta is not None else ""
+        if build:
             users = [
                 row
-                for key, row in rows.items()
-                if row.is_meta
-                and key == row.name
-                and row.folder != folder
-                and row.metadata
-                and row.metadata.meta_backend_for == concrete
+                for row in on_disk.values()
+                if row.is_meta and row.folder != folder and pointer(row) == build
             ]
-            target = self.backends_path / concrete
+            target = self.backends_path / build
             if not users and target.is_dir():
                 plan.append(target)
         return plan

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -217,11 +217,19 @@ def scan(
 ) -> dict[str, DiskBackend]:
     """Everything installed, keyed the way LocalAI registers backends.
 
-    The folders (see ``folders``), plus each alias, which resolves to the build this host
-    prefers among those sharing it and, as in LocalAI, takes the place of a meta or build
-    of the same name.
+    The folders (see ``folders``), plus each alias (see ``with_aliases``).
     """
-    found = folders(backends_path, system_path)
+    return with_aliases(folders(backends_path, system_path), capability)
+
+
+def with_aliases(
+    on_disk: Mapping[str, DiskBackend], capability: str = "default"
+) -> dict[str, DiskBackend]:
+    """The folders ``on_disk`` (as ``folders`` read them), plus each alias, which
+    resolves to the build this host prefers among those sharing it and, as in LocalAI,
+    takes the place of a meta or build of the same name. Reads nothing from the disk:
+    a caller that has read the folders gets the aliases without a second read."""
+    found = dict(on_disk)
     aliases: dict[str, list[DiskBackend]] = {}
     for row in list(found.values()):
         if (

@@ -10,9 +10,11 @@ in through ``Limits``:
   tarball download, the files of a folder copy;
 * free space: writing stops while at least ``disk_reserve_bytes``
   (``LOCALAI_ADMIN_DISK_RESERVE_BYTES``, default 1 GiB) is still free on the backends
-  disk, which also holds the database and the models. ``statvfs`` is asked once at the
-  start and then every ``DISK_CHECK_BYTES`` written; the check keeps that much room
-  beyond the reserve, so the reserve holds between two checks;
+  disk, which also holds the database and the models. One rule (``has_room``) says
+  whether bytes fit above the reserve: a fetch whose size is known is refused before
+  it starts (``Budget.check_disk(size)``), and while writing ``statvfs`` is asked once
+  at the start and then every ``DISK_CHECK_BYTES`` written, for that much room, so the
+  reserve holds between two checks;
 * paths: at most ``max_path_depth`` components (64) and ``max_path_bytes`` bytes (3072)
   below the backend folder, each component at most ``MAX_NAME_BYTES`` (255, the
   kernel's own NAME_MAX). Real images stay far under these (the deepest paths of the
@@ -41,6 +43,18 @@ MAX_NAME_BYTES = 255
 # Free space is read again after this many bytes: one statvfs per 64 MiB costs nothing,
 # and the reserve check keeps this much room so the disk cannot fill between two reads.
 DISK_CHECK_BYTES = 64 << 20
+
+
+def free_bytes(disk: Path) -> int:
+    """The bytes an unprivileged writer may still write on ``disk``'s file system."""
+    info = os.statvfs(disk)
+    return info.f_bavail * info.f_frsize
+
+
+def has_room(free: int, needed: int, reserve: int) -> bool:
+    """The free-space rule: ``needed`` more bytes may be written when ``reserve`` still
+    stays free after them. The installer refuses by it, the plans warn by it."""
+    return free >= needed + reserve
 
 
 class LimitExceeded(Exception):
@@ -109,13 +123,15 @@ class Budget:
             self._unchecked = 0
             self.check_disk()
 
-    def check_disk(self) -> None:
-        info = os.statvfs(self.disk)
-        free = info.f_bavail * info.f_frsize
+    def check_disk(self, needed: int = DISK_CHECK_BYTES) -> None:
+        """Raise LimitExceeded unless ``needed`` more bytes fit above the reserve: a
+        fetch of known size before it starts, the next DISK_CHECK_BYTES while writing."""
+        free = free_bytes(self.disk)
         reserve = self.limits.disk_reserve_bytes
-        if free < reserve + DISK_CHECK_BYTES:
+        if not has_room(free, needed, reserve):
             raise LimitExceeded(
-                f"{self.what} stopped: {human_size(free)} is free in {self.disk} and "
+                f"not enough disk space in {self.disk}: {self.what} needs "
+                f"{human_size(needed)} more, {human_size(free)} is free and "
                 f"{human_size(reserve)} must stay free (the reserve set by "
                 "LOCALAI_ADMIN_DISK_RESERVE_BYTES)"
             )

@@ -24,6 +24,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from backends import roles
 from backends.core.redact import redact_message, redact_uri
 from backends.models import AuditEvent, Job, Node
 
@@ -194,9 +195,22 @@ def record(
     return event
 
 
-def denied(request: HttpRequest, refusal: str) -> None:
-    """A change refused for want of a permission: who tried what is worth knowing.
-    Reads (GET, HEAD, OPTIONS) are not recorded: they change nothing."""
+def permitted(request: HttpRequest, permission: str) -> bool:
+    """Whether the request's user holds ``permission`` (``backends.roles``).
+
+    The one permission check of the pages and the API (their decorators and the checks
+    that depend on what is asked, such as an install from a host path): a change
+    refused here is recorded as ``denied``, whichever page or route refused it.
+    """
+    if request.user.has_perm(permission):
+        return True
+    _denied(request, roles.refusal(permission))
+    return False
+
+
+def _denied(request: HttpRequest, refusal: str) -> None:
+    # Who tried a change they may not make is worth knowing; reads (GET, HEAD,
+    # OPTIONS) change nothing and are not recorded.
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     record(

@@ -31,8 +31,7 @@ from django.db.models import (
 from django.utils import timezone
 
 from backends.core import icons, installed, resolve
-from backends.core.gallery import validate_name
-from backends.core.install import Installer
+from backends.core.install import Installer, pointer
 from backends.core.redact import redact_uri
 from backends.models import (
     Gallery,
@@ -48,27 +47,21 @@ from backends.models import (
 # -- the disk --------------------------------------------------------------------------
 
 
-def local_disk(capability: str | None = None) -> dict[str, installed.DiskBackend]:
-    """This host's installed backends as LocalAI registers them (aliases included)."""
+def local_disk(
+    capability: str | None = None,
+    folders: Mapping[str, installed.DiskBackend] | None = None,
+) -> dict[str, installed.DiskBackend]:
+    """This host's installed backends as LocalAI registers them (aliases included);
+    from ``folders`` (``installed_folders()``) when the caller has read them already."""
     if capability is None:
         capability = Node.objects.local().current_capability()
+    if folders is not None:
+        return installed.with_aliases(folders, capability)
     return installed.scan(
         settings.LOCALAI_BACKENDS_PATH,
         settings.LOCALAI_BACKENDS_SYSTEM_PATH,
         capability,
     )
-
-
-def build_folder(row: installed.DiskBackend) -> str:
-    """The folder a job on an installed backend changes: for a meta, the build it points
-    at (a meta folder only changes together with its build), else its own folder. A
-    pointer that is no valid name is not followed (the installer refuses to)."""
-    if row.is_meta and row.metadata and row.metadata.meta_backend_for:
-        try:
-            return validate_name(row.metadata.meta_backend_for)
-        except ValueError:
-            return row.name
-    return row.folder.name if row.folder is not None else row.name
 
 
 def installed_folders() -> dict[str, installed.DiskBackend]:
@@ -700,7 +693,7 @@ def installed_rows(
         rows.append(InstalledRow(disk, record, size, job=jobs.get(key)))
     by_name = {row.name: row for row in rows}
     for row in rows:
-        target = row.metadata.meta_backend_for if row.disk.is_meta else ""
+        target = pointer(row.disk)
         if target in by_name:
             row.build = by_name[target]
             row.build.used_by.append(row.name)
@@ -726,14 +719,10 @@ def removal_plan(
     unless another meta still uses it: when the build is not in the plan, say who does.
     """
     plan = Installer(Path(settings.LOCALAI_BACKENDS_PATH)).plan_delete(
-        disk.name, settings.LOCALAI_BACKENDS_SYSTEM_PATH
+        disk.name, settings.LOCALAI_BACKENDS_SYSTEM_PATH, folders
     )
     # meta name -> the build it points at, for every meta on disk
-    pointers = {
-        key: row.metadata.meta_backend_for
-        for key, row in folders.items()
-        if row.is_meta and row.metadata and row.metadata.meta_backend_for
-    }
+    pointers = {key: pointer(row) for key, row in folders.items() if pointer(row)}
     label = f"meta backend {disk.name}" if disk.is_meta else disk.name
     removals = [Removal(label, plan[0])]
     removals += [Removal(f"build {folder.name}", folder) for folder in plan[1:]]

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from backends.core import resolve
 from backends.core.gallery import validate_backend_id, validate_name
+from backends.core.install import build_folder, pointer
 from backends.core.installed import DiskBackend
 from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_uri
@@ -148,7 +149,7 @@ def _folder_key(name: str, disk: dict[str, DiskBackend]) -> str:
     one lock per folder, whatever name reached it.
     """
     row = disk.get(name)
-    return name if row is None else catalogue.build_folder(row)
+    return name if row is None else build_folder(row)
 
 
 def _gallery_key(entry: GalleryBackend) -> str:
@@ -416,7 +417,7 @@ def installed_here(
     bare = _check_id(name).rpartition("@")[2]
     if folders is None:
         folders = catalogue.installed_folders()
-    row = folders.get(bare) or catalogue.local_disk().get(bare)
+    row = folders.get(bare) or catalogue.local_disk(folders=folders).get(bare)
     if row is None:
         raise Refused(404, f"backend {bare!r} is not installed")
     return row
@@ -447,8 +448,8 @@ def _installed_job(
             raise Refused(409, f"system backend {bare!r} cannot be {verb}")
         if node is not None:
             _check_takes_work(node)
-        build = row.metadata.meta_backend_for if row.is_meta and row.metadata else ""
-        key = catalogue.build_folder(row)
+        build = pointer(row)
+        key = build_folder(row)
     else:
         _check_takes_work(node)
         bare = _check_id(name).rpartition("@")[2]
@@ -545,17 +546,22 @@ def delete(
     queue: bool = True,
     force: bool = False,
     actor: Actor | None = None,
+    folders: Mapping[str, DiskBackend] | None = None,
 ) -> Job:
     """Delete an installed backend; refused (409 ``backend_in_use``) while a model of
     that node's LocalAI uses a folder it removes, unless ``force``: this host's models
-    folder is read here, an agent's as it last reported it."""
+    folder is read here, an agent's as it last reported it. ``folders``:
+    ``catalogue.installed_folders()`` when the caller has read them."""
     row: DiskBackend | None = None
     reason = ""
     models: list[str] = []
     if node is None or node.is_local:
-        row = installed_here(name)
+        # This host's folders, read once for the backend and the models' check.
+        if folders is None:
+            folders = catalogue.installed_folders()
+        row = installed_here(name, folders)
         if not force:
-            reason, models = usage.in_use_refusal(row.name)
+            reason, models = usage.in_use_refusal(row.name, folders)
     elif not force:
         reason, models = usage.node_in_use_refusal(node, name)
     if models:
@@ -571,14 +577,17 @@ def delete(
     )
 
 
-def reinstall_source(name: str) -> str:
+def reinstall_source(
+    name: str, folders: Mapping[str, DiskBackend] | None = None
+) -> str:
     """The URI a reinstall of ``name`` fetches again, or "" for a gallery backend.
 
     A backend installed from a URI (not from a gallery) is not in any gallery: it comes
     back from where it came. The table keeps that URI whole; ``metadata.json`` holds it
-    redacted, so it is only the fallback for a row not reconciled yet.
+    redacted, so it is only the fallback for a row not reconciled yet. ``folders``:
+    ``catalogue.installed_folders()`` when the caller has read them.
     """
-    return _reinstall_source(installed_here(name))
+    return _reinstall_source(installed_here(name, folders))
 
 
 def _reinstall_source(row: DiskBackend) -> str:
@@ -591,10 +600,17 @@ def _reinstall_source(row: DiskBackend) -> str:
 
 
 @audited("reinstall")
-def reinstall(name: str, *, requested_by: str = "", actor: Actor | None = None) -> Job:
+def reinstall(
+    name: str,
+    *,
+    requested_by: str = "",
+    actor: Actor | None = None,
+    folders: Mapping[str, DiskBackend] | None = None,
+) -> Job:
     """Install an installed backend again, over itself (the Installed page's button):
-    from its gallery, or from the URI it was installed from."""
-    row = installed_here(name)
+    from its gallery, or from the URI it was installed from. ``folders``:
+    ``catalogue.installed_folders()`` when the caller has read them."""
+    row = installed_here(name, folders)
     source: dict[str, Any] = {}
     if uri := _reinstall_source(row):
         name = row.name

@@ -20,7 +20,7 @@ from django.utils import timezone
 from backends.core import extract, installed, kits, oci, resolve
 from backends.core.gallery import validate_name
 from backends.core.health import HealthCheck
-from backends.core.install import Installer, InstallError, Source
+from backends.core.install import Installer, InstallError, Source, build_folder
 from backends.core.limits import Limits
 from backends.core.oci.verify import VerificationPolicy
 from backends.core.policy import SourcePolicy, SourceRefused
@@ -364,23 +364,20 @@ class Runner:
         return f"upgraded {entry.name}{self.unverified_warning()}"
 
     def concrete_folder(self, name: str) -> str:
-        """The build folder an upgrade of ``name`` replaces (a meta upgrades its build)."""
+        """The build folder an upgrade or a rollback of ``name`` replaces: a meta's build
+        by the installer's pointer rule (``install.build_folder``), as the job's lock
+        and the plans name it. ``name`` is a folder, else a backend or alias name."""
+        on_disk = catalogue.installed_folders()
         folder = self.backends_path / name
-        if folder.is_dir():
-            metadata = installed.read_metadata(folder)
-            if (
-                metadata
-                and metadata.meta_backend_for
-                and not (folder / installed.RUN_FILE).exists()
-            ):
-                return validate_name(metadata.meta_backend_for)
-            return name
-        row = catalogue.local_disk().get(name)
+        row = next(
+            (r for r in on_disk.values() if r.folder == folder and not r.is_system),
+            None,
+        ) or catalogue.local_disk(folders=on_disk).get(name)
         if row is None:
             raise JobFailed(f"backend {name!r} is not installed")
         if row.is_system or row.folder is None:
             raise JobFailed(f"system backend {name!r} cannot be upgraded")
-        return row.folder.name
+        return build_folder(row)
 
     # -- rollback ------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from django.conf import settings
 
 from backends.core import installed, oci, resolve
 from backends.core.gallery import validate_backend_id
-from backends.core.install import InstallError
+from backends.core.install import InstallError, build_folder, pointer
+from backends.core.limits import has_room
 from backends.core.policy import SourceRefused, is_local_source
 from backends.core.redact import redact_message, redact_uri
 from backends.core.sources import looks_like_oci
@@ -90,7 +91,7 @@ class Plan:
         needed = self.disk_needed
         if needed is None:
             return None
-        return self.disk_free >= needed + self.disk_reserve
+        return has_room(self.disk_free, needed, self.disk_reserve)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -267,10 +268,7 @@ def _warn_shared(
     metas = sorted(
         name
         for name, row in on_disk.items()
-        if row.is_meta
-        and name != own
-        and row.metadata
-        and row.metadata.meta_backend_for == build
+        if row.is_meta and name != own and pointer(row) == build
     )
     if metas and _folder(build).exists():
         plan.warnings.append(
@@ -301,7 +299,7 @@ def _plan_upgrade(plan: Plan) -> None:
     plan.backend = disk.name
     if disk.is_system or disk.folder is None:
         raise jobs.Refused(409, f"system backend {disk.name!r} cannot be upgraded")
-    concrete = catalogue.build_folder(disk)
+    concrete = build_folder(disk)
     entry = GalleryBackend.objects.find(concrete)
     if entry is None:
         raise jobs.Refused(
@@ -423,7 +421,9 @@ def _plan_delete(plan: Plan, force: bool) -> None:
                 FolderChange("keep", name, str(_folder(name)), removal.kept_because)
             )
     plan.warnings += warnings
-    plan.models = usage.models_using([r.path for r in removals if r.path is not None])
+    plan.models = usage.models_using(
+        [r.path for r in removals if r.path is not None], on_disk
+    )
     if plan.models:
         if force:
             plan.warnings.append(

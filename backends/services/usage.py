@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def models_path() -> Path | None:
 
 
 def users_by_folder(
-    folders: dict[str, installed.DiskBackend] | None = None,
+    folders: Mapping[str, installed.DiskBackend] | None = None,
 ) -> dict[str, list[str]]:
     """This host's folder name -> the models that use it; {} when the check is off."""
     path = models_path()
@@ -39,29 +40,38 @@ def users_by_folder(
         return {}
     if folders is None:
         folders = catalogue.installed_folders()
-    return models_usage.users_by_folder(configs, folders, catalogue.local_disk())
+    registry = catalogue.local_disk(folders=folders)
+    return models_usage.users_by_folder(configs, folders, registry)
 
 
-def models_using(removed: list[Path]) -> list[str]:
-    """The models that stop working when the folders ``removed`` go (sorted)."""
-    users = users_by_folder()
+def models_using(
+    removed: list[Path], folders: Mapping[str, installed.DiskBackend] | None = None
+) -> list[str]:
+    """The models that stop working when the folders ``removed`` go (sorted).
+    ``folders``: ``catalogue.installed_folders()`` when the caller has read them."""
+    users = users_by_folder(folders)
     return sorted({model for folder in removed for model in users.get(folder.name, [])})
 
 
-def delete_folders(name: str) -> list[Path]:
+def delete_folders(
+    name: str, folders: Mapping[str, installed.DiskBackend] | None = None
+) -> list[Path]:
     """The folders deleting ``name`` removes (the installer's own plan); [] when it
     cannot be deleted (the delete's own checks say why)."""
     try:
         return Installer(Path(settings.LOCALAI_BACKENDS_PATH)).plan_delete(
-            name, settings.LOCALAI_BACKENDS_SYSTEM_PATH
+            name, settings.LOCALAI_BACKENDS_SYSTEM_PATH, folders
         )
     except InstallError:
         return []
 
 
-def in_use_refusal(name: str) -> tuple[str, list[str]]:
-    """Why deleting ``name`` would break models, and which; ("", []) when it would not."""
-    return _refusal(name, models_using(delete_folders(name)))
+def in_use_refusal(
+    name: str, folders: Mapping[str, installed.DiskBackend] | None = None
+) -> tuple[str, list[str]]:
+    """Why deleting ``name`` would break models, and which; ("", []) when it would not.
+    ``folders``: ``catalogue.installed_folders()`` when the caller has read them."""
+    return _refusal(name, models_using(delete_folders(name, folders), folders))
 
 
 def _refusal(name: str, models: list[str]) -> tuple[str, list[str]]:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from backends.core.install import build_folder
 from backends.core.installed import DiskBackend
 from backends.core.versions import KeptVersion, VersionNotFound, VersionStore
 from backends.models import InstalledBackend, Job, Node
-from backends.services import audit, catalogue, jobs, pipeline
+from backends.services import audit, jobs, pipeline
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def _changeable(name: str) -> DiskBackend:
 
 def versions(name: str) -> Versions:
     row = _changeable(name)
-    build = catalogue.build_folder(row)
+    build = build_folder(row)
     pinned = InstalledBackend.objects.filter(
         node=Node.objects.local(), name=row.name, pinned=True
     ).exists()
@@ -71,7 +72,7 @@ def versions(name: str) -> Versions:
 
 def check_kept(name: str, ref: str) -> KeptVersion:
     """The kept version a rollback of ``name`` to ``ref`` restores; 404 if none."""
-    build = catalogue.build_folder(_changeable(name))
+    build = build_folder(_changeable(name))
     try:
         return store().find(build, ref)
     except VersionNotFound as exc:

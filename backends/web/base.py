@@ -39,8 +39,7 @@ def requires(permission: str) -> Callable[[View], View]:
         def checked(
             request: HtmxHttpRequest, *args: Any, **kwargs: Any
         ) -> HttpResponse:
-            if not request.user.has_perm(permission):
-                audit.denied(request, roles.refusal(permission))
+            if not audit.permitted(request, permission):
                 raise PermissionDenied(f"Not allowed: {roles.refusal(permission)}.")
             return view(request, *args, **kwargs)
 

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_http_methods
 from backends import roles
 from backends.core.redact import redact_uri
 from backends.models import Job
-from backends.services import jobs
+from backends.services import audit, jobs
 from backends.web.base import HtmxHttpRequest, requires
 from backends.web.forms import ExternalInstallForm
 
@@ -36,7 +36,7 @@ def _start(request: HtmxHttpRequest, form: ExternalInstallForm) -> Job | None:
     """Start the job as the API would, or put why not into the form."""
     uri = form.cleaned_data["uri"]
     needed = roles.to_install_from(uri)
-    if not request.user.has_perm(needed):
+    if not audit.permitted(request, needed):
         # A path on this host runs whatever it holds as the host admin: more than an
         # install from a registry, so a role of its own.
         form.add_error("uri", f"Not allowed: {roles.refusal(needed)}.")

@@ -4,6 +4,7 @@ and each backend's kept versions, with rollback and pin."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -16,11 +17,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 
 from backends import roles, tasks
-from backends.core.install import InstallError, NotFoundError
+from backends.core.install import InstallError, NotFoundError, build_folder
 from backends.core.installed import DiskBackend
 from backends.models import InstalledBackend, Job, Node
+from backends.services import audit, disk, jobs, plans, upgrades, usage, versions
 from backends.services import catalogue as read
-from backends.services import disk, jobs, plans, upgrades, usage, versions
 from backends.web.base import (
     HtmxHttpRequest,
     dismissed_jobs,
@@ -115,21 +116,27 @@ def installed_upgrade(request: HtmxHttpRequest, name: str) -> HttpResponse:
 @require_POST
 @requires(roles.INSTALL)
 def installed_reinstall(request: HtmxHttpRequest, name: str) -> HttpResponse:
-    _get_installed(name)
+    _disk, folders = _get_installed(name)
     # A backend installed from a host path comes back from that path: that needs what
     # installing from a path needs, as the API's install-external does.
-    needed = roles.to_install_from(jobs.reinstall_source(name) or name)
-    if not request.user.has_perm(needed):
+    needed = roles.to_install_from(jobs.reinstall_source(name, folders) or name)
+    if not audit.permitted(request, needed):
         raise PermissionDenied(f"Not allowed: {roles.refusal(needed)}.")
-    return _start_from_installed(request, jobs.reinstall, name, "Reinstall")
+    return _start_from_installed(
+        request, jobs.reinstall, name, "Reinstall", folders=folders
+    )
 
 
 def _start_from_installed(
-    request: HtmxHttpRequest, start: Callable[..., Job], name: str, verb: str
+    request: HtmxHttpRequest,
+    start: Callable[..., Job],
+    name: str,
+    verb: str,
+    **options: Any,
 ) -> HttpResponse:
     """Start a job from a button of the Installed page, and come back to it."""
     try:
-        start(name, requested_by=request.user.get_username())
+        start(name, requested_by=request.user.get_username(), **options)
     except jobs.Refused as exc:
         not_started(request, exc)
     else:
@@ -152,7 +159,10 @@ def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
         force = request.POST.get("force") == "on"
         try:
             job = jobs.delete(
-                name, requested_by=request.user.get_username(), force=force
+                name,
+                requested_by=request.user.get_username(),
+                force=force,
+                folders=folders,
             )
         except jobs.Refused as exc:
             not_started(request, exc)
@@ -169,16 +179,13 @@ def installed_delete(request: HtmxHttpRequest, name: str) -> HttpResponse:
     except InstallError as exc:
         messages.error(request, f"{name} cannot be deleted: {exc}.")
         return redirect("backends:installed")
-    try:
-        plan = plans.make_plan("delete", name)
-    except jobs.Refused as exc:
-        messages.error(request, f"{name} cannot be deleted: {exc}.")
-        return redirect("backends:installed")
+    # The folders read once serve the plan and the models that would break.
+    removed = [removal.path for removal in removals if removal.path is not None]
     context = {
         "disk": disk,
         "removals": removals,
         "warnings": warnings,
-        "models": plan.models,
+        "models": usage.models_using(removed, folders),
     }
     return render(request, "backends/installed_delete.html", context)
 
@@ -251,7 +258,7 @@ def installed_rollback(
             return redirect("backends:installed-versions", name)
         messages.success(request, f"Rollback of {name} started.")
         return redirect("backends:job-detail", job.pk)
-    current = folders.get(read.build_folder(disk))
+    current = folders.get(build_folder(disk))
     context = {
         "disk": disk,
         "kept": kept,

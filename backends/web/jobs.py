@@ -17,8 +17,8 @@ from django_htmx.http import HTMX_STOP_POLLING, trigger_client_event
 from backends import roles
 from backends.core.redact import redact_uri
 from backends.models import Job
+from backends.services import audit, jobs
 from backends.services import catalogue as read
-from backends.services import jobs
 from backends.web.base import (
     JOBS_CHANGED,
     HtmxHttpRequest,
@@ -139,7 +139,7 @@ def _work_permission(job: Job) -> str:
 def job_retry(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
     # A retry starts the job's work again: it needs what starting that work needs.
-    if (needed := _work_permission(job)) and not request.user.has_perm(needed):
+    if (needed := _work_permission(job)) and not audit.permitted(request, needed):
         raise PermissionDenied(f"Not allowed: {roles.refusal(needed)}.")
     try:
         shown = jobs.retry(job, requested_by=request.user.get_username())
