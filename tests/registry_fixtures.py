@@ -340,8 +340,9 @@ class FaultProxy:
     * ``redirect_blobs(host)``: answer blob GETs with a 307 to ``http://<host>/_blob/...``
       (``localhost:PORT`` reaches this same proxy under another host name).
     * ``require_basic(user, password)``: demand basic auth on /v2/ (not on /_blob/).
-    * ``answer(path, body, content_type)``: serve ``body`` (200) for that exact path,
-      e.g. a referrers API the registry behind lacks.
+    * ``answer(path, body, content_type, after=0)``: serve ``body`` (200) for that exact
+      path, e.g. a referrers API the registry behind lacks; with ``after``, only once
+      that many requests of it have passed through (a tag that moves).
     * ``requests``: every request seen (method, path, headers, Host).
     """
 
@@ -354,7 +355,7 @@ class FaultProxy:
         self._corrupt: set[str] = set()
         self._redirect_host: str | None = None
         self._basic: str | None = None
-        self._answers: dict[str, tuple[bytes, str]] = {}
+        self._answers: dict[str, tuple[bytes, str, int]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -387,8 +388,19 @@ class FaultProxy:
             "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         )
 
-    def answer(self, path: str, body: bytes, content_type: str) -> None:
-        self._answers[path] = (body, content_type)
+    def answer(self, path: str, body: bytes, content_type: str, after: int = 0) -> None:
+        with self._lock:
+            self._answers[path] = (body, content_type, after)
+
+    def _take_answer(self, path: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            if path not in self._answers:
+                return None
+            body, content_type, after = self._answers[path]
+            if after:
+                self._answers[path] = (body, content_type, after - 1)
+                return None
+            return body, content_type
 
     def ref(self, repository: str, tag: str) -> str:
         return f"{self.host}/{repository}:{tag}"
@@ -464,8 +476,9 @@ class FaultProxy:
                             status, error, {"Content-Type": "application/json"}
                         )
                         return
-                    if path in proxy._answers:
-                        canned, content_type = proxy._answers[path]
+                    answer = proxy._take_answer(path)
+                    if answer is not None:
+                        canned, content_type = answer
                         self._simple(200, canned, {"Content-Type": content_type})
                         return
                     if (

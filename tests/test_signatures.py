@@ -141,6 +141,33 @@ class SignatureTestCase(SignedImageCase):
         tag = signed.image.digest.replace(":", "-")
         self.assertEqual(self.proxy.requests_for(f"/manifests/{tag}"), [])
 
+    def test_the_image_verified_is_the_image_installed_when_the_tag_moves(
+        self,
+    ) -> None:
+        signed = self.new_image()
+        payload = payload_for(signed.image.digest)
+        push_signature(self.registry, signed.image, payload, sign(signed.key, payload))
+        # An unsigned image in the same repository, which a hostile registry serves
+        # for the signed tag from its second request on: after the check.
+        unsigned = self.registry.push_image(
+            signed.image.repository,
+            "unsigned",
+            [make_layer([file("run.sh", "#!/bin/sh\necho unsigned\n", 0o755)])],
+        )
+        self.proxy.answer(
+            f"/v2/{signed.image.repository}/manifests/v1",
+            unsigned.manifest,
+            unsigned.media_type,
+            after=1,
+        )
+        self.use(signed, public_key=public_pem(signed.key))
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn(
+            "echo signed", (self.backends / "cpu-signed" / "run.sh").read_text()
+        )
+        self.assertEqual(self.proxy.requests_for(unsigned.layers[0].digest), [])
+
     def test_a_signature_by_another_key_is_refused(self) -> None:
         signed = self.new_image()
         payload = payload_for(signed.image.digest)

@@ -423,6 +423,7 @@ class Installer:
                 platform=self.platform,
                 progress=self.progress,
                 watch=self.watch,
+                resolved=image,
             )
         return pulled.digest
 

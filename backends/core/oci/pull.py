@@ -38,6 +38,7 @@ def pull_image(
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     watch: Watch | None = None,
+    resolved: ResolvedImage | None = None,
 ) -> ResolvedImage:
     """Pull ``ref`` for ``platform`` (default: this host) and extract its layers, in
     order and with whiteouts, into ``dest``: a staging folder, discarded on error.
@@ -45,12 +46,16 @@ def pull_image(
 
     ``watch`` (else one made of ``should_cancel`` and the client's timeout) holds the
     deadlines; it must have been made in this thread, which polls it for a cancel at
-    least every ``transfer.POLL_SECONDS`` whatever the network does."""
+    least every ``transfer.POLL_SECONDS`` whatever the network does.
+
+    ``resolved``: the image as the caller already resolved (and maybe verified) it.
+    Its layers are what is pulled: the tag is not asked again, so a registry that
+    moves it in between cannot swap what was checked for something else."""
     ref = as_reference(ref)
     platform = platform or Platform.host()
     watch = watch or client.watch(should_cancel)
     _check_cancel(watch, ref)
-    image = client.resolve(ref, platform, watch=watch)
+    image = resolved or client.resolve(ref, platform, watch=watch)
     tracker = _ProgressTracker(progress, sum(layer.size for layer in image.layers))
     for number, layer in enumerate(image.layers, 1):
         _check_cancel(watch, ref)
