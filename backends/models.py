@@ -7,7 +7,7 @@ import marshal
 import secrets
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import batched
@@ -734,14 +734,19 @@ class InstalledBackend(models.Model):
         cls,
         node: Node,
         rows: dict[str, DiskBackend],
-        sizes: dict[str, int],
+        size_of: Callable[[str], int | None],
         fresh: dict[str, Metadata] | None = None,
+        *,
+        remeasure: Collection[str] | None = None,
     ) -> None:
         """Make the table say what the disk says for ``node`` (alias rows are not stored).
 
         ``metadata.json`` holds source URIs redacted; the table keeps them whole, for an
         upgrade to fetch again: from ``fresh`` (what was just installed, by name) or
         from the row itself, when the disk shows the redacted form of that URI.
+        ``size_of(name)`` measures a folder (None: nothing to measure); it is asked for
+        the names in ``remeasure`` and for new rows, or for every row when
+        ``remeasure`` is None.
         """
         fresh = fresh or {}
         wanted = {
@@ -774,7 +779,9 @@ class InstalledBackend(models.Model):
                 obj.installed_at = _parse_time(meta.installed_at) if meta else None
                 obj.is_system = row.is_system
                 obj.is_meta = row.is_meta
-                obj.size_bytes = sizes.get(name, obj.size_bytes)
+                if remeasure is None or name in remeasure or obj.pk is None:
+                    size = size_of(name)
+                    obj.size_bytes = obj.size_bytes if size is None else size
                 if obj.pk is None or _row(obj) != before.get(name):
                     obj.save()
 

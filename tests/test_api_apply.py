@@ -45,6 +45,25 @@ class ApplyTestCase(PipelineTestCase):
         self.assertEqual(build.alias, "foo")
         self.assertGreater(build.size_bytes, 0)
 
+    def test_a_job_measures_the_folders_it_installed_and_no_other(self) -> None:
+        from backends.models import InstalledBackend
+        from backends.services import pipeline
+
+        self.status(self.apply("cpu-bar"))
+        measured = InstalledBackend.objects.get(name="cpu-bar").size_bytes
+        # Measuring walks every file of a folder: a job leaves the others as measured.
+        (self.backends / "cpu-bar" / "extra.bin").write_bytes(b"x" * 4096)
+        self.status(self.apply("foo"))
+        self.assertEqual(
+            InstalledBackend.objects.get(name="cpu-bar").size_bytes, measured
+        )
+        self.assertGreater(InstalledBackend.objects.get(name="cpu-foo").size_bytes, 0)
+        # A full reconcile (an agent's start, an upgrade check) measures them all again.
+        pipeline.reconcile(None)
+        self.assertEqual(
+            InstalledBackend.objects.get(name="cpu-bar").size_bytes, measured + 4096
+        )
+
     def test_it_records_the_install_as_installed(self) -> None:
         self.status(self.apply("cpu-bar"))
         names = {row["Name"] for row in self.api_get("/backends").json()}

@@ -184,17 +184,24 @@ def finish(job: Job, state: str, message: str, error: str = "") -> None:
 def reconcile(
     node: Node | None, fresh: dict[str, installed.Metadata] | None = None
 ) -> None:
-    """Refresh the node's InstalledBackend rows from its backends folder; ``fresh``
-    is what a job just installed, with its full URIs (the disk has them redacted)."""
+    """Refresh the node's InstalledBackend rows from its backends folder.
+
+    After a job, ``fresh`` is what it installed, with its full URIs (the disk has them
+    redacted): only those folders, and folders the table does not know yet, are
+    measured, since measuring walks every file (thousands in a CUDA build) and the
+    other folders are as the last reconcile measured them. Without ``fresh`` (an
+    agent's start, an upgrade check) every folder is measured again."""
     node = node or Node.objects.local()
     # Each folder once: an alias must not stand in for the meta of the same name here.
     rows = catalogue.installed_folders()
-    sizes = {
-        name: installed.folder_size(row.folder)
-        for name, row in rows.items()
-        if row.folder is not None and name == row.name
-    }
-    InstalledBackend.reconcile(node, rows, sizes, fresh)
+
+    def size_of(name: str) -> int | None:
+        folder = rows[name].folder
+        return installed.folder_size(folder) if folder is not None else None
+
+    InstalledBackend.reconcile(
+        node, rows, size_of, fresh, remeasure=None if fresh is None else set(fresh)
+    )
 
 
 @dataclass
