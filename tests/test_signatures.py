@@ -315,6 +315,52 @@ class SignatureTestCase(SignedImageCase):
             InstalledBackend.objects.get(name="cpu-signed").verified_by, ""
         )
 
+    def test_a_gallery_with_a_policy_does_not_install_a_tarball(self) -> None:
+        # The tarball is sound and matches the gallery's sha256, which whoever
+        # changed the gallery wrote too: only a signature would say who built it.
+        signed = self.new_image()
+        tarball = self.sources / "cpu-signed.tar.gz"
+        tarball.write_bytes(
+            make_layer([file("run.sh", "#!/bin/sh\necho tar\n", 0o755)]).data
+        )
+        sha256 = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        self.use(signed, public_key=public_pem(signed.key))
+        self.gallery_file.write_text(
+            f"- name: cpu-signed\n  uri: {tarball.as_uri()}\n  sha256: {sha256}\n"
+        )
+        self.gallery.sync(force=True)
+        status = self.install()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn(
+            "a gallery with a policy installs signed images only", status["error"]
+        )
+        self.assertIn(f"gallery {self.gallery.name}: key SHA256:", status["error"])
+        self.assertFalse((self.backends / "cpu-signed").exists())
+
+    def test_a_registry_failing_the_image_does_not_fall_back_to_a_tarball_mirror(
+        self,
+    ) -> None:
+        signed = self.new_image()
+        tarball = self.sources / "cpu-signed.tar.gz"
+        tarball.write_bytes(
+            make_layer([file("run.sh", "#!/bin/sh\necho tar\n", 0o755)]).data
+        )
+        sha256 = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        self.use(signed, public_key=public_pem(signed.key))
+        ref = signed.image.ref(self.proxy.host)
+        self.gallery_file.write_text(
+            f"- name: cpu-signed\n  uri: {ref}\n  sha256: {sha256}\n"
+            f"  mirrors: [{tarball.as_uri()}]\n"
+        )
+        self.gallery.sync(force=True)
+        self.proxy.fail_next(50, 404, f"/v2/{signed.image.repository}/manifests/v1")
+        status = self.install()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn(
+            "a gallery with a policy installs signed images only", status["error"]
+        )
+        self.assertFalse((self.backends / "cpu-signed").exists())
+
     @override_settings(LOCALAI_ADMIN_REQUIRE_INTEGRITY=True)
     def test_strict_integrity_refuses_an_image_from_a_gallery_without_a_policy(
         self,
