@@ -27,7 +27,7 @@ from backends.web.kits import kit_upload
 from tests.base import BaseTestCase
 from tests.imagebuild import file, make_layer
 from tests.signing import new_key, payload_for, public_pem, push_signature, sign
-from tests.test_offline_kits import rewrite_kit
+from tests.test_offline_kits import kit_members, rewrite_kit
 from tests.test_registry_mirror import start_registry
 
 pytestmark = pytest.mark.registry
@@ -223,6 +223,51 @@ class KitUploadTestCase(BaseTestCase):
         job = self.confirm(url)
         self.assertEqual(job.state, Job.State.COMPLETED, job.error)
         self.assertIn("not signature-verified", job.message)
+
+    def add_entry(self, entry: str) -> None:
+        """The kit with one more gallery entry (index.json, so the kit's id, kept)."""
+
+        def change(members: dict[str, bytes]) -> None:
+            members["gallery.yaml"] += entry.encode()
+
+        rewrite_kit(self.kit, change)
+
+    def own_blob(self) -> tuple[Path, str]:
+        """Where this host will keep the kit's layer blob, and its sha256."""
+        index = hashlib.sha256(kit_members(self.kit)["index.json"]).hexdigest()
+        hex_digest = self.layer.digest.removeprefix("sha256:")
+        return kits_folder() / index[:16] / "blobs" / "sha256" / hex_digest, hex_digest
+
+    def test_a_kit_whose_gallery_points_outside_the_kit_is_refused_whole(
+        self,
+    ) -> None:
+        # The kit's own layer installed as a tarball from where this host keeps
+        # kits, with the sha256 strict integrity asks for: no signature checked.
+        backends = self.move_to_another_host()
+        self.settings_fixture.LOCALAI_ADMIN_REQUIRE_INTEGRITY = True
+        blob, hex_digest = self.own_blob()
+        self.add_entry(
+            f"- name: cpu-evil\n  uri: {blob.as_uri()}\n  sha256: {hex_digest}\n"
+        )
+        response = self.upload()
+        self.assertContains(
+            response,
+            "a kit&#x27;s entries may only name its own images",
+            status_code=400,
+        )
+        self.assertFalse(blob.exists())
+        self.assertFalse(Gallery.objects.filter(name__startswith="kit-").exists())
+        self.assert_not_unpacked(backends)
+
+    def test_a_kit_entry_with_mirrors_is_refused(self) -> None:
+        backends = self.move_to_another_host()
+        self.add_entry(
+            "- name: cpu-mirrored\n  uri: oci-layout:.@" + self.image.digest + "\n"
+            "  mirrors: [https://example.com/cpu.tar.gz]\n"
+        )
+        with self.assertRaisesMessage(CommandError, "gives 'cpu-mirrored' mirrors"):
+            call_command("import_backends", str(self.kit), stdout=io.StringIO())
+        self.assert_not_unpacked(backends)
 
     def test_a_kit_over_the_cap_is_refused_while_it_is_received(self) -> None:
         # The request is within the cap and its envelope: the file is not.

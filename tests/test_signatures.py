@@ -6,6 +6,7 @@ The tests sign their images themselves the way ``cosign sign --key`` does
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.test import override_settings
 
 from backends.core import oci
+from backends.core.oci.manifest import OCI_INDEX
 from backends.core.oci.verify import SIMPLE_SIGNING
 from backends.models import InstalledBackend, Job
 from tests.base import PipelineTestCase
@@ -168,6 +170,69 @@ class SignatureTestCase(SignedImageCase):
         )
         self.assertEqual(self.proxy.requests_for(unsigned.layers[0].digest), [])
 
+    def test_a_platform_manifest_named_by_sha512_must_match_that_digest(
+        self,
+    ) -> None:
+        # A signed index naming its platform manifest by sha512, and a hostile
+        # registry answering that digest with an unsigned image: the signature
+        # covers the index, so only the index's digest chains to what is installed.
+        signed = self.new_image()
+        unsigned = self.registry.push_image(
+            signed.image.repository,
+            "unsigned",
+            [make_layer([file("run.sh", "#!/bin/sh\necho unsigned\n", 0o755)])],
+        )
+        sha512 = "sha512:" + hashlib.sha512(signed.image.manifest).hexdigest()
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": signed.image.media_type,
+                        "digest": sha512,
+                        "size": len(signed.image.manifest),
+                        "platform": {
+                            "os": "linux",
+                            "architecture": oci.Platform.host().architecture,
+                        },
+                    }
+                ],
+            }
+        ).encode()
+        index = PushedImage(
+            signed.image.repository,
+            "v512",
+            "sha256:" + hashlib.sha256(body).hexdigest(),
+            body,
+            OCI_INDEX,
+        )
+        payload = payload_for(index.digest)
+        push_signature(self.registry, index, payload, sign(signed.key, payload))
+        repository = f"/v2/{signed.image.repository}/manifests"
+        self.proxy.answer(f"{repository}/v512", body, OCI_INDEX)
+        self.proxy.answer(
+            f"{repository}/{sha512}", unsigned.manifest, unsigned.media_type
+        )
+        self.use(
+            Signed(index, signed.layer, signed.key), public_key=public_pem(signed.key)
+        )
+        status = self.install()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn(f"digest mismatch for manifest {sha512}", status["error"])
+        self.assertEqual(self.proxy.requests_for(unsigned.layers[0].digest), [])
+        self.assertFalse((self.backends / "cpu-signed").exists())
+
+        # The genuine manifest under that digest installs.
+        self.proxy.answer(
+            f"{repository}/{sha512}", signed.image.manifest, signed.image.media_type
+        )
+        status = self.install()
+        self.assertEqual(status["state"], "completed", status)
+        self.assertIn(
+            "echo signed", (self.backends / "cpu-signed" / "run.sh").read_text()
+        )
+
     def test_a_signature_by_another_key_is_refused(self) -> None:
         signed = self.new_image()
         payload = payload_for(signed.image.digest)
@@ -249,6 +314,52 @@ class SignatureTestCase(SignedImageCase):
         self.assertEqual(
             InstalledBackend.objects.get(name="cpu-signed").verified_by, ""
         )
+
+    def test_a_gallery_with_a_policy_does_not_install_a_tarball(self) -> None:
+        # The tarball is sound and matches the gallery's sha256, which whoever
+        # changed the gallery wrote too: only a signature would say who built it.
+        signed = self.new_image()
+        tarball = self.sources / "cpu-signed.tar.gz"
+        tarball.write_bytes(
+            make_layer([file("run.sh", "#!/bin/sh\necho tar\n", 0o755)]).data
+        )
+        sha256 = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        self.use(signed, public_key=public_pem(signed.key))
+        self.gallery_file.write_text(
+            f"- name: cpu-signed\n  uri: {tarball.as_uri()}\n  sha256: {sha256}\n"
+        )
+        self.gallery.sync(force=True)
+        status = self.install()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn(
+            "a gallery with a policy installs signed images only", status["error"]
+        )
+        self.assertIn(f"gallery {self.gallery.name}: key SHA256:", status["error"])
+        self.assertFalse((self.backends / "cpu-signed").exists())
+
+    def test_a_registry_failing_the_image_does_not_fall_back_to_a_tarball_mirror(
+        self,
+    ) -> None:
+        signed = self.new_image()
+        tarball = self.sources / "cpu-signed.tar.gz"
+        tarball.write_bytes(
+            make_layer([file("run.sh", "#!/bin/sh\necho tar\n", 0o755)]).data
+        )
+        sha256 = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        self.use(signed, public_key=public_pem(signed.key))
+        ref = signed.image.ref(self.proxy.host)
+        self.gallery_file.write_text(
+            f"- name: cpu-signed\n  uri: {ref}\n  sha256: {sha256}\n"
+            f"  mirrors: [{tarball.as_uri()}]\n"
+        )
+        self.gallery.sync(force=True)
+        self.proxy.fail_next(50, 404, f"/v2/{signed.image.repository}/manifests/v1")
+        status = self.install()
+        self.assertEqual(status["state"], "failed", status)
+        self.assertIn(
+            "a gallery with a policy installs signed images only", status["error"]
+        )
+        self.assertFalse((self.backends / "cpu-signed").exists())
 
     @override_settings(LOCALAI_ADMIN_REQUIRE_INTEGRITY=True)
     def test_strict_integrity_refuses_an_image_from_a_gallery_without_a_policy(

@@ -373,6 +373,7 @@ class Installer:
         budget = Budget(self.limits, self.backends_path)
         sha256 = source.sha256
         self.verified_by = ""
+        self._require_signable(uri, source.verification)
         if uri.startswith(("file://", "/")):
             # Checked and read by its real path, so a link swapped in later is not
             # followed out of the local roots.
@@ -394,6 +395,21 @@ class Installer:
         raise InstallError(
             f"unsupported source {uri!r} (OCI reference, http(s) or file URL)"
         )
+
+    def _require_signable(
+        self, uri: str, verification: VerificationPolicy | None
+    ) -> None:
+        """A gallery with a policy installs signed images only: a tarball or a folder
+        carries no signature, so a gallery (or a mirror list) switching a build to
+        one would install it unchecked, whatever sha256 it gives."""
+        if verification is None or uri.startswith(kits.SCHEME):
+            return
+        if uri.startswith(("file://", "/")) or not looks_like_oci(uri):
+            raise InstallError(
+                f"{redact_uri(uri)}: not an image, so no signature can be checked "
+                f"against the gallery's verification policy ({verification.describe()}); "
+                "a gallery with a policy installs signed images only"
+            )
 
     def _require_sha256(self, uri: str, sha256: str) -> None:
         if self.require_integrity and not sha256:

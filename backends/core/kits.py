@@ -299,6 +299,7 @@ def extract_kit(kit: Path | IO[bytes], kits_folder: Path, max_bytes: int) -> Lay
             _extract_members(tar, partial, max_bytes)
         layout = Layout(partial)
         index_digest = layout.check()
+        layout.gallery_entries()
         final = kits_folder / index_digest.removeprefix("sha256:")[:16]
         if not _sound(final):
             remove_tree(final)
@@ -408,6 +409,7 @@ class Layout:
         ):
             raise KitError(f"the kit's {GALLERY_FILE} is not a list of entries")
         for entry in entries:
+            _refuse_outside_sources(entry)
             uri = entry.get("uri")
             if isinstance(uri, str) and uri.startswith(SCHEME):
                 _, digest = parse_layout_uri(uri)
@@ -557,6 +559,27 @@ class Layout:
                     if isinstance(entry, dict)
                 ]
         return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _refuse_outside_sources(entry: dict[str, Any]) -> None:
+    """A kit's entry installs an image of the kit, or is a meta over such builds.
+
+    Its gallery is added as a local one (a file on this host), which may name local
+    paths and any network source: an entry pointing elsewhere (a tarball with the
+    kit maker's own sha256, a file of this host, another image, a mirror) would
+    install what no signature in the kit covers, strict integrity on or not."""
+    name = entry.get("name")
+    uri = entry.get("uri")
+    if uri not in (None, "") and not (isinstance(uri, str) and uri.startswith(SCHEME)):
+        raise KitError(
+            f"the kit's {GALLERY_FILE} points {name!r} at {uri!r}: "
+            f"a kit's entries may only name its own images ({SCHEME})"
+        )
+    if entry.get("mirrors"):
+        raise KitError(
+            f"the kit's {GALLERY_FILE} gives {name!r} mirrors: "
+            "a kit's entries may only name its own images"
+        )
 
 
 class _KitReadError(OCIError):

@@ -222,12 +222,17 @@ class RegistryClient:
         expected = (
             reference
             if is_digest(reference)
-            else response.headers.get("Docker-Content-Digest")
+            else response.headers.get("Docker-Content-Digest", "")
         )
-        if expected and expected.startswith("sha256:") and expected != digest:
-            raise DigestMismatchError(
-                f"{ref}: digest mismatch for {what}: expected {expected}, got {digest}"
-            )
+        if is_digest(expected):
+            # In the algorithm it names: an index may point at a platform manifest
+            # by sha512, and an unchecked one could be any manifest the registry likes.
+            algorithm = expected.partition(":")[0]
+            got = f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
+            if got != expected:
+                raise DigestMismatchError(
+                    f"{ref}: digest mismatch for {what}: expected {expected}, got {got}"
+                )
         try:
             body = json.loads(raw)
         except ValueError:
