@@ -3,7 +3,9 @@ delete on that node is refused while one of them uses the backend."""
 
 from __future__ import annotations
 
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from backends.core import models_usage
@@ -134,6 +136,14 @@ class AgentModelsReportTestCase(PipelineTestCase):
         self.assertEqual(self.heartbeat({"models": []}).status_code, 200)
         self.node.refresh_from_db()
         self.assertEqual(self.node.localai_models, [])
+
+    def test_a_heartbeat_does_not_read_the_nodes_reports(self) -> None:
+        # Every agent, every few seconds: the last reports are written, never read.
+        with CaptureQueriesContext(connection) as queries:
+            self.assertEqual(self.heartbeat({}).status_code, 200)
+        [read] = [q["sql"] for q in queries.captured_queries if "SELECT" in q["sql"]]
+        self.assertNotIn("hardware", read)
+        self.assertNotIn("localai_models", read)
 
     def test_a_heartbeat_without_models_keeps_the_last_report(self) -> None:
         models = [{"model": "chat", "backend": "bar"}]

@@ -121,7 +121,9 @@ def register(request: ApiRequest) -> JsonResponse:
 )
 def heartbeat(request: ApiRequest, node_id: int) -> JsonResponse:
     """Agents: heartbeat, with the disk's space and LocalAI's models (registration token)"""
-    node = Node.objects.filter(pk=node_id).first()
+    # Every agent, every few seconds: its status is all a heartbeat reads (not its
+    # hardware and models reports).
+    node = Node.objects.filter(pk=node_id).only("status").first()
     if node is None:
         return json_error(404, f"no node {node_id}: register first")
     disk = request.json.get("disk")
