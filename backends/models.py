@@ -493,6 +493,15 @@ class RunsHere(models.Model):
     # The entry's place in the catalogue's name order (name, then gallery order), so
     # the default view reads its page from an index instead of sorting 30,000 rows.
     rank = models.PositiveIntegerField(default=0)
+    # Its place in gallery order, as the API answers list entries; null when an
+    # earlier entry (an earlier gallery's) has the same name, which LocalAI lists
+    # instead. Kept here so /backends/available reads its rows from an index, in
+    # order, instead of sorting 30,000 wide rows and reading every name per request.
+    gallery_rank = models.PositiveIntegerField(null=True, blank=True)
+    # For a meta: the build resolve.verdict chose here and why (the answer's
+    # "resolution"), so the answer does not resolve every meta again.
+    concrete = models.CharField(max_length=255, blank=True, default="")
+    explanation = models.TextField(blank=True, default="")
 
     class Meta:
         constraints = [
@@ -503,6 +512,10 @@ class RunsHere(models.Model):
         indexes = [
             # The catalogue's default view: what runs here, in name order.
             models.Index(fields=("capability", "rank"), name="runshere_rank"),
+            # /backends/available: what runs here, in gallery order.
+            models.Index(
+                fields=("capability", "gallery_rank"), name="runshere_gallery_rank"
+            ),
         ]
 
     def __str__(self) -> str:
