@@ -272,20 +272,16 @@ def _compute_runs_here(
     tags.discard("")
     with transaction.atomic():
         RunsHere.objects.filter(capability=capability).delete()
-        RunsHere.objects.bulk_create(
+        RunsHere.objects.insert_rows(
             (
-                RunsHere(
-                    capability=capability,
-                    entry_id=e.pk,
-                    rank=rank,
-                    gallery_rank=e.gallery_rank,
-                    concrete=resolution.concrete if resolution else "",
-                    explanation=resolution.explanation if resolution else "",
-                )
-                for rank, (e, resolution) in enumerate(runs)
-            ),
-            batch_size=5000,
-            ignore_conflicts=True,  # two first requests computing at once
+                capability,
+                e.pk,
+                rank,
+                e.gallery_rank,
+                resolution.concrete if resolution else "",
+                resolution.explanation if resolution else "",
+            )
+            for rank, (e, resolution) in enumerate(runs)
         )
         try:
             with transaction.atomic():
