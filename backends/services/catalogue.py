@@ -829,6 +829,7 @@ _ANSWER_COLUMNS = (
     "concrete",
     "explanation",
 )
+# A str as json.dumps writes it (its C escaper, non-ASCII characters escaped).
 _string = json.encoder.encode_basestring_ascii
 
 
@@ -893,9 +894,7 @@ def _available_json(
         capability_map = _as_dumped(capability_map)
         # LocalAI leaves the key out for a concrete build; its swagger says object.
         capability_pair = (
-            f"{_string('capabilities')}: {capability_map}, "
-            if capability_map != "{}"
-            else ""
+            f'"capabilities": {capability_map}, ' if capability_map != "{}" else ""
         )
         row = (
             f'{{"id": {_string(f"{gallery_name}@{name}")}, "name": {_string(name)}, '
@@ -905,7 +904,7 @@ def _available_json(
             f'"icon": {_string(icon)}, "urls": {_as_dumped(urls)}, '
             f'"tags": {_as_dumped(tags)}, "version": {_string(version)}, '
             f'"sha256": {_string(sha256)}, "gallery": {gallery}, '
-            f'"installed": {_true(name in installed_names)}, "is_meta": {_true(is_meta)}'
+            f'"installed": {_bool(name in installed_names)}, "is_meta": {_bool(is_meta)}'
         )
         if resolutions and is_meta:
             # In the set, so it resolves (resolve.verdict said so): to this build.
@@ -927,7 +926,7 @@ def _as_dumped(stored: str) -> str:
     return json.dumps(json.loads(stored))
 
 
-def _true(value: bool) -> str:
+def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
