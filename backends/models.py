@@ -484,8 +484,54 @@ class RunsHereSet(models.Model):
         return f"{self.capability} ({self.fingerprint[:8]})"
 
 
+class RunsHereQuerySet(models.QuerySet["RunsHere"]):
+    def insert_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Insert rows of ``RunsHere.ROW_FIELDS`` values, skipping those already there
+        (two first requests computing one set at once).
+
+        A set holds one row per runnable entry, 30,000 at 100,000 entries: building
+        model instances for bulk_create cost more than the inserts, as for the sync's
+        rows (``GalleryBackendQuerySet.insert_rows``).
+        """
+        ops = connection.ops
+        table = ops.quote_name(RunsHere._meta.db_table)
+        fields = {f.name: f for f in RunsHere._meta.concrete_fields}
+        names = RunsHere.ROW_FIELDS
+        columns = ", ".join(ops.quote_name(column(fields[name])) for name in names)
+        with connection.cursor() as cursor:
+            for chunk in batched(rows, INSERT_CHUNK):
+                if connection.vendor == "postgresql":
+                    # One statement per chunk, its columns as arrays: an executemany
+                    # runs one statement per row on the server.
+                    arrays = ", ".join(
+                        f"%s::{fields[name].db_type(connection)}[]" for name in names
+                    )
+                    cursor.execute(
+                        f"INSERT INTO {table} ({columns}) "
+                        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING",
+                        [list(values) for values in zip(*chunk, strict=True)],
+                    )
+                else:  # SQLite since 3.24
+                    marks = ", ".join(["%s"] * len(names))
+                    cursor.executemany(
+                        f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
+                        "ON CONFLICT DO NOTHING",
+                        chunk,
+                    )
+
+
 class RunsHere(models.Model):
     """One entry that runs on ``capability`` (see RunsHereSet)."""
+
+    # The columns ``RunsHere.objects.insert_rows`` fills, in order.
+    ROW_FIELDS = (
+        "capability",
+        "entry",
+        "rank",
+        "gallery_rank",
+        "concrete",
+        "explanation",
+    )
 
     capability = models.CharField(max_length=255)
     # No database constraint and no cascade: a sync replaces entries by the hundred
@@ -497,6 +543,17 @@ class RunsHere(models.Model):
     # The entry's place in the catalogue's name order (name, then gallery order), so
     # the default view reads its page from an index instead of sorting 30,000 rows.
     rank = models.PositiveIntegerField(default=0)
+    # Its place in gallery order, as the API answers list entries; null when an
+    # earlier entry (an earlier gallery's) has the same name, which LocalAI lists
+    # instead. Kept here so /backends/available reads its rows from an index, in
+    # order, instead of sorting 30,000 wide rows and reading every name per request.
+    gallery_rank = models.PositiveIntegerField(null=True, blank=True)
+    # For a meta: the build resolve.verdict chose here and why (the answer's
+    # "resolution"), so the answer does not resolve every meta again.
+    concrete = models.CharField(max_length=255, blank=True, default="")
+    explanation = models.TextField(blank=True, default="")
+
+    objects = RunsHereQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -507,6 +564,10 @@ class RunsHere(models.Model):
         indexes = [
             # The catalogue's default view: what runs here, in name order.
             models.Index(fields=("capability", "rank"), name="runshere_rank"),
+            # /backends/available: what runs here, in gallery order.
+            models.Index(
+                fields=("capability", "gallery_rank"), name="runshere_gallery_rank"
+            ),
         ]
 
     def __str__(self) -> str:

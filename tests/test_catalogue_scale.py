@@ -109,6 +109,33 @@ class RunsHereTestCase(BaseTestCase):
             (before.pk, before.fingerprint, before.computed_at),
         )
 
+    def test_a_set_written_twice_at_once_keeps_one_row_per_entry(self) -> None:
+        read.runs_here_set("default")
+        shown = RunsHere.objects.filter(capability="default")
+        rows = list(shown.values_list(*RunsHere.ROW_FIELDS))
+        # What a second first request, computing the same set, inserts.
+        RunsHere.objects.insert_rows(rows)
+        self.assertEqual(shown.count(), len(rows))
+        self.assertEqual(sorted(shown.values_list(*RunsHere.ROW_FIELDS)), sorted(rows))
+
+    def test_the_set_keeps_each_metas_resolution_by_the_verdict(self) -> None:
+        read.runs_here_set("default")
+        entries = list(GalleryBackend.objects.enabled())
+        concretes = resolve.concretes_by_name(entries)
+        kept = {
+            run.entry_id: (run.concrete, run.explanation)
+            for run in RunsHere.objects.filter(capability="default")
+        }
+        for entry in entries:
+            resolution = resolve.verdict(entry, concretes, "default").resolution
+            if entry.pk in kept:
+                expected = (
+                    (resolution.concrete, resolution.explanation)
+                    if resolution
+                    else ("", "")
+                )
+                self.assertEqual(kept[entry.pk], expected, entry.name)
+
 
 class LargeCatalogueTestCase(BaseTestCase):
     """20,000 entries: the real gallery 20 times with renamed copies."""

@@ -289,6 +289,14 @@ class ClusterCatalogueTestCase(PipelineTestCase):
         self.assertIn("cuda12-foo", names)
         self.assertIn("cpu-bar", names)
 
+    def test_an_entry_several_capabilities_run_is_listed_once(self) -> None:
+        Node.objects.create(
+            name="gpu", capability="nvidia-cuda-12", last_heartbeat=timezone.now()
+        )
+        names = [r["name"] for r in self.api_get("/backends/available").json()]
+        self.assertEqual(names.count("cpu-bar"), 1)
+        self.assertEqual(len(names), len(set(names)))
+
 
 class KnownBackendsTestCase(PipelineTestCase):
     # core/http/endpoints/localai/backend_test.go "includes curated pref-only backends

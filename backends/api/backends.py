@@ -105,9 +105,9 @@ def available_list(request: HttpRequest) -> HttpResponseBase:
     """Gallery backends this node can run (distributed: that some online node can run)"""
     # Streamed: a gallery can hold 200,000 entries.
     if settings.DISTRIBUTED:
-        return JsonArrayStream(catalogue.cluster_available())
+        return JsonArrayStream(catalogue.cluster_available(), encoded=True)
     capability = Node.objects.local().current_capability()
-    return JsonArrayStream(catalogue.available(capability))
+    return JsonArrayStream(catalogue.available(capability), encoded=True)
 
 
 @api_view(permission=roles.VIEW, responses={200: array_of("KnownBackend")})

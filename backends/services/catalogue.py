@@ -8,6 +8,7 @@ computed by one function.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.paginator import Page, Paginator
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.db.models import (
     Case,
@@ -25,9 +27,11 @@ from django.db.models import (
     OuterRef,
     Q,
     QuerySet,
+    TextField,
     Value,
     When,
 )
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from backends.core import icons, installed, resolve
@@ -166,8 +170,9 @@ LIGHT_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class _Resolvable:
-    """What resolve.verdict reads of an entry, its id, and its place in the name order
-    (lower-cased name, gallery position and name, position in the gallery)."""
+    """What resolve.verdict reads of an entry, its id, its place in the name order
+    (lower-cased name, gallery position and name, position in the gallery), and its
+    place in gallery order when it wins its name (None when an earlier entry does)."""
 
     pk: int
     name: str
@@ -175,6 +180,7 @@ class _Resolvable:
     is_meta: bool
     capabilities: Mapping[str, str]
     order: tuple[str, int, str, int]
+    gallery_rank: int | None
 
     @property
     def development(self) -> bool:
@@ -223,35 +229,54 @@ def _compute_runs_here(
     maps = dict(entries.filter(is_meta=True).values_list("pk", "capabilities"))
     light: list[_Resolvable] = []
     tags: set[str] = set()
+    names: set[str] = set()
+    # In gallery order (the model's ordering), so the first entry of a name is the
+    # one resolve.first_by_name keeps.
     rows = entries.values_list(
         "pk", "name", "uri", "is_meta", "tag_text", "name_key", "gallery", "position"
     )
-    for pk, name, uri, is_meta, tag_text, key, gallery, position in rows.iterator(
-        chunk_size=5000
-    ):
+    for gallery_rank, row in enumerate(rows.iterator(chunk_size=5000)):
+        pk, name, uri, is_meta, tag_text, key, gallery, position = row
         order = (key, *gallery_order[gallery], position)
-        light.append(_Resolvable(pk, name, uri, is_meta, maps.get(pk, {}), order))
+        first = key not in names
+        names.add(key)
+        light.append(
+            _Resolvable(
+                pk,
+                name,
+                uri,
+                is_meta,
+                maps.get(pk, {}),
+                order,
+                gallery_rank if first else None,
+            )
+        )
         tags.update(tag_text.split("\n"))
+    del names
     counts = {
         "total": len(light),
         "release": sum(not e.development for e in light),
     }
     concretes = resolve.concretes_by_name(light)
-    runs = [e for e in light if resolve.verdict(e, concretes, capability).runs_here]
+    verdicts = ((e, resolve.verdict(e, concretes, capability)) for e in light)
+    runs = [(e, v.resolution) for e, v in verdicts if v.runs_here]
     del light, concretes
-    runs.sort(key=lambda e: e.order)
+    runs.sort(key=lambda run: run[0].order)
     counts["runnable"] = len(runs)
-    counts["runnable_release"] = sum(not e.development for e in runs)
+    counts["runnable_release"] = sum(not e.development for e, _ in runs)
     tags.discard("")
     with transaction.atomic():
         RunsHere.objects.filter(capability=capability).delete()
-        RunsHere.objects.bulk_create(
+        RunsHere.objects.insert_rows(
             (
-                RunsHere(capability=capability, entry_id=e.pk, rank=rank)
-                for rank, e in enumerate(runs)
-            ),
-            batch_size=5000,
-            ignore_conflicts=True,  # two first requests computing at once
+                capability,
+                e.pk,
+                rank,
+                e.gallery_rank,
+                resolution.concrete if resolution else "",
+                resolution.explanation if resolution else "",
+            )
+            for rank, (e, resolution) in enumerate(runs)
         )
         try:
             with transaction.atomic():
@@ -748,62 +773,152 @@ def removal_plan(
 # -- API answers -----------------------------------------------------------------------
 
 
-def available(capability: str) -> Iterator[dict[str, Any]]:
-    """Gallery entries this node can run, in LocalAI's shape, with how metas resolve.
+def available(capability: str) -> Iterator[str]:
+    """Gallery entries this node can run, in LocalAI's shape, with how metas resolve:
+    each row as JSON text (``GalleryBackend.to_localai`` plus ``resolution``).
 
     Rows are produced one by one from the database (the answer is streamed); the
     runs-here set is made fresh first, so a failure there is an error, not a cut answer.
     """
     runs_here_set(capability)
-    first = _first_by_name_ids()
-    on_disk = local_disk(capability)
-    entries = _entries_running_on([capability])
-    return _available_rows(entries, first, on_disk, capability)
+    return _available_json([capability], local_disk(capability), resolutions=True)
 
 
-def _available_rows(
-    entries: QuerySet[GalleryBackend],
-    first: set[int],
-    on_disk: Mapping[str, object],
-    capability: str,
-) -> Iterator[dict[str, Any]]:
-    for entry in _with_galleries(entries):
-        if entry.pk not in first:
+def cluster_available() -> Iterator[str]:
+    """Distributed mode: entries that at least one online node can run (the union), as
+    JSON text rows (``GalleryBackend.to_localai``).
+
+    The controller's own hardware counts too, as in LocalAI: before any agent registers
+    the catalogue shows what this host runs instead of nothing.
+    """
+    capabilities = set(Node.objects.taking_work().values_list("capability", flat=True))
+    capabilities.add(Node.objects.local().current_capability())
+    for capability in sorted(capabilities):
+        runs_here_set(capability)
+    installed_names = set(InstalledBackend.objects.values_list("name", flat=True))
+    return _available_json(capabilities, installed_names, resolutions=False)
+
+
+# The answer's columns, read as values (30,000 model instances, their JSON decoded and
+# encoded again, were most of the answer's time); JSON columns as the database's text.
+_ANSWER_COLUMNS = (
+    "entry_id",
+    "entry__gallery_id",
+    "entry__name",
+    "entry__alias",
+    "entry__uri",
+    "mirrors_json",
+    "capabilities_json",
+    "entry__description",
+    "entry__license",
+    "entry__icon",
+    "urls_json",
+    "tags_json",
+    "entry__version",
+    "entry__sha256",
+    "entry__is_meta",
+    "concrete",
+    "explanation",
+)
+# A str as json.dumps writes it (its C escaper, non-ASCII characters escaped).
+_string = json.encoder.encode_basestring_ascii
+
+
+def _available_json(
+    capabilities: Collection[str],
+    installed_names: Collection[str],
+    *,
+    resolutions: bool,
+) -> Iterator[str]:
+    """The entries that run on any of ``capabilities`` and win their name, in gallery
+    order, each as the JSON text ``DjangoJSONEncoder`` makes of
+    ``entry.to_localai(installed=...)`` (with the meta's ``resolution`` when asked).
+
+    Written here rather than encoded from dicts: strings through json's C escaper, the
+    JSON columns as stored (``_as_dumped``), each gallery encoded once.
+    """
+    galleries = {
+        g.pk: (g.name, DjangoJSONEncoder().encode(g.to_localai()))
+        for g in Gallery.objects.all()
+    }
+    runs = (
+        RunsHere.objects.filter(
+            capability__in=list(capabilities),
+            gallery_rank__isnull=False,
+            entry__gallery__enabled=True,
+        )
+        .annotate(
+            mirrors_json=Cast("entry__mirrors", TextField()),
+            capabilities_json=Cast("entry__capabilities", TextField()),
+            urls_json=Cast("entry__urls", TextField()),
+            tags_json=Cast("entry__tags", TextField()),
+        )
+        .order_by("gallery_rank")
+        .values_list(*_ANSWER_COLUMNS)
+    )
+    seen: set[int] = set()  # an entry runs on several of the capabilities
+    for (
+        pk,
+        gallery_id,
+        name,
+        alias,
+        uri,
+        mirrors,
+        capability_map,
+        description,
+        license_name,
+        icon,
+        urls,
+        tags,
+        version,
+        sha256,
+        is_meta,
+        concrete,
+        explanation,
+    ) in runs.iterator(chunk_size=2000):
+        if pk in seen:
             continue
-        row = entry.to_localai(installed=entry.name in on_disk)
-        if entry.is_meta:
+        seen.add(pk)
+        gallery_name, gallery = galleries[gallery_id]
+        if mirrors != "[]":
+            mirrors = json.dumps([redact_uri(m) for m in json.loads(mirrors)])
+        capability_map = _as_dumped(capability_map)
+        # LocalAI leaves the key out for a concrete build; its swagger says object.
+        capability_pair = (
+            f'"capabilities": {capability_map}, ' if capability_map != "{}" else ""
+        )
+        row = (
+            f'{{"id": {_string(f"{gallery_name}@{name}")}, "name": {_string(name)}, '
+            f'"alias": {_string(alias)}, "uri": {_string(redact_uri(uri))}, '
+            f'"mirrors": {mirrors}, {capability_pair}'
+            f'"description": {_string(description)}, "license": {_string(license_name)}, '
+            f'"icon": {_string(icon)}, "urls": {_as_dumped(urls)}, '
+            f'"tags": {_as_dumped(tags)}, "version": {_string(version)}, '
+            f'"sha256": {_string(sha256)}, "gallery": {gallery}, '
+            f'"installed": {_bool(name in installed_names)}, "is_meta": {_bool(is_meta)}'
+        )
+        if resolutions and is_meta:
             # In the set, so it resolves (resolve.verdict said so): to this build.
-            resolution = resolve.resolve_meta(entry, capability)
-            row["resolution"] = {
-                "concrete": resolution.concrete,
-                "explanation": resolution.explanation,
-            }
-        yield row
+            row += (
+                f', "resolution": {{"concrete": {_string(concrete)}, '
+                f'"explanation": {_string(explanation)}}}'
+            )
+        yield row + "}"
 
 
-def _first_by_name_ids() -> set[int]:
-    """The entries that win their name (the first gallery), as resolve.first_by_name."""
-    seen: set[str] = set()
-    first: set[int] = set()
-    rows = GalleryBackend.objects.enabled().values_list("pk", "name_key")
-    for pk, key in rows.iterator(chunk_size=10_000):
-        if key not in seen:
-            seen.add(key)
-            first.add(pk)
-    return first
+def _as_dumped(stored: str) -> str:
+    """A JSON column's text as json.dumps writes its value. SQLite keeps json.dumps's
+    own text; PostgreSQL's jsonb writes the same separators and key order as the value
+    read back, but leaves non-ASCII characters unescaped: those are encoded again."""
+    # json.dumps escapes non-ASCII characters and DEL (the text holds no other
+    # control character unescaped); isascii() is a flag check, not a scan.
+    if stored.isascii() and "\x7f" not in stored:
+        return stored
+    return json.dumps(json.loads(stored))
 
 
-def _entries_running_on(capabilities: Collection[str]) -> QuerySet[GalleryBackend]:
-    ids = RunsHere.objects.filter(capability__in=list(capabilities))
-    return GalleryBackend.objects.enabled().filter(pk__in=ids.values("entry_id"))
-
-
-def _with_galleries(entries: QuerySet[GalleryBackend]) -> Iterator[GalleryBackend]:
-    """The entries read in chunks, each with its (shared) gallery."""
-    galleries = {gallery.pk: gallery for gallery in Gallery.objects.all()}
-    for entry in entries.iterator(chunk_size=2000):
-        entry.gallery = galleries[entry.gallery_id]
-        yield entry
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def known_backends(installed_names: set[str]) -> list[dict[str, Any]]:
@@ -831,26 +946,6 @@ def known_backends(installed_names: set[str]) -> list[dict[str, Any]]:
 
 def galleries() -> list[dict[str, Any]]:
     return [g.to_localai() for g in Gallery.objects.filter(enabled=True)]
-
-
-def cluster_available() -> Iterator[dict[str, Any]]:
-    """Distributed mode: entries that at least one online node can run (the union).
-
-    The controller's own hardware counts too, as in LocalAI: before any agent registers
-    the catalogue shows what this host runs instead of nothing.
-    """
-    capabilities = set(Node.objects.taking_work().values_list("capability", flat=True))
-    capabilities.add(Node.objects.local().current_capability())
-    for capability in sorted(capabilities):
-        runs_here_set(capability)
-    first = _first_by_name_ids()
-    installed_names = set(InstalledBackend.objects.values_list("name", flat=True))
-    entries = _entries_running_on(capabilities)
-    return (
-        entry.to_localai(installed=entry.name in installed_names)
-        for entry in _with_galleries(entries)
-        if entry.pk in first
-    )
 
 
 def cluster_installed() -> list[dict[str, Any]]:
