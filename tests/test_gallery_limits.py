@@ -234,3 +234,59 @@ class GalleryEntryLimitSyncTestCase(BaseTestCase):
             )
             (rows,) = cursor.fetchone()
         self.assertEqual(rows, 7)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "",
+        "---\n",
+        "null",
+        "just text",
+        "{a: 1}",
+        "[]",
+        "- a\n---\n- b\n",
+        "--- a\n--- b\n",
+        "- &x [1, 2, 3]\n- *x\n- {k: *x, j: [*x, *x]}\n",
+        "- &r [*r]\n",
+        "- *undefined\n",
+        "- &m {name: m, tags: [a, b]}\n- <<: *m\n  name: n\n",
+        entries(4),
+        "- name: a\n  junk: [" + ",".join(["j"] * 1997) + "]\n"
+        "- name: b\n  junk: [" + ",".join(["j"] * 1995) + "]\n",
+        "- [unclosed\n",
+    ],
+)
+def test_a_small_document_is_measured_as_its_events_measure_it(
+    document: str, monkeypatch
+) -> None:
+    """A document loaded whole is measured on its composed nodes, once: what that says
+    is what the pass over its events (large documents) says."""
+
+    def shape(document: str) -> object:
+        try:
+            found = gallery.document_shape(document, SMALL)
+        except Exception as exc:
+            return type(exc)
+        return (found.problem, found.values, found.oversized)
+
+    composed = shape(document)
+    monkeypatch.setattr(gallery, "LOAD_WHOLE_VALUES", 0)  # measured on events
+    if document == "--- a\n--- b\n":
+        # The event pass loaded the lone scalar whole, and libyaml refused the second
+        # document; the composed pass says what is wrong with the first.
+        assert composed == (
+            "the document is a string, not a list of backends",
+            0,
+            set(),
+        )
+        return
+    assert composed == shape(document)
+
+
+def test_a_small_document_is_parsed_once(monkeypatch) -> None:
+    monkeypatch.setattr(gallery, "_load_yaml", None)  # a second parse would fail
+    body = REAL_GALLERY.read_bytes()
+    shape = gallery.document_shape(body, DEFAULT_LIMITS)
+
+    assert len(list(GalleryReading(body, "localai", shape=shape))) == 1028

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import gc
 import io
+import json
 import shutil
 from typing import Any
+from unittest import mock
 
 from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
-from backends import tasks
+from backends import models, tasks
+from backends.core import gallery as gallery_format
 from backends.models import Gallery, GalleryBackend, Node, RunsHereSet
 from backends.services import catalogue
 from tests.base import REAL_GALLERY, BaseTestCase
@@ -121,6 +126,87 @@ class GallerySyncTestCase(BaseTestCase):
         with connection.cursor() as cursor:
             cursor.execute("PRAGMA mmap_size")
             self.assertEqual(cursor.fetchone()[0], 1073741824)
+
+    def test_it_keeps_json_columns_as_the_orm_writes_them(self) -> None:
+        self.gallery_file.write_text(
+            "- name: odd\n"
+            "  uri: quay.io/a/b:1\n"
+            '  tags: [\'say "hi"\', "back\\\\slash", "caf\u00e9 \U0001f600"]\n'
+            "- name: meta\n"
+            '  capabilities: {default: odd, "n\u00e9": odd}\n'
+        )
+        self.gallery.sync(force=True)
+
+        odd = GalleryBackend.objects.get(name="odd")
+        self.assertEqual(odd.tags, ['say "hi"', "back\\slash", "caf\u00e9 \U0001f600"])
+        self.assertEqual((odd.urls, odd.mirrors, odd.capabilities), ([], [], {}))
+        meta = GalleryBackend.objects.get(name="meta")
+        self.assertEqual(meta.capabilities, {"default": "odd", "n\u00e9": "odd"})
+        self.assertEqual(meta.tags, [])
+        if connection.vendor == "sqlite":  # PostgreSQL's jsonb keeps no text
+            # The text JSONField writes (json.dumps), so both ways of writing agree.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT tags, capabilities FROM backends_gallerybackend "
+                    "WHERE id IN (%s, %s) ORDER BY id",
+                    [odd.pk, meta.pk],
+                )
+                stored = cursor.fetchall()
+            self.assertEqual(
+                stored,
+                [
+                    (json.dumps(odd.tags), "{}"),
+                    ("[]", json.dumps(meta.capabilities)),
+                ],
+            )
+
+    def test_rows_staged_in_several_chunks_come_back_in_order(self) -> None:
+        rows = [[n, f"name-{n}", {"k": n}.get("k")] for n in range(5)]
+        with mock.patch.object(models, "INSERT_CHUNK", 2), io.BytesIO() as staged:
+            self.assertEqual(models.stage_rows(iter(rows), staged), 5)
+            self.assertEqual(list(models.staged_rows(staged)), rows)
+
+    def test_a_sync_leaves_the_cycle_collector_as_it_found_it(self) -> None:
+        seen: list[bool] = []
+        read = gallery_format.GalleryReading.__iter__
+
+        def reading(self: gallery_format.GalleryReading) -> Any:
+            seen.append(gc.isenabled())
+            return read(self)
+
+        self.assertTrue(gc.isenabled())
+        with mock.patch.object(gallery_format.GalleryReading, "__iter__", reading):
+            self.gallery.sync(force=True)
+            self.gallery_file.write_text("- name: [unclosed\n")
+            self.gallery.sync(force=True)
+        self.assertEqual(seen, [False])  # paused while the entries were read
+        self.assertTrue(gc.isenabled())  # and running again, after a failure too
+        gc.disable()
+        try:
+            self.gallery.sync(force=True)
+            self.assertFalse(gc.isenabled())  # stopped by someone else: left stopped
+        finally:
+            gc.enable()
+
+    def test_on_postgresql_a_sync_of_about_the_same_size_keeps_the_statistics(
+        self,
+    ) -> None:
+        if connection.vendor != "postgresql":
+            self.skipTest("PostgreSQL only: SQLite keeps no statistics unasked")
+        self.use_real_gallery()
+        self.gallery.sync(force=True)  # the statistics now describe 1,028 rows
+
+        with CaptureQueriesContext(connection) as again:
+            self.gallery.sync(force=True)
+        self.gallery_file.write_text("- name: a\n- name: b\n")
+        with CaptureQueriesContext(connection) as smaller:
+            self.gallery.sync(force=True)
+
+        def analyzed(queries: CaptureQueriesContext) -> bool:
+            return any(q["sql"].startswith("ANALYZE") for q in queries)
+
+        self.assertFalse(analyzed(again))
+        self.assertTrue(analyzed(smaller))
 
 
 class GallerySeedTestCase(BaseTestCase):

@@ -29,7 +29,7 @@ import yaml
 from yaml._yaml import CParser
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
-from yaml.nodes import Node
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from backends.core.installed import TRANSIENT_SUFFIXES
@@ -77,7 +77,9 @@ def validate_name(value: object, what: str = "backend name") -> str:
 def reserved_suffix(name: str) -> str:
     """The working-folder suffix ``name`` ends with, or ""."""
     lowered = name.lower()
-    return next((s for s in RESERVED_SUFFIXES if lowered.endswith(s)), "")
+    if not lowered.endswith(RESERVED_SUFFIXES):  # one call for every name that is fine
+        return ""
+    return next(s for s in RESERVED_SUFFIXES if lowered.endswith(s))
 
 
 def _check_component(value: object, what: str) -> str:
@@ -338,7 +340,16 @@ class GalleryReading:
             shared_ids: set[int] = set()
             items = _read_entries(self.data, self.gallery, self.limits, shared_ids)
             return self._entries(items, _Shared(self.limits, only=shared_ids))
-        loaded = _load_yaml(self.data, self.gallery)
+        root = shape.take_composed()
+        if root is None:
+            loaded = _load_yaml(self.data, self.gallery)
+        else:
+            try:
+                loaded = _construct(root)
+            except yaml.YAMLError as exc:
+                raise GalleryError(
+                    f"gallery {self.gallery}: {_describe_yaml_error(exc)}"
+                ) from None
         assert isinstance(loaded, list)  # the shape says so
         too_large = _EntryProblem(f"has more than {self.limits.entry_values} values")
         items = (
@@ -710,20 +721,111 @@ LOAD_WHOLE_VALUES = 200_000
 
 @dataclass(frozen=True)
 class DocumentShape:
-    """What one pass over libyaml's events tells of a document, before it is loaded."""
+    """What one pass over a document tells of it, before its entries are built."""
 
     problem: (
         str  # why it cannot be a gallery, or "" when it is a list within the limits
     )
     values: int = 0  # YAML values (scalars, aliases, lists and maps) in the document
     oversized: frozenset[int] = frozenset()  # entries (from 1) over entry_values
+    # The document's nodes when it was composed whole to take its shape (at most
+    # LOAD_WHOLE_VALUES events): the reading builds the entries from them instead of
+    # parsing the body a second time, and lets them go (``take_composed``).
+    composed: list[Node] = field(default_factory=list, compare=False, repr=False)
+
+    def take_composed(self) -> Node | None:
+        """The composed document, once; None if there is none (or no longer)."""
+        return self.composed.pop() if self.composed else None
 
 
 def document_shape(body: Document, limits: GalleryLimits) -> DocumentShape:
-    """The shape of ``body``, from events alone: fast, and flat in memory.
+    """The shape of ``body``: fast, and bounded in memory.
+
+    libyaml counts the document's events first, in C (a tenth of a parse, no Python
+    objects). A document of at most LOAD_WHOLE_VALUES events, which would be loaded
+    whole anyway, is composed once and measured on its nodes, which the shape keeps for
+    the reading. A larger one is measured on its events one at a time, in flat memory,
+    and so is one libyaml or the composer rejects (that pass says where it fails).
 
     Raises yaml.YAMLError for a document libyaml cannot parse.
     """
+    try:
+        events = CParser(_rewound(body)).raw_parse()
+    except yaml.YAMLError:
+        return _shape_of_events(body, limits)
+    if events > LOAD_WHOLE_VALUES:
+        return _shape_of_events(body, limits)
+    loader = GalleryLoader(_rewound(body))
+    try:
+        if not loader.check_node():
+            return DocumentShape(_document_problem(None))
+        root = loader.get_node()
+        assert root is not None  # check_node said a document follows
+        shape = _shape_of_nodes(root, limits)
+        if not shape.problem and loader.check_node():
+            return DocumentShape("invalid YAML: more than one document")
+    except yaml.YAMLError:
+        return _shape_of_events(body, limits)
+    finally:
+        loader.dispose()
+    return shape
+
+
+def _shape_of_nodes(root: Node, limits: GalleryLimits) -> DocumentShape:
+    """The shape of a composed document, with the numbers the event pass would give: an
+    alias counts as one value, wherever its anchor was."""
+    if isinstance(root, MappingNode):
+        return DocumentShape(_document_problem({}))
+    if not isinstance(root, SequenceNode):
+        # A lone scalar: only constructing it says whether it means null.
+        return DocumentShape(_document_problem(_construct(root)))
+    items: list[Node] = root.value
+    if len(items) > limits.entries:
+        return DocumentShape(_too_many(limits.entries))
+    if not items:
+        return DocumentShape(_document_problem([]))
+    # Collections met already: meeting one again is an alias to it. Entries are walked
+    # in order, so an anchor is counted in full in the entry that defines it.
+    met: set[int] = set()
+    values = 1
+    oversized = set()
+    for number, item in enumerate(items, start=1):
+        inside = _count_values(item, met) - 1
+        values += 1 + inside
+        if inside >= limits.entry_values:
+            oversized.add(number)
+    return DocumentShape("", values, frozenset(oversized), [root])
+
+
+def _count_values(node: Node, met: set[int]) -> int:
+    count = 0
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        count += 1
+        if isinstance(current, ScalarNode) or id(current) in met:
+            continue
+        met.add(id(current))
+        if isinstance(current, SequenceNode):
+            pending.extend(current.value)
+        else:
+            for key, value in current.value:
+                pending.append(key)
+                pending.append(value)
+    return count
+
+
+def _construct(root: Node) -> object:
+    """The value of a composed document, as ``yaml.load`` would build it."""
+    loader = GalleryLoader("")
+    try:
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _shape_of_events(body: Document, limits: GalleryLimits) -> DocumentShape:
+    """The shape of ``body`` from libyaml's events, one at a time: flat in memory."""
     depth = entries = documents = values = entry_start = 0
     oversized: set[int] = set()
     for event in yaml.parse(_rewound(body), Loader=GalleryLoader):
