@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -315,16 +316,20 @@ class SignatureTestCase(SignedImageCase):
             InstalledBackend.objects.get(name="cpu-signed").verified_by, ""
         )
 
-    def test_a_gallery_with_a_policy_does_not_install_a_tarball(self) -> None:
-        # The tarball is sound and matches the gallery's sha256, which whoever
-        # changed the gallery wrote too: only a signature would say who built it.
+    def signed_image_and_tarball(self) -> tuple[Signed, Path, str]:
+        """A gallery with a key policy, and a sound tarball with its sha256."""
         signed = self.new_image()
         tarball = self.sources / "cpu-signed.tar.gz"
         tarball.write_bytes(
             make_layer([file("run.sh", "#!/bin/sh\necho tar\n", 0o755)]).data
         )
-        sha256 = hashlib.sha256(tarball.read_bytes()).hexdigest()
         self.use(signed, public_key=public_pem(signed.key))
+        return signed, tarball, hashlib.sha256(tarball.read_bytes()).hexdigest()
+
+    def test_a_gallery_with_a_policy_does_not_install_a_tarball(self) -> None:
+        # The tarball is sound and matches the gallery's sha256, which whoever
+        # changed the gallery wrote too: only a signature would say who built it.
+        signed, tarball, sha256 = self.signed_image_and_tarball()
         self.gallery_file.write_text(
             f"- name: cpu-signed\n  uri: {tarball.as_uri()}\n  sha256: {sha256}\n"
         )
@@ -340,13 +345,7 @@ class SignatureTestCase(SignedImageCase):
     def test_a_registry_failing_the_image_does_not_fall_back_to_a_tarball_mirror(
         self,
     ) -> None:
-        signed = self.new_image()
-        tarball = self.sources / "cpu-signed.tar.gz"
-        tarball.write_bytes(
-            make_layer([file("run.sh", "#!/bin/sh\necho tar\n", 0o755)]).data
-        )
-        sha256 = hashlib.sha256(tarball.read_bytes()).hexdigest()
-        self.use(signed, public_key=public_pem(signed.key))
+        signed, tarball, sha256 = self.signed_image_and_tarball()
         ref = signed.image.ref(self.proxy.host)
         self.gallery_file.write_text(
             f"- name: cpu-signed\n  uri: {ref}\n  sha256: {sha256}\n"
