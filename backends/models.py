@@ -7,7 +7,14 @@ import secrets
 import struct
 import tempfile
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import batched
@@ -281,6 +288,43 @@ def _json_text(value: tuple[str, ...] | Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{text(k)}: {text(v)}" for k, v in value.items()) + "}"
 
 
+def insert_plain(
+    model: type[models.Model],
+    fields: Sequence[models.Field[Any, Any]],
+    rows: Iterable[Sequence[Any]],
+    *,
+    skip_existing: bool = False,
+) -> None:
+    """Insert rows of plain values (one per field of ``fields``, ready for the database),
+    INSERT_CHUNK at a time, never all held at once: at 100,000 entries, building model
+    instances for bulk_create cost several times the inserts themselves.
+
+    PostgreSQL: COPY, or with ``skip_existing`` (rows that break a unique constraint
+    are left out) one INSERT of the chunk's columns as arrays, since an executemany
+    runs one statement per row on the server. SQLite: one prepared INSERT.
+    """
+    ops = connection.ops
+    table = ops.quote_name(model._meta.db_table)
+    columns = ", ".join(ops.quote_name(column(f)) for f in fields)
+    conflict = " ON CONFLICT DO NOTHING" if skip_existing else ""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql" and not skip_existing:
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        elif connection.vendor == "postgresql":
+            arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+            insert = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})"
+            for chunk in batched(rows, INSERT_CHUNK):
+                columns_of_chunk = [list(values) for values in zip(*chunk, strict=True)]
+                cursor.execute(insert + conflict, columns_of_chunk)
+        else:  # ON CONFLICT: SQLite since 3.24
+            marks = ", ".join(["%s"] * len(fields))
+            insert = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+            for chunk in batched(rows, INSERT_CHUNK):
+                cursor.executemany(insert + conflict, chunk)
+
+
 class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
     def insert_entries(
         self, gallery: Gallery, entries: Iterable[gallery_format.GalleryEntry]
@@ -289,27 +333,8 @@ class GalleryBackendQuerySet(models.QuerySet["GalleryBackend"]):
         self.insert_rows(GalleryBackend.rows(gallery, entries))
 
     def insert_rows(self, rows: Iterable[list[Any]]) -> None:
-        """Insert ``GalleryBackend.rows`` in one statement stream.
-
-        A sync writes up to 200,000 rows of 20 fields: building model instances for
-        bulk_create costs several times the inserts themselves, so plain lists go to one
-        prepared INSERT (SQLite) or to COPY (PostgreSQL), a chunk at a time, so that
-        they are never all held at once. See docs/performance.md.
-        """
-        ops = connection.ops
-        table = ops.quote_name(GalleryBackend._meta.db_table)
-        fields = GalleryBackend.row_fields()
-        columns = ", ".join(ops.quote_name(column(f)) for f in fields)
-        marks = ", ".join(["%s"] * len(fields))
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-            else:
-                insert = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
-                for chunk in batched(rows, INSERT_CHUNK):
-                    cursor.executemany(insert, chunk)
+        """Insert ``GalleryBackend.rows`` (up to 200,000 of a sync) as they come."""
+        insert_plain(GalleryBackend, GalleryBackend.row_fields(), rows)
 
     def analyze(self) -> None:
         """Refresh the planner's statistics of the entries table after a sync replaced
@@ -431,12 +456,9 @@ class GalleryBackend(models.Model):
         gallery: Gallery, entries: Iterable[gallery_format.GalleryEntry]
     ) -> Iterator[list[Any]]:
         """One row of ``row_fields`` values per entry, built as they are consumed."""
-        names = [f.attname for f in GalleryBackend.row_fields()]
-        json_names = [
-            f.attname
-            for f in GalleryBackend.row_fields()
-            if isinstance(f, models.JSONField)
-        ]
+        fields = GalleryBackend.row_fields()
+        names = [f.attname for f in fields]
+        json_names = [f.attname for f in fields if isinstance(f, models.JSONField)]
         for position, entry in enumerate(entries):
             values = GalleryBackend.fields_from(entry)
             values["gallery_id"], values["position"] = gallery.pk, position
@@ -530,38 +552,15 @@ class RunsHereSet(models.Model):
 
 class RunsHereQuerySet(models.QuerySet["RunsHere"]):
     def insert_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Insert rows of ``RunsHere.ROW_FIELDS`` values, skipping those already there
-        (two first requests computing one set at once).
-
-        A set holds one row per runnable entry, 30,000 at 100,000 entries: building
-        model instances for bulk_create cost more than the inserts, as for the sync's
-        rows (``GalleryBackendQuerySet.insert_rows``).
-        """
-        ops = connection.ops
-        table = ops.quote_name(RunsHere._meta.db_table)
+        """Insert rows of ``RunsHere.ROW_FIELDS`` values (30,000 at 100,000 entries),
+        skipping those already there (two first requests computing one set at once)."""
         fields = {f.name: f for f in RunsHere._meta.concrete_fields}
-        names = RunsHere.ROW_FIELDS
-        columns = ", ".join(ops.quote_name(column(fields[name])) for name in names)
-        with connection.cursor() as cursor:
-            for chunk in batched(rows, INSERT_CHUNK):
-                if connection.vendor == "postgresql":
-                    # One statement per chunk, its columns as arrays: an executemany
-                    # runs one statement per row on the server.
-                    arrays = ", ".join(
-                        f"%s::{fields[name].db_type(connection)}[]" for name in names
-                    )
-                    cursor.execute(
-                        f"INSERT INTO {table} ({columns}) "
-                        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING",
-                        [list(values) for values in zip(*chunk, strict=True)],
-                    )
-                else:  # SQLite since 3.24
-                    marks = ", ".join(["%s"] * len(names))
-                    cursor.executemany(
-                        f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
-                        "ON CONFLICT DO NOTHING",
-                        chunk,
-                    )
+        insert_plain(
+            RunsHere,
+            [fields[name] for name in RunsHere.ROW_FIELDS],
+            rows,
+            skip_existing=True,
+        )
 
 
 class RunsHere(models.Model):

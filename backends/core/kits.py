@@ -47,7 +47,7 @@ from backends.core.oci.manifest import (
     media_type_of,
     select_platform,
 )
-from backends.core.oci.reference import Platform, Reference, as_reference
+from backends.core.oci.reference import Platform, Reference, as_reference, digest_of
 from backends.core.transfer import Watch
 from backends.core.trees import remove_tree
 
@@ -210,7 +210,7 @@ class _KitWriter:
             },
             indent=1,
         ).encode()
-        index = "sha256:" + hashlib.sha256(raw).hexdigest()
+        index = digest_of(raw)
         if index in self.written:
             return
         self.add(index, raw)
@@ -299,7 +299,7 @@ def extract_kit(kit: Path | IO[bytes], kits_folder: Path, max_bytes: int) -> Lay
             _extract_members(tar, partial, max_bytes)
         layout = Layout(partial)
         index_digest = layout.check()
-        layout.gallery_entries()
+        layout.gallery_entries()  # a kit whose gallery is refused is not kept
         final = kits_folder / index_digest.removeprefix("sha256:")[:16]
         if not _sound(final):
             remove_tree(final)
@@ -423,7 +423,7 @@ class Layout:
             raw = path.read_bytes() if path.stat().st_size <= _MAX_DOCUMENT else b""
         except FileNotFoundError:
             raise KitError(f"{ref}: manifest {digest} is not in the kit") from None
-        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+        if digest_of(raw) != digest:
             raise DigestMismatchError(f"{ref}: manifest {digest} does not match")
         try:
             body = json.loads(raw)
@@ -558,7 +558,7 @@ class Layout:
                     ]
                     if isinstance(entry, dict)
                 ]
-        return "sha256:" + hashlib.sha256(raw).hexdigest()
+        return digest_of(raw)
 
 
 def _refuse_outside_sources(entry: dict[str, Any]) -> None:

@@ -747,7 +747,7 @@ def removal_plan(
         disk.name, settings.LOCALAI_BACKENDS_SYSTEM_PATH, folders
     )
     # meta name -> the build it points at, for every meta on disk
-    pointers = {key: pointer(row) for key, row in folders.items() if pointer(row)}
+    pointers = {key: build for key, row in folders.items() if (build := pointer(row))}
     label = f"meta backend {disk.name}" if disk.is_meta else disk.name
     removals = [Removal(label, plan[0])]
     removals += [Removal(f"build {folder.name}", folder) for folder in plan[1:]]

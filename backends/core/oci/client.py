@@ -58,7 +58,13 @@ from backends.core.oci.manifest import (
     media_type_of,
     select_platform,
 )
-from backends.core.oci.reference import Platform, Reference, as_reference, is_digest
+from backends.core.oci.reference import (
+    Platform,
+    Reference,
+    as_reference,
+    digest_of,
+    is_digest,
+)
 from backends.core.policy import SourcePolicy, SourceRefused, default_policy
 from backends.core.redact import redact_uri, scrub
 from backends.core.transfer import (
@@ -218,7 +224,7 @@ class RegistryClient:
 
         # In a helper thread when the caller must keep polling for a cancel.
         response, raw = watch.call(fetch)
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        digest = digest_of(raw)
         expected = (
             reference
             if is_digest(reference)
@@ -228,7 +234,7 @@ class RegistryClient:
             # In the algorithm it names: an index may point at a platform manifest
             # by sha512, and an unchecked one could be any manifest the registry likes.
             algorithm = expected.partition(":")[0]
-            got = f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
+            got = digest if algorithm == "sha256" else digest_of(raw, algorithm)
             if got != expected:
                 raise DigestMismatchError(
                     f"{ref}: digest mismatch for {what}: expected {expected}, got {got}"

@@ -8,6 +8,7 @@ short names (``localai/localai-backends:tag`` -> ``registry-1.docker.io``, ``ubu
 
 from __future__ import annotations
 
+import hashlib
 import platform as host_platform
 import re
 import sys
@@ -28,6 +29,11 @@ _HOST = re.compile(
 def is_digest(text: str) -> bool:
     """A content digest we can verify (sha256 or sha512, lowercase hex)."""
     return _DIGEST.fullmatch(text) is not None
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    """The content digest of ``data`` (``<algorithm>:<hex>``)."""
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
 def canonical_registry(host: str) -> str:
